@@ -1,0 +1,448 @@
+"""The TOML configuration (DESIGN.md §4): a default for every key, env overrides, and
+errors that name the file and the key.
+
+    load_config(path)       -> Config      raises ConfigError (the CLI exits 2)
+    embedded_default()      -> Config      what ``cm-gateway serve`` runs with no file
+
+Secrets never live in the file: the API token is read from the environment variable
+named by ``classifier.token_env`` at the moment it is needed, and ``config show`` prints
+only whether it is set.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import ConfigError
+
+__all__ = [
+    "CacheConfig",
+    "ClassifierConfig",
+    "Config",
+    "DownstreamConfig",
+    "LabelThreshold",
+    "MetricsConfig",
+    "RulesConfig",
+    "ShadowConfig",
+    "SmtpConfig",
+    "embedded_default",
+    "load_config",
+    "parse_listen",
+    "shipped_rules_dir",
+]
+
+ENV_PREFIX = "CM_GATEWAY_"
+_TRANSFORM_TAG = re.compile(r"^[A-Za-z0-9_-]+\.[0-9]+\.[A-Za-z0-9_-]+$")
+_PROPERTY_KEY = re.compile(r"^(string|number):\S.*$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:2525"`` / ``"[::1]:2525"`` -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected host:port, got {value!r}")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def _networks(values: list[str]) -> list[str]:
+    for v in values:
+        try:
+            ipaddress.ip_network(v, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"{v!r} is not a network: {exc}") from None
+    return values
+
+
+class SmtpConfig(_Section):
+    listen: str = "127.0.0.1:2525"
+    hostname: str = "gateway.example.com"
+    max_message_size: int = Field(36_700_160, gt=0)
+    max_connections: int = Field(200, ge=1)
+    max_recipients: int = Field(1000, ge=1)
+    max_hops: int = Field(30, ge=1)
+    workers: int = Field(1, ge=1, le=64)
+    timeout: float = Field(300.0, gt=0)
+    relay_networks: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    relay_domains: list[str] = Field(default_factory=list)
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    require_tls: bool = False
+    auth_users_file: str = ""
+    bare_lf: Literal["reject", "normalize"] = "reject"
+    trusted_networks: list[str] = Field(default_factory=lambda: ["127.0.0.0/8"])
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        parse_listen(v)
+        return v
+
+    @field_validator("relay_networks", "trusted_networks")
+    @classmethod
+    def _nets(cls, v: list[str]) -> list[str]:
+        return _networks(v)
+
+    @field_validator("relay_domains")
+    @classmethod
+    def _domains(cls, v: list[str]) -> list[str]:
+        return [d.lower().lstrip("@") for d in v]
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9.-]{1,253}", v):
+            raise ValueError(f"{v!r} is not a host name")
+        return v
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> SmtpConfig:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file must be set together")
+        if self.require_tls and not self.tls_cert_file:
+            raise ValueError("require_tls needs tls_cert_file and tls_key_file")
+        if self.auth_users_file and not self.tls_cert_file:
+            raise ValueError("auth_users_file needs TLS (AUTH is offered over TLS only)")
+        return self
+
+
+class DownstreamConfig(_Section):
+    url: str = "smtp://127.0.0.1:10026"
+    timeout: float = Field(60.0, gt=0)
+    pool_size: int = Field(16, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme == "smtp":
+            if not parts.hostname or not parts.port:
+                raise ValueError(f"expected smtp://host:port, got {v!r}")
+        elif parts.scheme == "maildir":
+            if not (parts.netloc + parts.path):
+                raise ValueError(f"expected maildir:///path, got {v!r}")
+        else:
+            raise ValueError(f"scheme must be smtp:// or maildir://, got {v!r}")
+        return v
+
+    @property
+    def maildir_path(self) -> Path | None:
+        """The Maildir for ``maildir://`` URLs (``maildir://var/m`` is relative)."""
+        parts = urlsplit(self.url)
+        if parts.scheme != "maildir":
+            return None
+        return Path(parts.netloc + parts.path)
+
+
+class LabelThreshold(_Section):
+    name: str = Field(min_length=1)
+    threshold: float | None = Field(None, ge=0.0, le=1.0)
+
+
+class ClassifierConfig(_Section):
+    provider: Literal["communications-mining", "emulator", "custom"] = "communications-mining"
+    url: str = ""
+    secret_header: str = "Authorization"
+    secret_env: str = ""
+    base_url: str = ""
+    project: str = ""
+    dataset: str = ""
+    model_version: int | str = "live"
+    transform_tag: str = "generic.0.CONVKER5"
+    token_env: str = "REINFER_TOKEN"
+    threshold: float | Literal["auto"] = 0.25
+    labels: list[LabelThreshold] = Field(default_factory=list)
+    user_properties: dict[str, str | float] = Field(default_factory=dict)
+    timeout: float = Field(10.0, gt=0)
+    max_batch: int = Field(64, ge=1, le=4096)
+    max_wait_ms: float = Field(20.0, ge=0)
+    max_in_flight: int = Field(4, ge=1)
+    on_error: Literal["deliver", "defer"] = "deliver"
+    classify_max_size: int = Field(10_485_760, ge=0)
+    skip_bounces: bool = True
+    skip_auto_submitted: bool = True
+    emulator_taxonomy: str = ""
+
+    @field_validator("model_version", mode="before")
+    @classmethod
+    def _version(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError("model_version must be an integer, 'live' or 'staging'")
+        if isinstance(v, str) and v.isdigit():
+            return int(v)
+        if isinstance(v, int):
+            if v < 0:
+                raise ValueError("model_version must not be negative")
+            return v
+        if v not in ("live", "staging"):
+            raise ValueError(f"model_version must be an integer, 'live' or 'staging', got {v!r}")
+        return v
+
+    @field_validator("threshold")
+    @classmethod
+    def _threshold(cls, v: float | str) -> float | str:
+        if isinstance(v, float) and not 0.0 <= v <= 1.0:
+            raise ValueError("threshold must be between 0 and 1, or 'auto'")
+        return v
+
+    @field_validator("transform_tag")
+    @classmethod
+    def _tag(cls, v: str) -> str:
+        if not _TRANSFORM_TAG.match(v) or len(v) > 256:
+            raise ValueError(f"transform_tag must look like name.0.ID, got {v!r}")
+        return v
+
+    @field_validator("user_properties")
+    @classmethod
+    def _props(cls, v: dict[str, str | float]) -> dict[str, str | float]:
+        for key, value in v.items():
+            if not _PROPERTY_KEY.match(key):
+                raise ValueError(f"user property {key!r} must start with 'string:' or 'number:'")
+            if key.startswith("string:") and (not isinstance(value, str) or not value.strip()):
+                raise ValueError(f"user property {key!r} needs a non-empty string")
+            if key.startswith("number:") and (
+                isinstance(value, str) or not math.isfinite(float(value))
+            ):
+                raise ValueError(f"user property {key!r} needs a finite number")
+        return v
+
+    @model_validator(mode="after")
+    def _provider_keys(self) -> ClassifierConfig:
+        if self.provider == "communications-mining":
+            missing = [k for k in ("base_url", "project", "dataset") if not getattr(self, k)]
+            if missing:
+                raise ValueError(
+                    f"{', '.join(missing)} must be set when provider = 'communications-mining'"
+                )
+        if self.provider == "custom" and not self.url:
+            raise ValueError("url must be set when provider = 'custom'")
+        for key in ("base_url", "url"):
+            value = getattr(self, key)
+            if value and urlsplit(value).scheme not in ("http", "https"):
+                raise ValueError(f"{key} must be an http:// or https:// URL, got {value!r}")
+        return self
+
+    def token(self, env: Mapping[str, str] | None = None) -> str | None:
+        """The API token, from the env var named by ``token_env`` (never the file)."""
+        return (os.environ if env is None else env).get(self.token_env) or None
+
+    def secret(self, env: Mapping[str, str] | None = None) -> str | None:
+        """The custom provider's secret, from ``secret_env``."""
+        if not self.secret_env:
+            return None
+        return (os.environ if env is None else env).get(self.secret_env) or None
+
+
+class CacheConfig(_Section):
+    url: str = "memory://"
+    ttl: float = Field(86_400, gt=0)
+    max_entries: int = Field(100_000, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if urlsplit(v).scheme not in ("memory", "redis", "rediss"):
+            raise ValueError(f"cache url must be memory:// or redis://host:port/db, got {v!r}")
+        return v
+
+
+class ShadowConfig(_Section):
+    model_version: int | str = ""
+    sample: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class RulesConfig(_Section):
+    files: list[str] = Field(default_factory=lambda: ["rules/shared-inbox-triage.yaml"])
+    mode: Literal["enforce", "audit"] = "enforce"
+
+
+class MetricsConfig(_Section):
+    listen: str = "127.0.0.1:9109"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        if v:
+            parse_listen(v)
+        return v
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Config(_Section):
+    """The whole configuration. ``source`` is the file it came from (None = defaults)."""
+
+    smtp: SmtpConfig = Field(default_factory=SmtpConfig)
+    downstream: DownstreamConfig = Field(default_factory=DownstreamConfig)
+    # No default here: the key default (provider = communications-mining) needs a tenant,
+    # and build_config() reports that as an error naming the keys to set.
+    classifier: ClassifierConfig
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    shadow: ShadowConfig = Field(default_factory=ShadowConfig)
+    rules: RulesConfig = Field(default_factory=RulesConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    source: str | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _deadlines(self) -> Config:
+        # aiosmtpd's idle timer also runs while we classify and relay: if our work can
+        # outlast it, the client hangs up and retries a mail we may already have delivered.
+        budget = self.classifier.timeout + self.downstream.timeout
+        if budget >= self.smtp.timeout:
+            raise ValueError(
+                f"smtp.timeout ({self.smtp.timeout:g}s) must be greater than classifier.timeout"
+                f" + downstream.timeout ({budget:g}s)"
+            )
+        return self
+
+    def rule_paths(self) -> list[Path]:
+        """``rules.files`` resolved: absolute; else next to the config file; else the
+        working directory; else the rule sets shipped with cm-gateway."""
+        base = Path(self.source).parent if self.source else None
+        return [resolve_rule_path(f, base) for f in self.rules.files]
+
+
+def shipped_rules_dir() -> Path:
+    """Where the shipped rule sets live (in a wheel, or the source checkout)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "shipped_rules", here.parent / "rules"):
+        if candidate.is_dir():
+            return candidate
+    return here.parent / "rules"
+
+
+def resolve_rule_path(name: str, base: Path | None) -> Path:
+    path = Path(name)
+    if path.is_absolute():
+        return path
+    for root in (base, Path.cwd()):
+        if root is not None and (root / path).exists():
+            return root / path
+    shipped = shipped_rules_dir()
+    for candidate in (shipped / path, shipped / path.name):
+        if candidate.exists():
+            return candidate
+    return (base or Path.cwd()) / path
+
+
+def _error_from_validation(exc: ValidationError, file: str | None) -> ConfigError:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif err["type"] == "missing":
+        msg = "missing"
+    extra = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return ConfigError(msg + extra, file=file, where=loc or None)
+
+
+def _parse_env_value(raw: str) -> Any:
+    # Env values are TOML literals when they parse as one (numbers, booleans, arrays,
+    # inline tables), and plain strings otherwise, so `CM_GATEWAY_SMTP_LISTEN=0.0.0.0:25`
+    # needs no quoting.
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> list[str]:
+    applied: list[str] = []
+    sections = set(Config.model_fields) - {"source"}
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        section, _, key = rest.partition("_")
+        if section not in sections or not key:
+            raise ConfigError("no such config section", file=f"env {name}")
+        model = Config.model_fields[section].annotation
+        assert isinstance(model, type) and issubclass(model, BaseModel)
+        if key not in model.model_fields:
+            raise ConfigError(f"no such key {section}.{key}", file=f"env {name}")
+        data.setdefault(section, {})[key] = _parse_env_value(env[name])
+        applied.append(name)
+    return applied
+
+
+def build_config(
+    data: dict[str, Any], *, file: str | None, env: Mapping[str, str] | None = None
+) -> Config:
+    """Validate a parsed TOML document, with env overrides applied on top."""
+    env = os.environ if env is None else env
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    data.setdefault("classifier", {})
+    overridden = _apply_env(data, env)
+    try:
+        config = Config.model_validate({**data, "source": file})
+    except ValidationError as exc:
+        err = _error_from_validation(exc, file)
+        if err.where:
+            env_name = ENV_PREFIX + err.where.split(".")[0].upper() + "_"
+            env_name += err.where.split(".")[1].upper() if "." in err.where else ""
+            if env_name in overridden:
+                err = ConfigError(err.message, file=f"env {env_name}", where=err.where)
+        raise err from None
+    return config
+
+
+def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:
+    """Load ``path`` (None = the embedded default), apply env overrides, validate."""
+    if path is None:
+        return embedded_default(env)
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", file=file) from None
+    except UnicodeDecodeError:
+        raise ConfigError("not UTF-8 text", file=file) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
+        where = f"{match.group(1)}:{match.group(2)}" if match else None
+        raise ConfigError(
+            re.sub(r"\s*\(at line.*\)", "", str(exc)) or "not TOML", file=file, where=where
+        ) from None
+    return build_config(data, file=file, env=env)
+
+
+EMBEDDED_DEFAULT: dict[str, Any] = {
+    "smtp": {"listen": "127.0.0.1:2525", "hostname": "localhost"},
+    "downstream": {"url": "maildir://var/maildir"},
+    "classifier": {"provider": "emulator"},
+    "rules": {"files": ["rules/shared-inbox-triage.yaml"]},
+}
+
+
+def embedded_default(env: Mapping[str, str] | None = None) -> Config:
+    """The configuration of ``cm-gateway serve`` with no ``--config``: the in-process
+    emulator model, the shipped triage rules, delivery into ``./var/maildir``."""
+    return build_config(EMBEDDED_DEFAULT, file=None, env=env)

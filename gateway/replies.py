@@ -1,0 +1,89 @@
+"""Every SMTP reply cm-gateway sends, in one place, with its enhanced status code.
+
+Tests assert against these names, never against string literals (as aiosmtpd's
+``testing/statuscodes.py`` does).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+__all__ = [
+    "BAD_RECIPIENT_SYNTAX",
+    "BARE_LF",
+    "CLASSIFIER_DEFER",
+    "DOWNSTREAM_PARTIAL",
+    "DOWNSTREAM_TEMPFAIL",
+    "INTERNAL_ERROR",
+    "LOOP_DETECTED",
+    "OK",
+    "RELAY_DENIED",
+    "TOO_BIG",
+    "TOO_MANY_RECIPIENTS",
+    "Reply",
+    "queued",
+    "rule_defer",
+    "rule_reject",
+]
+
+_ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
+
+
+class Reply(NamedTuple):
+    """One SMTP reply: basic code, enhanced code and text."""
+
+    code: int
+    enhanced: str
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.enhanced} {self.text}"
+
+    @property
+    def is_temporary(self) -> bool:
+        return 400 <= self.code < 500
+
+    @property
+    def is_permanent(self) -> bool:
+        return 500 <= self.code < 600
+
+
+OK = Reply(250, "2.0.0", "Ok")
+RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
+BAD_RECIPIENT_SYNTAX = Reply(501, "5.1.3", "Bad recipient address syntax")
+TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
+TOO_BIG = Reply(552, "5.3.4", "Message size exceeds limit")
+BARE_LF = Reply(550, "5.6.11", "Bare LF not allowed")
+LOOP_DETECTED = Reply(554, "5.4.6", "Too many hops, mail loop detected")
+CLASSIFIER_DEFER = Reply(451, "4.4.3", "Classifier unavailable, try again later")
+DOWNSTREAM_TEMPFAIL = Reply(451, "4.4.1", "Next hop unavailable, try again later")
+DOWNSTREAM_PARTIAL = Reply(451, "4.5.0", "Next hop refused some recipients, try again later")
+INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error")
+
+
+def queued(queue_id: str) -> Reply:
+    """The reply to DATA once the next hop has the message."""
+    return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
+
+
+def _one_line(text: str, default: str) -> str:
+    # Reply texts come from rule files; a CR/LF would let a rule author inject a
+    # second reply line, so fold any control character to a space.
+    cleaned = "".join(" " if ord(c) < 32 or ord(c) == 127 else c for c in text).strip()
+    return cleaned[:400] or default
+
+
+def rule_reject(text: str) -> Reply:
+    """The reply to a rule's ``reject`` action."""
+    return Reply(550, "5.7.1", _one_line(text, "Message rejected by policy"))
+
+
+def rule_defer(text: str) -> Reply:
+    """The reply to a rule's ``defer`` action."""
+    return Reply(451, "4.7.1", _one_line(text, "Message deferred by policy"))
+
+
+def valid_enhanced(code: str) -> bool:
+    """True for an RFC 3463 enhanced status code such as ``5.7.1``."""
+    return bool(_ENHANCED.match(code))
