@@ -121,6 +121,12 @@ class DocumentPrediction(_Frozen):
                 return label
         return None
 
+    def labels_summary(self) -> str:
+        """``Finance > Invoice (0.92), Urgent (0.66)``: most probable first. The text of
+        ``X-CM-Labels`` and of the ``{labels}`` placeholder; empty when no label."""
+        ordered = sorted(self.labels, key=lambda lb: (-lb.probability, lb.name))
+        return ", ".join(f"{lb.full_name} ({lb.probability:.2f})" for lb in ordered)
+
     @property
     def top_label(self) -> Label | None:
         """The most probable label, preferring the most specific on a tie."""
