@@ -1,0 +1,54 @@
+"""The seam between the SMTP front and the message pipeline.
+
+The server (``gateway.server``) turns one SMTP transaction into an ``InboundMessage`` and
+awaits ``MessageProcessor.process`` for the one reply to DATA. The pipeline
+(``gateway.pipeline``) implements the processor: classify, apply rules, deliver.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from .replies import Reply
+
+__all__ = ["InboundMessage", "MessageProcessor"]
+
+
+@dataclass(frozen=True, slots=True)
+class InboundMessage:
+    """One accepted SMTP transaction, as it reached the end of DATA.
+
+    ``content`` is the message as received: CRLF line endings, dot-unstuffed (with
+    ``bare_lf = "normalize"`` lone CR/LF have already been rewritten to CRLF).
+    ``mail_from`` is ``""`` for the null sender. ``trusted_peer`` is True when the client's
+    address is in ``smtp.trusted_networks``: only then may its ``X-CM-*`` headers stay.
+    ``queue_id`` is the short id of this transaction (also in ``250 ... queued as``).
+    ``received_at`` is ``time.time()`` when DATA ended.
+    """
+
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    content: bytes
+    peer_ip: str
+    helo: str
+    smtp_utf8: bool
+    mail_options: tuple[str, ...]
+    tls: bool
+    authenticated_user: str | None
+    trusted_peer: bool
+    queue_id: str
+    received_at: float
+
+
+@runtime_checkable
+class MessageProcessor(Protocol):
+    """What the SMTP front hands each message to.
+
+    ``process`` returns the reply to DATA (``replies.queued(msg.queue_id)`` once the next
+    hop has it). It may raise ``errors.SmtpOutcome`` (its ``reply`` is sent); anything
+    else is answered ``451 4.3.0`` and logged by type only. An optional
+    ``async def aclose()`` is awaited once at shutdown.
+    """
+
+    async def process(self, msg: InboundMessage) -> Reply: ...
