@@ -1,0 +1,136 @@
+"""Micro-batching: the documents of concurrent messages go into one predict call.
+
+Communications Mining bills per document and answers large batches faster per document,
+so one request per mail wastes time. ``BatchingClassifier`` wraps any ``Classifier`` and
+is one itself: each caller awaits only its own documents' results, while the documents
+of everyone who called within ``max_wait_ms`` (up to ``max_batch`` documents or
+``max_bytes`` of JSON) travel in one request. At most ``max_in_flight`` requests run at
+once; while they do, new documents gather into the next batch, so batches grow with the
+load instead of requests queueing up. A failed request fails only its own documents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .context import Classifier
+from .documents import MAX_DOCUMENTS, RawEmailDocument
+from .errors import MalformedResponseError
+from .predictions import DocumentPrediction, ModelInfo, PredictionBatch
+
+__all__ = ["BatchingClassifier"]
+
+_Result = tuple[DocumentPrediction, ModelInfo | None]
+
+
+@dataclass(slots=True)
+class _Pending:
+    documents: list[RawEmailDocument] = field(default_factory=list)
+    futures: list[asyncio.Future[_Result]] = field(default_factory=list)
+    size: int = 0
+
+
+class BatchingClassifier:
+    """A ``Classifier`` that coalesces concurrent calls into batches."""
+
+    def __init__(
+        self,
+        inner: Classifier,
+        *,
+        max_batch: int = 64,
+        max_wait_ms: float = 20.0,
+        max_in_flight: int = 4,
+        max_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
+        if not 1 <= max_batch <= MAX_DOCUMENTS:
+            raise ValueError(f"max_batch must be 1..{MAX_DOCUMENTS}")
+        self._inner = inner
+        self._max_batch = max_batch
+        self._max_wait = max_wait_ms / 1000.0
+        self._max_bytes = max_bytes
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._pending = _Pending()
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.requests = 0
+        self.batch_sizes: list[int] = []
+
+    @property
+    def description(self) -> str:
+        return f"{self._inner.description} (batched <= {self._max_batch})"
+
+    async def predict_raw_emails(self, documents: Sequence[RawEmailDocument]) -> PredictionBatch:
+        futures = [self._submit(doc) for doc in documents]
+        try:
+            results = await asyncio.gather(*futures)
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+        model = next((m for _, m in results if m is not None), None)
+        return PredictionBatch(predictions=tuple(p for p, _ in results), model=model)
+
+    def _submit(self, document: RawEmailDocument) -> asyncio.Future[_Result]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[_Result] = loop.create_future()
+        # The byte budget keeps one request under proxy body limits even when many
+        # large html bodies arrive together; a single document over it still goes alone.
+        size = len(json.dumps(document, ensure_ascii=False))
+        if self._pending.documents and self._pending.size + size > self._max_bytes:
+            self._flush()
+        self._pending.documents.append(document)
+        self._pending.futures.append(future)
+        self._pending.size += size
+        if len(self._pending.documents) >= self._max_batch:
+            self._flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(self._max_wait, self._flush)
+        return future
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._pending = self._pending, _Pending()
+        if not batch.documents:
+            return
+        task = asyncio.get_running_loop().create_task(self._run(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, batch: _Pending) -> None:
+        async with self._slots:
+            live = [i for i, f in enumerate(batch.futures) if not f.done()]
+            if not live:
+                return  # every caller gave up while we waited for a slot: bill nothing
+            documents = [batch.documents[i] for i in live]
+            self.requests += 1
+            self.batch_sizes.append(len(documents))
+            try:
+                result = await self._inner.predict_raw_emails(documents)
+            except Exception as exc:
+                for i in live:
+                    if not batch.futures[i].done():
+                        batch.futures[i].set_exception(exc)
+                return
+            if len(result.predictions) != len(live):
+                error = MalformedResponseError(
+                    f"{len(result.predictions)} predictions for {len(live)} documents"
+                )
+                for i in live:
+                    if not batch.futures[i].done():
+                        batch.futures[i].set_exception(error)
+                return
+            for i, prediction in zip(live, result.predictions, strict=True):
+                if not batch.futures[i].done():
+                    batch.futures[i].set_result((prediction, result.model))
+
+    async def aclose(self) -> None:
+        if self._pending.documents:
+            self._flush()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._inner.aclose()
