@@ -11,6 +11,8 @@ from typing import NamedTuple
 
 __all__ = [
     "BAD_RECIPIENT_SYNTAX",
+    "BAD_SENDER_SYNTAX",
+    "BARE_CR",
     "BARE_LF",
     "CLASSIFIER_DEFER",
     "DOWNSTREAM_PARTIAL",
@@ -18,8 +20,12 @@ __all__ = [
     "INTERNAL_ERROR",
     "LOOP_DETECTED",
     "OK",
+    "PROCESSING_TIMEOUT",
     "RELAY_DENIED",
+    "SHUTTING_DOWN",
+    "SMTPUTF8_REQUIRED",
     "TOO_BIG",
+    "TOO_MANY_CONNECTIONS",
     "TOO_MANY_RECIPIENTS",
     "Reply",
     "queued",
@@ -60,6 +66,13 @@ CLASSIFIER_DEFER = Reply(451, "4.4.3", "Classifier unavailable, try again later"
 DOWNSTREAM_TEMPFAIL = Reply(451, "4.4.1", "Next hop unavailable, try again later")
 DOWNSTREAM_PARTIAL = Reply(451, "4.5.0", "Next hop refused some recipients, try again later")
 INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error")
+# SMTP front (server.py / handler.py)
+BAD_SENDER_SYNTAX = Reply(501, "5.1.7", "Bad sender address syntax")
+SMTPUTF8_REQUIRED = Reply(553, "5.6.7", "Must declare SMTPUTF8 to send a non-ASCII address")
+BARE_CR = Reply(550, "5.6.11", "Bare CR not allowed")
+TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections")
+SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down")
+PROCESSING_TIMEOUT = Reply(451, "4.3.0", "Timed out processing the message, try again later")
 
 
 def queued(queue_id: str) -> Reply:
