@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
+    "CommentPrediction",
     "DocumentPrediction",
     "Entity",
     "Label",
@@ -19,6 +20,9 @@ __all__ = [
     "ModelInfo",
     "PredictionBatch",
     "TextSpan",
+    "ValidationEntity",
+    "ValidationLabel",
+    "ValidationSummary",
     "join_label",
     "split_label",
 ]
@@ -136,11 +140,65 @@ class DocumentPrediction(_Frozen):
 
 
 class PredictionBatch(_Frozen):
-    """The answer to one predict call: one ``DocumentPrediction`` per document, in order."""
+    """The answer to one predict call: one ``DocumentPrediction`` per document, in order.
+
+    ``comments`` holds the comments the API parsed from raw emails, only when the request
+    asked for them (``include_comments``); they are passed through untyped.
+    """
 
     predictions: tuple[DocumentPrediction, ...]
     model: ModelInfo | None = None
+    comments: tuple[dict[str, Any], ...] = ()
 
     @property
     def model_version(self) -> int | None:
         return self.model.version if self.model else None
+
+
+class CommentPrediction(DocumentPrediction):
+    """One item of ``predict-comments``: the comment's ``uid`` (``source_id.comment_id``)
+    and what the model said about it."""
+
+    uid: str
+
+
+class ValidationLabel(_Frozen):
+    """A label of the model's taxonomy. Parents are listed as labels of their own."""
+
+    name: str
+    parts: tuple[str, ...]
+
+
+class ValidationEntity(_Frozen):
+    name: str
+    title: str | None = None
+
+
+class ValidationSummary(_Frozen):
+    """The ``validation`` route: how good the model is, and its taxonomy. The quality
+    fields are ``poor|average|good|excellent`` (or ``none``), and null when the dataset
+    has too little data."""
+
+    version: int
+    labels: tuple[ValidationLabel, ...] = ()
+    entities: tuple[ValidationEntity, ...] = ()
+    num_labels: int | None = None
+    num_reviewed_comments: int | None = None
+    num_amber_labels: int | None = None
+    num_red_labels: int | None = None
+    mean_average_precision_safe: float | None = None
+    dataset_quality: str | None = None
+    dataset_score: int | None = None
+    balance: float | None = None
+    balance_quality: str | None = None
+    coverage: float | None = None
+    coverage_quality: str | None = None
+    all_labels_quality: str | None = None
+    underperforming_labels_quality: str | None = None
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        """Every label as ``A > B``, in the API's order."""
+        return tuple(
+            join_label(label.parts) if label.parts else label.name for label in self.labels
+        )
