@@ -15,6 +15,7 @@ __all__ = [
     "BARE_CR",
     "BARE_LF",
     "CLASSIFIER_DEFER",
+    "DOWNSTREAM_NO_SMTPUTF8",
     "DOWNSTREAM_PARTIAL",
     "DOWNSTREAM_TEMPFAIL",
     "INTERNAL_ERROR",
@@ -66,6 +67,8 @@ CLASSIFIER_DEFER = Reply(451, "4.4.3", "Classifier unavailable, try again later"
 DOWNSTREAM_TEMPFAIL = Reply(451, "4.4.1", "Next hop unavailable, try again later")
 DOWNSTREAM_PARTIAL = Reply(451, "4.5.0", "Next hop refused some recipients, try again later")
 INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error")
+# RFC 6531 §3.2: a non-ASCII envelope cannot go to a next hop without SMTPUTF8.
+DOWNSTREAM_NO_SMTPUTF8 = Reply(554, "5.6.7", "Next hop does not support SMTPUTF8 addresses")
 # SMTP front (server.py / handler.py)
 BAD_SENDER_SYNTAX = Reply(501, "5.1.7", "Bad sender address syntax")
 SMTPUTF8_REQUIRED = Reply(553, "5.6.7", "Must declare SMTPUTF8 to send a non-ASCII address")
