@@ -1,0 +1,192 @@
+"""Load the keyword model's taxonomy (``taxonomy.yaml``) into frozen, checked objects."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError
+from ..predictions import join_label, split_label
+
+__all__ = ["DEFAULT_TAXONOMY", "LabelDef", "PropertyDef", "Scoring", "Taxonomy", "load_taxonomy"]
+
+DEFAULT_TAXONOMY = Path(__file__).with_name("taxonomy.yaml")
+ENTITY_KINDS = ("order-number", "invoice-number", "iban", "credit-card", "email-address", "money")
+
+
+def keyword_pattern(words: tuple[str, ...]) -> re.Pattern[str] | None:
+    """One case-insensitive alternation matching any of ``words`` on word boundaries."""
+    if not words:
+        return None
+    # Longest first so that "out of office" wins over "office".
+    alternation = "|".join(re.escape(w) for w in sorted(set(words), key=len, reverse=True))
+    return re.compile(rf"(?<!\w)(?:{alternation})(?!\w)", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class LabelDef:
+    parts: tuple[str, ...]
+    keywords: tuple[str, ...]
+    entities: tuple[str, ...]
+    pattern: re.Pattern[str] | None
+
+    @property
+    def name(self) -> str:
+        return join_label(self.parts)
+
+
+@dataclass(frozen=True, slots=True)
+class PropertyDef:
+    name: str
+    property_id: str
+    positive: re.Pattern[str] | None
+    negative: re.Pattern[str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Scoring:
+    base: float = 0.6
+    step: float = 0.4
+    decay: float = 0.5
+    max_hits_per_keyword: int = 2
+    jitter: float = 0.03
+    cap: float = 0.99
+
+
+@dataclass(frozen=True, slots=True)
+class Taxonomy:
+    """A whole keyword model: labels (parents included), versions, scoring, words."""
+
+    labels: tuple[LabelDef, ...]
+    versions: dict[int, tuple[str, float]]  # version -> (model time, confidence boost)
+    aliases: dict[str, int]  # live / staging / latest -> version
+    scoring: Scoring
+    auto_thresholds: tuple[tuple[str, float], ...]
+    entity_titles: dict[str, str]
+    sentiment: PropertyDef
+    properties: tuple[PropertyDef, ...]
+    source: str
+
+    @property
+    def label_names(self) -> frozenset[tuple[str, ...]]:
+        return frozenset(label.parts for label in self.labels)
+
+    def resolve_version(self, selector: str, *, allow_latest: bool = False) -> int | None:
+        """``"7"`` / ``"live"`` / ``"staging"`` (/ ``"latest"``) -> a served version, else None."""
+        if selector in ("live", "staging") or (allow_latest and selector == "latest"):
+            return self.aliases.get(selector)
+        if re.fullmatch(r"0|[1-9][0-9]{0,9}", selector) and int(selector) in self.versions:
+            return int(selector)
+        return None
+
+
+def _words(raw: Any, where: str, file: str) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(w, str) and w.strip() for w in raw):
+        raise ConfigError("expected a list of non-empty strings", file=file, where=where)
+    return tuple(w.strip() for w in raw)
+
+
+def _property(name: str, raw: Any, file: str) -> PropertyDef:
+    if not isinstance(raw, dict):
+        raise ConfigError("expected a mapping", file=file, where=name)
+    return PropertyDef(
+        name=name,
+        property_id=str(raw.get("id", "")),
+        positive=keyword_pattern(_words(raw.get("positive"), f"{name}.positive", file)),
+        negative=keyword_pattern(_words(raw.get("negative"), f"{name}.negative", file)),
+    )
+
+
+def _parse(data: Any, file: str) -> Taxonomy:
+    if not isinstance(data, dict):
+        raise ConfigError("the taxonomy must be a mapping", file=file)
+    labels: list[LabelDef] = []
+    seen: set[tuple[str, ...]] = set()
+    for i, item in enumerate(data.get("labels") or []):
+        where = f"labels[{i}]"
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise ConfigError("each label needs a 'name' string", file=file, where=where)
+        parts = split_label(item["name"])
+        if not parts or parts in seen:
+            raise ConfigError(f"empty or duplicate label {item['name']!r}", file=file, where=where)
+        entities = _words(item.get("entities"), f"{where}.entities", file)
+        for kind in entities:
+            if kind not in ENTITY_KINDS:
+                raise ConfigError(f"unknown entity kind {kind!r}", file=file, where=where)
+        keywords = _words(item.get("keywords"), f"{where}.keywords", file)
+        labels.append(LabelDef(parts, keywords, entities, keyword_pattern(keywords)))
+        seen.add(parts)
+    # Every parent is a label of its own, even when the file lists only the child.
+    for label in list(labels):
+        for n in range(1, len(label.parts)):
+            if label.parts[:n] not in seen:
+                labels.append(LabelDef(label.parts[:n], (), (), None))
+                seen.add(label.parts[:n])
+    if not labels:
+        raise ConfigError("the taxonomy has no labels", file=file, where="labels")
+    versions: dict[int, tuple[str, float]] = {}
+    for key, value in (data.get("versions") or {7: {}}).items():
+        value = value or {}
+        versions[int(key)] = (
+            str(value.get("time", "2024-01-01T00:00:00.000000Z")),
+            float(value.get("boost", 0.0)),
+        )
+    newest = max(versions)
+    aliases = {k: int(data.get(k, newest)) for k in ("live", "staging", "latest")}
+    for alias, version in aliases.items():
+        if version not in versions:
+            raise ConfigError(f"{alias} points at unknown version {version}", file=file)
+    scoring = Scoring(**(data.get("scoring") or {}))
+    auto = data.get("auto_thresholds") or {
+        "high_recall": 0.3,
+        "balanced": 0.5,
+        "high_precision": 0.8,
+    }
+    props = data.get("label_properties") or {}
+    return Taxonomy(
+        labels=tuple(sorted(labels, key=lambda lb: lb.parts)),
+        versions=versions,
+        aliases=aliases,
+        scoring=scoring,
+        auto_thresholds=tuple(sorted(((str(k), float(v)) for k, v in auto.items()), key=_by_cut)),
+        entity_titles={str(k): str(v) for k, v in (data.get("entities") or {}).items()},
+        sentiment=_property("sentiment", data.get("sentiment") or {}, file),
+        properties=tuple(_property(str(k), v, file) for k, v in props.items()),
+        source=file,
+    )
+
+
+def _by_cut(item: tuple[str, float]) -> float:
+    return item[1]
+
+
+def load_taxonomy(path: str | Path | None = None) -> Taxonomy:
+    """Read a taxonomy file (default: the shipped one); raise ``ConfigError`` naming it."""
+    if path is None or str(path) == "":
+        return _default()
+    return _load(Path(path))
+
+
+@cache
+def _default() -> Taxonomy:
+    return _load(DEFAULT_TAXONOMY)
+
+
+def _load(path: Path) -> Taxonomy:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", file=str(path)) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {exc}", file=str(path)) from None
+    try:
+        return _parse(data, str(path))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc), file=str(path)) from None
