@@ -1,0 +1,317 @@
+"""The SMTP listener: aiosmtpd's ``SMTP`` protocol on the service's own event loop.
+
+    server = SmtpServer(config.smtp, processor, authenticator=..., tls_context=...)
+    await server.start()                 # loop.create_server(...)
+    ...
+    await server.aclose(grace=30.0)      # stop accepting, let DATA finish, close the rest
+
+``GatewaySMTP`` adjusts aiosmtpd 1.4.6 where its defaults do not suit a relay:
+
+- a connection cap: over ``max_connections`` the client gets ``421 4.7.0`` and is closed;
+- aiosmtpd's own 552 texts are replaced by exactly ``replies.TOO_BIG``;
+- structlog context (``session_id``, ``peer``) bound per connection task;
+- the idle timer restarted when DATA ends, so that processing gets a full window;
+- a drain mode for shutdown: idle sessions get ``421 4.3.2`` at once, a session inside
+  DATA gets its reply first and then ``421 4.3.2``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import secrets
+import socket
+import ssl
+from typing import Any, AnyStr
+
+import structlog
+from aiosmtpd.smtp import SMTP, syntax
+
+from . import replies
+from .auth import Authenticator
+from .config import SmtpConfig, parse_listen
+from .errors import ConfigError
+from .handler import GatewayEnvelope, GatewayHandler
+from .inbound import MessageProcessor
+from .logsetup import get_logger
+from .policy import RelayPolicy, parse_peer_ip
+
+__all__ = [
+    "IDENT",
+    "ConnectionTracker",
+    "GatewaySMTP",
+    "SmtpServer",
+    "build_tls_context",
+    "command_call_limits",
+]
+
+IDENT = "cm-gateway ESMTP"
+log = get_logger("cm-gateway.smtp")
+
+# aiosmtpd writes these two texts with 552; our contract says replies.TOO_BIG.
+_AIOSMTPD_552 = (b"552 Error: message size exceeds", b"552 Error: Too much mail data")
+
+
+def command_call_limits(smtp: SmtpConfig) -> dict[str, int]:
+    """aiosmtpd's per-verb budgets. They count per CONNECTION, not per transaction
+    (the per-transaction recipient cap is our own, in policy.py), and Postfix keeps a
+    content-filter connection open for many messages: so the verbs that make progress
+    get large budgets, and the ones a stalling client would loop on get a small one."""
+    per_connection_messages = 100_000
+    return {
+        "MAIL": per_connection_messages,
+        "RCPT": max(per_connection_messages, smtp.max_recipients * 100),
+        "DATA": per_connection_messages,
+        "RSET": per_connection_messages,
+        "NOOP": 1_000,
+        "AUTH": 5,
+        "*": 200,  # EHLO, HELO, STARTTLS, HELP, VRFY, EXPN, QUIT
+    }
+
+
+def build_tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """The server-side STARTTLS context (TLS 1.2+). Raises ConfigError naming the file."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # We do not ask clients for certificates (aiosmtpd warns on CERT_REQUIRED).
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"cannot read: {exc.strerror}", file=exc.filename or cert_file, where="smtp"
+        ) from None
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(
+            f"not a usable certificate/key pair ({type(exc).__name__})",
+            file=cert_file,
+            where="smtp.tls_cert_file",
+        ) from None
+    return context
+
+
+class ConnectionTracker:
+    """Live connections of one listener, the cap, and the drain flag."""
+
+    def __init__(self, max_connections: int) -> None:
+        self.max_connections = max_connections
+        self.live: set[GatewaySMTP] = set()
+        self.draining = False
+        self.refused = 0
+        self._empty = asyncio.Event()
+        self._empty.set()
+
+    def add(self, conn: GatewaySMTP) -> None:
+        self.live.add(conn)
+        self._empty.clear()
+
+    def discard(self, conn: GatewaySMTP) -> None:
+        self.live.discard(conn)
+        if not self.live:
+            self._empty.set()
+
+    async def wait_empty(self) -> None:
+        await self._empty.wait()
+
+
+class GatewaySMTP(SMTP):
+    """aiosmtpd's SMTP protocol with the adjustments listed in the module docstring."""
+
+    def __init__(self, handler: Any, *, tracker: ConnectionTracker, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.tracker = tracker
+        self.refused = False
+        self.in_data = False
+        self.peer_ip = ""
+
+    def _create_envelope(self) -> GatewayEnvelope:
+        return GatewayEnvelope()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._original_transport is not None:  # the TLS layer after STARTTLS
+            super().connection_made(transport)
+            return
+        tracker = self.tracker
+        if tracker.draining or len(tracker.live) >= tracker.max_connections:
+            self.refused = True
+            tracker.refused += 1
+            reply = replies.SHUTTING_DOWN if tracker.draining else replies.TOO_MANY_CONNECTIONS
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(f"{reply}\r\n".encode("ascii"))
+            transport.close()
+            log.warning("connection_refused", reply=reply.enhanced, live=len(tracker.live))
+            return
+        tracker.add(self)
+        peer = transport.get_extra_info("peername")
+        host = peer[0] if isinstance(peer, tuple) and peer else None
+        ip = parse_peer_ip(host)
+        self.peer_ip = str(ip) if ip is not None else str(host or "")
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self.refused:
+            # aiosmtpd never saw this connection: no session, no task to cancel.
+            return
+        self.tracker.discard(self)
+        super().connection_lost(error)
+
+    def eof_received(self) -> bool | None:
+        if self.refused:
+            return False
+        return super().eof_received()
+
+    async def _handle_client(self) -> None:
+        # This coroutine is the connection's own task (created in connection_made), so
+        # context bound here is seen by every hook of this connection and no other.
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(session_id=secrets.token_hex(4), peer=self.peer_ip)
+        log.debug("session_start")
+        try:
+            await super()._handle_client()
+        finally:
+            log.debug("session_end")
+
+    async def push(self, status: AnyStr) -> None:
+        raw = status.encode("utf-8") if isinstance(status, str) else status
+        if raw.startswith(_AIOSMTPD_552):
+            await super().push(str(replies.TOO_BIG))
+            return
+        await super().push(status)
+
+    def restart_idle_timer(self) -> None:
+        """Give the rest of this DATA phase a full ``timeout`` (see handler.py)."""
+        self._reset_timeout()
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        self.in_data = True
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self.in_data = False
+        if self.tracker.draining:
+            self.close_for_shutdown()
+
+    def close_for_shutdown(self) -> None:
+        """Tell the client we are going away (421 4.3.2) and close."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(f"{replies.SHUTTING_DOWN}\r\n".encode("ascii"))
+        transport.close()
+
+
+class SmtpServer:
+    """One listening socket serving ``GatewaySMTP`` on the running loop."""
+
+    def __init__(
+        self,
+        smtp: SmtpConfig,
+        processor: MessageProcessor,
+        *,
+        authenticator: Authenticator | None = None,
+        tls_context: ssl.SSLContext | None = None,
+        reuse_port: bool = False,
+    ) -> None:
+        self.config = smtp
+        self.processor = processor
+        self.tracker = ConnectionTracker(smtp.max_connections)
+        self.handler = GatewayHandler(
+            processor, smtp, policy=RelayPolicy.from_config(smtp), authenticator=authenticator
+        )
+        self.tls_context = tls_context
+        self.reuse_port = reuse_port
+        self._auth = authenticator
+        self._server: asyncio.Server | None = None
+
+    def protocol_factory(self) -> functools.partial[GatewaySMTP]:
+        smtp = self.config
+        return functools.partial(
+            GatewaySMTP,
+            self.handler,
+            tracker=self.tracker,
+            hostname=smtp.hostname,  # without it aiosmtpd calls getfqdn() per connection
+            ident=IDENT,
+            decode_data=False,
+            enable_SMTPUTF8=True,
+            data_size_limit=smtp.max_message_size,
+            command_call_limit=command_call_limits(smtp),
+            timeout=smtp.timeout,
+            tls_context=self.tls_context,
+            require_starttls=smtp.require_tls,
+            auth_require_tls=True,
+            # No users file: no mechanism at all (aiosmtpd's built-ins would always fail).
+            auth_exclude_mechanism=[] if self._auth else ["PLAIN", "LOGIN"],
+            loop=asyncio.get_running_loop(),
+        )
+
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Listen on ``smtp.listen`` (or on ``sock``, already bound)."""
+        loop = asyncio.get_running_loop()
+        if sock is not None:
+            self._server = await loop.create_server(self.protocol_factory(), sock=sock)
+        else:
+            host, port = parse_listen(self.config.listen)
+            try:
+                self._server = await loop.create_server(
+                    self.protocol_factory(),
+                    host,
+                    port,
+                    reuse_address=True,
+                    reuse_port=self.reuse_port or None,
+                    backlog=min(1024, self.config.max_connections * 2),
+                )
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                    where="smtp.listen",
+                ) from None
+        log.info(
+            "smtp_listening",
+            address=self.address,
+            tls=self.tls_context is not None,
+            require_tls=self.config.require_tls,
+            auth=self._auth is not None,
+            bare_lf=self.config.bare_lf,
+        )
+
+    @property
+    def address(self) -> str:
+        """``host:port`` actually bound (useful with port 0)."""
+        assert self._server is not None, "not started"
+        name = self._server.sockets[0].getsockname()
+        host = f"[{name[0]}]" if ":" in name[0] else name[0]
+        return f"{host}:{name[1]}"
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "not started"
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def aclose(self, grace: float = 30.0) -> None:
+        """Stop accepting; let sessions inside DATA finish (at most ``grace`` seconds);
+        close every other session with ``421 4.3.2``; then close the processor."""
+        if self._server is not None:
+            self._server.close()
+        self.tracker.draining = True
+        busy = 0
+        for conn in list(self.tracker.live):
+            if conn.in_data:
+                busy += 1
+            else:
+                conn.close_for_shutdown()
+        log.info("smtp_draining", in_data=busy, grace_s=grace)
+        try:
+            async with asyncio.timeout(grace):
+                await self.tracker.wait_empty()
+        except TimeoutError:
+            left = list(self.tracker.live)
+            log.warning("smtp_drain_timeout", aborted=len(left))
+            for conn in left:
+                if isinstance(conn.transport, asyncio.Transport):
+                    conn.transport.abort()
+        closer = getattr(self.processor, "aclose", None)
+        if closer is not None:
+            await closer()
+        log.info("smtp_stopped")
