@@ -15,6 +15,8 @@ contains it.
 from __future__ import annotations
 
 import asyncio
+import functools
+import ssl
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -129,6 +131,13 @@ class CustomEndpoint(Endpoint):
         return f"custom {urlunsplit((parts.scheme, host, parts.path, '', ''))}"
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    # Building a verifying context loads the CA bundle (tens of ms, seconds on a busy
+    # box); every client of the process can share one.
+    return httpx.create_ssl_context()
+
+
 def label_thresholds(
     labels: Sequence[tuple[str, float | None]],
 ) -> list[dict[str, Any]]:
@@ -188,6 +197,7 @@ class CommunicationsMiningClient:
                 max_connections=max_in_flight, max_keepalive_connections=max_in_flight
             ),
             follow_redirects=False,
+            verify=_tls_context(),
             transport=transport,
         )
 

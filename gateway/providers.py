@@ -1,0 +1,49 @@
+"""``classifier.provider`` -> the ``Classifier`` that serves it.
+
+communications-mining   CommunicationsMiningClient on the tenant (token from env)
+custom                  the same client, pointed at the user's URL and header
+emulator                the keyword model in-process (no HTTP, no token, no bill)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from ._retry import RetryPolicy
+from .client import CommunicationsMiningClient
+from .config import Config
+from .context import Classifier
+from .errors import ConfigError, NotFoundError
+
+__all__ = ["make_classifier"]
+
+
+def make_classifier(
+    config: Config,
+    *,
+    env: Mapping[str, str] | None = None,
+    model_version: int | str | None = None,
+    retry: RetryPolicy | None = None,
+) -> Classifier:
+    """The classifier ``config`` asks for. ``model_version`` overrides the config's (for
+    a shadow model). Raises ``ConfigError`` naming the key when a token/secret is missing
+    or the emulator does not serve the version."""
+    settings = config.classifier
+    if settings.provider == "emulator":
+        # Imported here: the emulator package loads the taxonomy and is not needed otherwise.
+        from .emulator.provider import EmulatorClassifier
+
+        if model_version is not None:
+            settings = settings.model_copy(update={"model_version": model_version})
+        try:
+            return EmulatorClassifier(settings)
+        except NotFoundError as exc:
+            raise ConfigError(
+                str(exc), file=config.source, where="classifier.model_version"
+            ) from None
+    try:
+        return CommunicationsMiningClient.from_config(
+            settings, env=env, model_version=model_version, retry=retry
+        )
+    except ConfigError as exc:
+        raise ConfigError(exc.message, file=config.source, where=exc.where) from None
