@@ -1,0 +1,155 @@
+"""YAML text -> plain data, plus where every value was written.
+
+PyYAML's ``compose`` keeps the node tree with marks; building the data ourselves from it
+lets us refuse duplicate keys (PyYAML silently keeps the last) and remember the line and
+column of every key and value, so that a validation error can point at them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+__all__ = ["Located", "YamlDoc", "YamlProblem", "parse_yaml"]
+
+Path = tuple[str | int, ...]
+
+
+class YamlProblem(Exception):
+    """Not YAML we accept; ``line`` and ``column`` are 1-based (0 when unknown)."""
+
+    def __init__(self, message: str, line: int = 0, column: int = 0) -> None:
+        super().__init__(message)
+        self.message = message
+        self.line = line
+        self.column = column
+
+
+@dataclass(frozen=True, slots=True)
+class Located:
+    """Where a value (and, in a mapping, its key) starts; 1-based."""
+
+    line: int
+    column: int
+    key_line: int
+    key_column: int
+
+
+def _pos(node: yaml.Node) -> tuple[int, int]:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+@dataclass(slots=True)
+class YamlDoc:
+    """The data of one YAML document and the position of each path in it."""
+
+    data: Any
+    positions: dict[Path, Located] = field(default_factory=dict)
+    # Structural problems found while building (duplicate keys...): the offending entry
+    # is left out and building goes on, so that the loader can still name the rule.
+    problems: list[tuple[Path, str, int, int]] = field(default_factory=list)
+
+    def locate(self, loc: Iterable[str | int]) -> tuple[Path, Located, bool]:
+        """Follow a pydantic error ``loc`` as far as the document goes.
+
+        Returns the path followed, the position there, and whether ``loc`` ended on a
+        mapping *key* (pydantic's ``[key]`` marker), in which case the key's position
+        is the one to show. Components the document does not have (pydantic's union
+        tags, a missing key) are skipped."""
+        path: Path = ()
+        on_key = False
+        for part in loc:
+            if part == "[key]":
+                on_key = True
+                continue
+            candidate = (*path, part)
+            if candidate in self.positions:
+                path = candidate
+        return path, self.positions[path], on_key
+
+
+def parse_yaml(text: str) -> YamlDoc:
+    """Parse one YAML document with the safe loader; raise ``YamlProblem``."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        message = " ".join(p for p in (exc.context, exc.problem) if p) or "not valid YAML"
+        if mark is None:
+            raise YamlProblem(message) from None
+        raise YamlProblem(message, mark.line + 1, mark.column + 1) from None
+    except yaml.YAMLError as exc:
+        raise YamlProblem(f"not valid YAML: {exc}") from None
+    doc = YamlDoc(data=None)
+    if node is None:
+        return doc
+    line, column = _pos(node)
+    doc.positions[()] = Located(line, column, line, column)
+    doc.data = _Builder(doc).build(node, ())
+    return doc
+
+
+class _Builder:
+    __slots__ = ("active", "constructor", "doc")
+
+    def __init__(self, doc: YamlDoc) -> None:
+        self.doc = doc
+        self.constructor = yaml.SafeLoader("")
+        self.active: set[int] = set()
+
+    def build(self, node: yaml.Node, path: Path) -> Any:
+        if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+            if id(node) in self.active:
+                line, column = _pos(node)
+                self.doc.problems.append((path, "a recursive alias is not supported", line, column))
+                return None
+            self.active.add(id(node))
+            try:
+                return self._collection(node, path)
+            finally:
+                self.active.discard(id(node))
+        try:
+            return self.constructor.construct_object(node, deep=True)
+        except yaml.YAMLError as exc:
+            line, column = _pos(node)
+            raise YamlProblem(f"bad value: {exc}", line, column) from None
+
+    def _collection(self, node: yaml.Node, path: Path) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path)
+        else:
+            out: list[Any] = []
+            for index, item in enumerate(node.value):
+                line, column = _pos(item)
+                self.doc.positions[(*path, index)] = Located(line, column, line, column)
+                out.append(self.build(item, (*path, index)))
+            return out
+
+    def _mapping(self, node: yaml.MappingNode, path: Path) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        first: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key_line, key_column = _pos(key_node)
+            problem = None
+            key: Any = None
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                problem = "'<<' merge keys are not supported"
+            elif not isinstance(key_node, yaml.ScalarNode):
+                problem = "a key must be a plain string"
+            else:
+                key = self.constructor.construct_object(key_node)
+                if not isinstance(key, str):
+                    problem = f"a key must be a string, got {key!r} (quote it)"
+                elif key in first:
+                    problem = f"duplicate key {key!r} (first at line {first[key]})"
+            if problem is not None:
+                self.doc.problems.append((path, problem, key_line, key_column))
+                continue
+            first[key] = key_line
+            line, column = _pos(value_node)
+            self.doc.positions[(*path, key)] = Located(line, column, key_line, key_column)
+            out[key] = self.build(value_node, (*path, key))
+        return out
