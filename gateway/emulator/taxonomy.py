@@ -11,11 +11,23 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
-from ..predictions import join_label, split_label
 
 __all__ = ["DEFAULT_TAXONOMY", "LabelDef", "PropertyDef", "Scoring", "Taxonomy", "load_taxonomy"]
 
 DEFAULT_TAXONOMY = Path(__file__).with_name("taxonomy.yaml")
+# As gateway.predictions.join_label/split_label, without importing pydantic: the
+# emulator server starts faster and needs none of it.
+_SEPARATOR = " > "
+
+
+def join_label(parts: tuple[str, ...]) -> str:
+    return _SEPARATOR.join(parts)
+
+
+def split_label(name: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in name.split(">") if p.strip())
+
+
 ENTITY_KINDS = ("order-number", "invoice-number", "iban", "credit-card", "email-address", "money")
 
 
