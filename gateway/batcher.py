@@ -33,6 +33,12 @@ class _Pending:
     size: int = 0
 
 
+def _fail(batch: _Pending, indexes: list[int], exc: Exception) -> None:
+    for i in indexes:
+        if not batch.futures[i].done():
+            batch.futures[i].set_exception(exc)
+
+
 class BatchingClassifier:
     """A ``Classifier`` that coalesces concurrent calls into batches."""
 
@@ -56,6 +62,8 @@ class BatchingClassifier:
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.requests = 0
+        self.in_flight = 0
+        self.peak_in_flight = 0
         self.batch_sizes: list[int] = []
 
     @property
@@ -109,20 +117,18 @@ class BatchingClassifier:
             documents = [batch.documents[i] for i in live]
             self.requests += 1
             self.batch_sizes.append(len(documents))
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
             try:
                 result = await self._inner.predict_raw_emails(documents)
             except Exception as exc:
-                for i in live:
-                    if not batch.futures[i].done():
-                        batch.futures[i].set_exception(exc)
+                _fail(batch, live, exc)
                 return
+            finally:
+                self.in_flight -= 1
             if len(result.predictions) != len(live):
-                error = MalformedResponseError(
-                    f"{len(result.predictions)} predictions for {len(live)} documents"
-                )
-                for i in live:
-                    if not batch.futures[i].done():
-                        batch.futures[i].set_exception(error)
+                count = f"{len(result.predictions)} predictions for {len(live)} documents"
+                _fail(batch, live, MalformedResponseError(count))
                 return
             for i, prediction in zip(live, result.predictions, strict=True):
                 if not batch.futures[i].done():
