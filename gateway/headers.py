@@ -18,6 +18,8 @@ import re
 from collections.abc import Iterator, Sequence
 from email.header import Header, decode_header, make_header
 
+from .rules.subject import apply_subject_prefix
+
 __all__ = [
     "MAX_HEADER_BYTES",
     "decode_header_value",
@@ -227,32 +229,22 @@ def strip_headers(raw: bytes, prefix: str = "X-CM-") -> bytes:
     return b"".join(parts)
 
 
-def _local_apply_subject_prefix(subject: str, prefix: str) -> str:
-    # Idempotent: a subject that already carries the prefix (ignoring surrounding
-    # whitespace) is left alone, so a retried or looping message is not tagged twice.
-    if not prefix.strip() or subject.lstrip().startswith(prefix.strip()):
-        return subject
-    return prefix + subject
-
-
-_apply_subject_prefix = _local_apply_subject_prefix
-
-
 def prefix_subject(raw: bytes, prefix: str) -> bytes:
     """``raw`` with ``prefix`` in front of its Subject (decoded, prefixed, re-encoded when
-    not ASCII); idempotent. A message without a Subject gets one. Only that one field
-    changes; everything else stays byte for byte."""
+    not ASCII); idempotent with ``rules.apply_subject_prefix`` semantics (a prefix already
+    among the leading tags, after ``Re:`` and the like, is not added again). A message
+    without a Subject gets one. Only that one field changes; the rest stays byte for byte."""
     subject = next(((s, e) for name, s, e in _fields(raw) if name == b"subject"), None)
     linesep = _linesep(raw)
     if subject is None:
-        new_value = _apply_subject_prefix("", prefix).strip()
+        new_value = apply_subject_prefix("", prefix).strip()
         if not new_value:
             return raw
         return _field_bytes("Subject", new_value, linesep) + raw
     start, end = subject
     field = raw[start:end]
     old_value = decode_header_value(field[field.find(b":") + 1 :])
-    new_value = _apply_subject_prefix(old_value, prefix)
+    new_value = apply_subject_prefix(old_value, prefix)
     if new_value == old_value:
         return raw
     name = field[: field.find(b":")].decode("ascii", errors="replace").strip() or "Subject"

@@ -260,3 +260,9 @@ def test_prefix_subject_adds_a_missing_subject() -> None:
     out = prefix_subject(raw, "[Urgent] ")
     assert out == b"Subject: [Urgent]\r\n" + raw
     assert prefix_subject(out, "[Urgent] ") == out
+
+
+def test_prefix_subject_sees_the_prefix_behind_reply_markers() -> None:
+    """'Re: [T] x' already carries '[T] ': no second tag (the rules engine's semantics)."""
+    raw = b"Subject: Re: [T] hello\r\n\r\nbody\r\n"
+    assert prefix_subject(raw, "[T] ") is raw
