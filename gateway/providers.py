@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from ._responses import parse_validation
 from ._retry import RetryPolicy
 from .client import CommunicationsMiningClient
 from .config import Config
 from .context import Classifier
 from .errors import ConfigError, NotFoundError
+from .predictions import ValidationSummary
 
-__all__ = ["make_classifier"]
+__all__ = ["make_classifier", "model_validation"]
 
 
 def make_classifier(
@@ -47,3 +49,38 @@ def make_classifier(
         )
     except ConfigError as exc:
         raise ConfigError(exc.message, file=config.source, where=exc.where) from None
+
+
+async def model_validation(
+    config: Config,
+    *,
+    env: Mapping[str, str] | None = None,
+    version: int | str | None = None,
+) -> tuple[str, ValidationSummary]:
+    """The model's validation stats and taxonomy, with a description of where they came
+    from: the tenant's ``validation`` route, or the emulator's taxonomy in-process.
+
+    Raises ``ConfigError`` for a custom provider (it has no validation route) and
+    ``ClassifierError`` when the API fails."""
+    settings = config.classifier
+    if settings.provider == "custom":
+        raise ConfigError(
+            "the custom provider has no validation route; this needs"
+            " provider = 'communications-mining' or 'emulator'",
+            file=config.source,
+            where="classifier.provider",
+        )
+    classifier = make_classifier(config, env=env)
+    try:
+        if isinstance(classifier, CommunicationsMiningClient):
+            return classifier.description, await classifier.validation(version)
+        from .emulator.provider import EmulatorClassifier
+
+        assert isinstance(classifier, EmulatorClassifier)
+        selector = settings.model_version if version is None else version
+        resolved = classifier.model.resolve_version(selector, allow_latest=True)
+        if resolved is None:
+            raise NotFoundError(f"the emulator serves no model version {selector!r}", status=404)
+        return classifier.description, parse_validation(classifier.model.validation(resolved))
+    finally:
+        await classifier.aclose()
