@@ -1,0 +1,403 @@
+"""Raw message bytes -> one ``predict-raw-emails`` document.
+
+``parse_message`` reads a message with mail-parser (tolerant, and guarded against deep
+nesting) and our own iterative MIME walk (``mimewalk``); ``build_document`` turns the
+result into a document that is always within the API's limits; ``document_hash`` is the
+dedup key's digest. None of them raises on any input, and none keeps global state, so
+large messages can be parsed in a worker thread.
+
+Choices (see also ``mimewalk``):
+
+* ``headers.raw`` holds every header as written (encoded words kept, folding removed,
+  raw 8-bit bytes decoded as UTF-8 else windows-1252), except Content-Type and
+  Content-Transfer-Encoding. Past 65,536 characters whole headers are dropped, trace
+  and signature headers (Received, DKIM, ARC, Authentication-Results, X-MS-Exchange-*...)
+  first, then other headers, and the addressing headers (Subject, From, To, Cc, Date,
+  Message-ID...) last. Kept headers stay in message order.
+* ``body`` carries ``plain`` and/or ``html`` as found; ``plain: ""`` when neither.
+* ``comment_id`` is the Message-ID without ``<>`` when it matches the API's pattern
+  (ASCII only), else the SHA-256 hex of it; absent without a Message-ID.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from email.message import Message
+from email.utils import getaddresses
+from types import MappingProxyType
+from typing import Any
+
+import mailparser
+from mailparser.exceptions import MailParserRecursionError
+
+from .context import Attachment
+from .documents import (
+    MAX_ATTACHMENT_FIELD,
+    MAX_ATTACHMENTS,
+    MAX_HTML,
+    MAX_PLAIN,
+    MAX_RAW_HEADERS,
+    AttachmentMeta,
+    RawEmailBody,
+    RawEmailDocument,
+    UserProperties,
+)
+from .mimeheaders import header_items, raw_headers, trim_header_block
+from .mimetext import clean_text, decode_header_value, fix_surrogates, one_line, truncate_text
+from .mimewalk import WalkResult, walk_message
+
+__all__ = ["ParsedMessage", "build_document", "document_hash", "parse_message"]
+
+_NO_PROPERTIES: Mapping[str, str | float] = MappingProxyType({})
+
+_COMMENT_ID = re.compile(r"[\w\x21-\x2e\x3a-\x40\x5b-\x60\x7b-\x7e]{1,1024}", re.ASCII)
+_MAILPARSER_HEADERS = frozenset(
+    {
+        "from",
+        "to",
+        "content-type",
+        "content-transfer-encoding",
+        "content-disposition",
+        "mime-version",
+    }
+)
+# Real mail nests a few dozen containers at most (a thread forwarded as attachments).
+_MAX_CONTAINERS = 256
+_CONTAINER = re.compile(rb"(?i)boundary\s*\*?[0-9]*\*?\s*=|message/")
+_MAX_PROPERTY_NAME = 1024
+_MAX_PROPERTY_VALUE = 1024
+_MAX_NAME_EXTENSION = 16
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedMessage:
+    """What the gateway knows of one message after parsing.
+
+    ``headers`` are (name as written, RFC 2047-decoded unfolded value) in message order;
+    ``message_id`` has no ``<>``; ``text_plain``/``text_html`` are None when the message
+    has no such part; ``attachments`` lists every attachment (not capped); ``defects``
+    names what was wrong with the message (stdlib and mail-parser defect classes, plus
+    ``MailParserRecursionError``, ``CharsetFallbackDefect``...).
+    """
+
+    headers: tuple[tuple[str, str], ...]
+    subject: str
+    message_id: str | None
+    from_addresses: tuple[str, ...]
+    to_addresses: tuple[str, ...]
+    text_plain: str | None
+    text_html: str | None
+    attachments: tuple[Attachment, ...]
+    size: int
+    defects: tuple[str, ...]
+
+
+def parse_message(raw: bytes) -> ParsedMessage:
+    """Parse raw message bytes; never raises (unparseable input gives empty fields)."""
+    try:
+        return _parse(bytes(raw))
+    except Exception as exc:  # the contract is "never raises": report it as a defect
+        try:
+            size = len(raw)
+        except Exception:
+            size = 0
+        return ParsedMessage((), "", None, (), (), None, None, (), size, (_error_name(exc),))
+
+
+def build_document(
+    parsed: ParsedMessage,
+    raw: bytes,
+    *,
+    user_properties: Mapping[str, str | float] = _NO_PROPERTIES,
+    mailbox: str | None = None,
+) -> RawEmailDocument:
+    """One ``RawEmailDocument`` within every API limit; never raises."""
+    try:
+        return _build(parsed, raw, user_properties, mailbox)
+    except Exception:  # a bug here must not lose the message: send the smallest valid doc
+        return {"raw_email": {"headers": {"raw": ""}, "body": {"plain": ""}, "attachments": []}}
+
+
+def document_hash(doc: RawEmailDocument) -> str:
+    """SHA-256 hex of the canonical JSON (sorted keys, compact, UTF-8) of ``doc``."""
+    canonical = json.dumps(doc, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+# --- parsing -----------------------------------------------------------------------
+
+
+def _parse(raw: bytes) -> ParsedMessage:
+    defects: list[str] = []
+    raw_headers = header_items(raw)
+    headers = tuple(
+        (name, decode_header_value(one_line(value)).strip()) for name, value in raw_headers
+    )
+
+    mime = _MimeResult()
+    if _too_many_containers(raw):
+        # The stdlib parser's cost grows with the square of the nesting depth (and it
+        # ends in a RecursionError): such a message keeps its headers, not its body.
+        defects.append("MimeContainerLimitDefect")
+    else:
+        mime = _read_mime(raw)
+    walk = mime.walk
+    defects.extend(mime.defects)
+    defects.extend(walk.defects)
+    from_addresses, to_addresses = mime.from_addresses, mime.to_addresses
+
+    if from_addresses is None:
+        from_addresses = _fallback_addresses(headers, "from")
+    if to_addresses is None:
+        to_addresses = _fallback_addresses(headers, "to")
+
+    return ParsedMessage(
+        headers=headers,
+        subject=_first(headers, "subject") or "",
+        message_id=_message_id(raw_headers),
+        from_addresses=from_addresses,
+        to_addresses=to_addresses,
+        text_plain="\n\n".join(walk.plain) if walk.plain else None,
+        text_html="\n\n".join(walk.html) if walk.html else None,
+        attachments=tuple(walk.attachments),
+        size=len(raw),
+        defects=tuple(dict.fromkeys(defects)),
+    )
+
+
+@dataclass(slots=True)
+class _MimeResult:
+    walk: WalkResult = field(default_factory=WalkResult)
+    from_addresses: tuple[str, ...] | None = None
+    to_addresses: tuple[str, ...] | None = None
+    defects: list[str] = field(default_factory=list)
+
+
+def _too_many_containers(raw: bytes) -> bool:
+    """More multipart/message containers declared than any real message has."""
+    # bytes.count is cheap on megabytes; the regex only runs on suspicious input.
+    rough = sum(raw.count(token) for token in (b"oundary", b"OUNDARY", b"essage/", b"ESSAGE/"))
+    if rough <= _MAX_CONTAINERS:
+        return False
+    found = _CONTAINER.finditer(raw)
+    return sum(1 for _ in itertools.islice(found, _MAX_CONTAINERS + 1)) > _MAX_CONTAINERS
+
+
+def _read_mime(raw: bytes) -> _MimeResult:
+    """mail-parser's parse (addresses, defects) and our walk of its MIME tree."""
+    result = _MimeResult()
+    try:
+        # mail-parser reads every top-level header (Received lines character by
+        # character); it gets only those we use it for, so a message with thousands of
+        # trace headers costs no more than one without.
+        mail = mailparser.parse_from_bytes(trim_header_block(raw, _MAILPARSER_HEADERS))
+    except MailParserRecursionError:
+        result.defects.append("MailParserRecursionError")
+        return result
+    except Exception as exc:
+        result.defects.append(_error_name(exc))
+        return result
+    result.defects.extend(sorted(str(name) for name in mail.defects_categories))
+    result.from_addresses = _addresses(mail, "from_")
+    result.to_addresses = _addresses(mail, "to")
+    message = mail.message
+    if isinstance(message, Message):
+        try:
+            result.walk = walk_message(message)
+        except Exception as exc:  # RecursionError included: keep headers, lose the body
+            result.defects.append(_error_name(exc))
+    return result
+
+
+def _addresses(mail: Any, attribute: str) -> tuple[str, ...] | None:
+    try:
+        pairs = getattr(mail, attribute)
+    except Exception:
+        return None
+    if not isinstance(pairs, list):
+        return ()
+    out: list[str] = []
+    for pair in pairs:
+        if isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[1], str):
+            address = one_line(pair[1]).strip()
+            if address:
+                out.append(address)
+    return tuple(out)
+
+
+def _fallback_addresses(headers: Iterable[tuple[str, str]], name: str) -> tuple[str, ...]:
+    value = _first(headers, name)
+    if not value:
+        return ()
+    try:
+        pairs = getaddresses([value])
+    except Exception:
+        return ()
+    return tuple(address for _, address in pairs if address)
+
+
+def _first(headers: Iterable[tuple[str, str]], name: str) -> str | None:
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+def _message_id(raw_headers: list[tuple[str, str]]) -> str | None:
+    value = _first(raw_headers, "message-id")
+    if value is None:
+        return None
+    value = one_line(value).strip()
+    start = value.find("<")
+    if start >= 0:
+        end = value.find(">", start + 1)
+        value = value[start + 1 : end] if end >= 0 else value[start + 1 :]
+    value = value.strip()
+    return value or None
+
+
+def _error_name(exc: BaseException) -> str:
+    return f"ParseError:{type(exc).__name__}"
+
+
+# --- the document ------------------------------------------------------------------
+
+
+def _build(
+    parsed: ParsedMessage,
+    raw: bytes,
+    user_properties: Mapping[str, str | float],
+    mailbox: str | None,
+) -> RawEmailDocument:
+    items: list[tuple[str, str]] = header_items(bytes(raw)) if raw else []
+    if not items:
+        items = list(parsed.headers)
+    body: RawEmailBody = {}
+    if parsed.text_plain is not None:
+        body["plain"] = truncate_text(clean_text(parsed.text_plain), MAX_PLAIN)
+    if parsed.text_html is not None:
+        body["html"] = truncate_text(clean_text(parsed.text_html), MAX_HTML)
+    if not body:
+        body["plain"] = ""
+    document: RawEmailDocument = {
+        "raw_email": {
+            "headers": {"raw": raw_headers(items, MAX_RAW_HEADERS)},
+            "body": body,
+            "attachments": [_attachment(a) for a in parsed.attachments[:MAX_ATTACHMENTS]],
+        },
+        "user_properties": _user_properties(parsed, user_properties, mailbox),
+    }
+    comment_id = _comment_id(parsed.message_id)
+    if comment_id is not None:
+        document["comment_id"] = comment_id
+    return document
+
+
+def _attachment(attachment: Attachment) -> AttachmentMeta:
+    size = attachment.size if isinstance(attachment.size, int) and attachment.size > 0 else 0
+    return {
+        "name": _limit_name(one_line(str(attachment.name)).strip()),
+        "size": size,
+        "content_type": truncate_text(one_line(str(attachment.content_type)), MAX_ATTACHMENT_FIELD),
+    }
+
+
+def _limit_name(name: str) -> str:
+    """At most 256 characters, keeping a short extension such as ``.pdf``."""
+    if len(name) <= MAX_ATTACHMENT_FIELD:
+        return name
+    stem, dot, extension = name.rpartition(".")
+    if dot and stem and 0 < len(extension) <= _MAX_NAME_EXTENSION:
+        room = MAX_ATTACHMENT_FIELD - len(extension) - 1
+        return truncate_text(stem, room) + "." + extension
+    return truncate_text(name, MAX_ATTACHMENT_FIELD)
+
+
+def _user_properties(
+    parsed: ParsedMessage, given: Mapping[str, str | float], mailbox: str | None
+) -> UserProperties:
+    properties: UserProperties = {}
+    try:
+        given_items = list(given.items())
+    except Exception:
+        given_items = []
+    for key, value in given_items:
+        checked = _user_property(key, value)
+        if checked is not None:
+            properties[checked[0]] = checked[1]
+    # Computed properties never override the caller's, and never share a name with
+    # one of them under the other type (the API rejects conflicting properties).
+    taken = {key.split(":", 1)[1].strip().lower() for key in properties}
+    computed: list[tuple[str, str | float]] = []
+    if mailbox is not None:
+        computed.append(("string:Mailbox", str(mailbox)))
+    computed.append(("number:Attachment Count", len(parsed.attachments)))
+    domain = _sender_domain(parsed.from_addresses)
+    if domain:
+        computed.append(("string:Sender Domain", domain))
+    computed.append(("number:Size KB", round(max(parsed.size, 0) / 1024, 1)))
+    for key, value in computed:
+        checked = _user_property(key, value)
+        if checked is not None and key.split(":", 1)[1].lower() not in taken:
+            properties[checked[0]] = checked[1]
+    return properties
+
+
+def _user_property(key: object, value: object) -> tuple[str, str | float | int] | None:
+    """A valid (key, value) pair, converted where that is unambiguous, else None."""
+    if not isinstance(key, str):
+        return None
+    kind, colon, name = one_line(key).partition(":")
+    name = name.strip()
+    if not colon or kind not in ("string", "number") or not name:
+        return None
+    key = f"{kind}:{truncate_text(name, _MAX_PROPERTY_NAME)}"
+    if kind == "number":
+        number: float
+        if isinstance(value, bool):
+            return None
+        if isinstance(value, int):
+            return (key, value) if abs(value) < 2**53 else None
+        if isinstance(value, float):
+            number = value
+        elif isinstance(value, str):
+            try:
+                number = float(value.strip())
+            except ValueError:
+                return None
+        else:
+            return None
+        return (key, number) if math.isfinite(number) else None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        value = str(value)
+    if not isinstance(value, str):
+        return None
+    text = truncate_text(fix_surrogates(value).replace("\x00", "").strip(), _MAX_PROPERTY_VALUE)
+    return (key, text) if text.strip() else None
+
+
+def _sender_domain(addresses: tuple[str, ...]) -> str | None:
+    for address in addresses:
+        _, at, domain = address.rpartition("@")
+        domain = domain.strip().strip(">").strip().lower()
+        if at and domain:
+            return truncate_text(domain, 255)
+    return None
+
+
+def _comment_id(message_id: str | None) -> str | None:
+    if not message_id:
+        return None
+    if _COMMENT_ID.fullmatch(message_id):
+        return message_id
+    return hashlib.sha256(message_id.encode("utf-8", "surrogatepass")).hexdigest()
