@@ -48,6 +48,8 @@ log = get_logger("cm-gateway.smtp")
 
 _LONE = re.compile(rb"[\r\n]")  # used inside CRLF-split segments: every one is lone
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# handled=False: aiosmtpd answers "535 5.7.8 Authentication credentials invalid".
+_INVALID = AuthResult(success=False, handled=False)
 
 
 def new_queue_id() -> str:
@@ -285,7 +287,7 @@ class GatewayHandler:
         authz, login, password = parts
         # We do not support acting for someone else (RFC 4616 authorization identity).
         if authz and authz != login:
-            return AuthResult(success=False)
+            return _INVALID
         return await self._verify("PLAIN", login, password)
 
     async def auth_LOGIN(self, server: _SMTP, args: list[str]) -> AuthResult:
@@ -302,16 +304,16 @@ class GatewayHandler:
 
     async def _verify(self, mechanism: str, login: bytes, password: bytes) -> AuthResult:
         if self.authenticator is None:
-            return AuthResult(success=False)
+            return _INVALID
         try:
             user = login.decode("utf-8")
         except UnicodeDecodeError:
-            return AuthResult(success=False)
+            return _INVALID
         if await self.authenticator.verify(user, password):
             log.info("auth_ok", mechanism=mechanism, user=user)
             return AuthResult(success=True, auth_data=user)
         log.warning("auth_failed", mechanism=mechanism)
-        return AuthResult(success=False)
+        return _INVALID
 
 
 def _bytes_or_none(value: object) -> bytes | None:
