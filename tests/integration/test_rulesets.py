@@ -17,13 +17,15 @@ from typing import Any
 import pytest
 
 from gateway.config import embedded_default
+from gateway.context import CLASSIFIED
+from gateway.emulator.provider import EmulatorClassifier
 from gateway.explain import (
     assumed_envelope,
     default_threshold,
     load_predictions_file,
     message_context,
 )
-from gateway.payload import parse_message
+from gateway.payload import build_document, parse_message
 from gateway.rules import Decision, RuleSet, load_rules
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,6 +62,10 @@ CASES = _cases()
 @cache
 def _ruleset(name: str) -> RuleSet:
     return load_rules([RULES / f"{name}.yaml"])
+
+
+def _case(ruleset: str, name: str) -> Case:
+    return next(c for c in CASES if c.ruleset == ruleset and c.name == name)
 
 
 @cache
@@ -119,3 +125,48 @@ def test_shipped_rule_sets_have_no_lint_warnings() -> None:
     """No shipped rule is shadowed or unable to match."""
     for name in RULE_SETS:
         assert _ruleset(name).warnings() == [], name
+
+
+# The same mails through the in-process emulator model (the embedded default's
+# classifier) instead of the fixture predictions: the clear cases land where intended.
+EMULATOR_CASES = {
+    "inline-routing": ("invoice-to-ap", "refund-to-refunds", "it-incident-to-helpdesk"),
+    "shared-inbox-triage": ("angry-complaint", "urgent-incident", "newsletter-low"),
+    "compliance-tagging": (
+        "card-number-quarantined",
+        "passport-pii",
+        "regulated-advice-archived",
+    ),
+}
+
+
+async def _decide_with_emulator(case: Case) -> Decision:
+    raw = (case.path / "message.eml").read_bytes()
+    parsed = parse_message(raw)
+    mail_from, rcpts = assumed_envelope(parsed)
+    classifier = EmulatorClassifier(embedded_default(env={}).classifier)
+    batch = await classifier.predict_raw_emails([build_document(parsed, raw)])
+    ctx = message_context(
+        parsed,
+        mail_from=mail_from,
+        rcpt_tos=rcpts,
+        prediction=batch.predictions[0],
+        status=CLASSIFIED,
+        model_version=batch.model_version,
+    )
+    return _ruleset(case.ruleset).evaluate(ctx, default_threshold=THRESHOLD)
+
+
+@pytest.mark.parametrize("ruleset", RULE_SETS)
+async def test_emulator_model_routes_clear_fixture_mails_as_intended(ruleset: str) -> None:
+    """Fixture mails classified by the emulator model get their expected decision."""
+    for name in EMULATOR_CASES[ruleset]:
+        case = _case(ruleset, name)
+        _assert_matches(await _decide_with_emulator(case), case.expected)
+
+
+async def test_emulator_model_sends_the_invoice_mail_to_accounts_payable() -> None:
+    """The invoice fixture, classified by the emulator, is redirected to ap@ only."""
+    decision = await _decide_with_emulator(_case("inline-routing", "invoice-to-ap"))
+    assert decision.recipients == ("ap@example.com",)
+    assert ("X-Triage-Queue", "accounts-payable") in decision.add_headers
