@@ -3,10 +3,33 @@
     ruleset = load_rules([Path("rules/shared-inbox-triage.yaml")], mode="enforce")
     decision = ruleset.evaluate(ctx, default_threshold=0.25)
 
-The rule language is DESIGN.md §5; the semantics of every open point (domain patterns,
-sentiment fallback, placeholders for unclassified mail, audit, precedence) are written
-in the docstrings of ``addresses``, ``facts``, ``placeholders``, ``engine`` and
-``decision``, and summarised in docs/rules.md.
+The rule language is DESIGN.md §5. The points it leaves open are decided here (details
+in the docstrings of each module):
+
+- A condition mapping with several keys holds when all of them hold (implicit ``all``);
+  ``min_probability``/``max_probability`` qualify the ``label`` of the same mapping.
+- ``label``: exact ``A > B``, case-sensitive; ``A > *`` = any descendant of A, not A;
+  ``*`` = any label. Holds for min <= p <= max; min defaults to ``default_threshold``.
+  A label that was not predicted, or an unclassified message, never satisfies it.
+- ``sentiment``: the document sentiment, else the mean of the predicted labels'
+  sentiments, else none (never holds). ``below``/``above`` are strict, in -1..1.
+- ``entity``: ``kind`` case-insensitive, ``value`` regex with ``re.search``.
+- ``header``: name case-insensitive; ``matches`` = ``re.search`` on a decoded value,
+  ``contains`` = case-insensitive substring, ``exists: true|false``.
+- ``from``/``to``: case-insensitive; ``user@dom`` exact, ``@dom`` that domain only (not
+  subdomains; write ``*@*.dom`` for them), globs over the whole address, ``<>`` the null
+  sender; a list means any; ``to`` holds when one recipient matches.
+- ``size``: bytes, strict; ``512KB``/``10MB``/``1GB`` are powers of 1024.
+- ``unclassified: true``: status is not ``classified`` (unclassified or skipped).
+- Placeholders with nothing to say (unclassified mail, unknown model) expand to ``""``.
+- Precedence: reject > defer > discard > quarantine > redirect > bcc/headers/subject;
+  the first reject/defer text wins; a later redirect or quarantine replaces an earlier
+  one; quarantine drops every other recipient; bcc is added to the final recipients.
+- Audit (``mode="audit"``, top-level ``audit: true`` in a file, or per rule): recorded in
+  ``Decision.matches`` with its actions, changes nothing; an audited ``stop`` does not
+  stop enforced rules. ``Decision.audit_verdict``: what enforcing them would have done.
+- ``add_header`` may not set structural headers (Subject, From, Content-Type...).
+- Rule names: 1-64 of ``[A-Za-z0-9._-]`` (they go into ``X-CM-Rules``).
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ is evaluated and recorded in ``Decision.matches`` with the actions it would have
 and changes nothing: its actions do not reach the decision, and its ``stop`` does not stop
 the enforced rules after it (auditing must not change what the others do). The shadow
 verdict — what would happen if the audited rules were enforced, stops included — is
-``Decision.audit_verdict``.
+``Decision.audit_verdict``. When the whole set is audited, stops apply as usual, so that
+``matches`` and ``verdicts`` show exactly what enforcing would do.
 """
 
 from __future__ import annotations
@@ -117,6 +118,9 @@ class RuleSet:
     def _evaluate(self, ctx: MessageContext, threshold: float) -> Decision:
         facts = Facts(ctx, threshold)
         audit_all = self.mode == "audit"
+        # When nothing is enforced, stops apply as in enforce mode: the trace is then
+        # exactly what enforcing would do.
+        all_audited = self.audit
         real, shadow = Draft(), Draft()
         stopped_by: str | None = None  # an enforced stop: later rules are skipped
         shadow_stopped_by: str | None = None  # any stop, audited included
@@ -167,8 +171,8 @@ class RuleSet:
                 for effect in effects:
                     real.add(effect)
                 hit.append(rule.name)
-                if rule.stop:
-                    stopped_by = rule.name
+            if rule.stop and (not audited or all_audited):
+                stopped_by = rule.name
         original = tuple(ctx.rcpt_tos)
         outcome = finalize(real, original)
         return Decision(

@@ -149,7 +149,10 @@ def _load_text(
         try:
             loaded.model = RuleFileModel.model_validate(doc.data)
         except ValidationError as exc:
-            for detail in exc.errors():
+            # A missing key is reported at its mapping: at the same place, the other
+            # errors (an unknown key that may be the misspelt missing one) come first.
+            details = sorted(exc.errors(), key=lambda d: d["type"] == "missing")
+            for detail in details:
                 errors.append(_from_pydantic(loaded, detail))
     errors.sort(key=lambda e: (e[0], e[1]))
     out = [e[2] for e in errors]
@@ -243,6 +246,11 @@ def _describe(detail: ErrorDetails, path: tuple[str | int, ...]) -> str:
         return f"must be <= {_num(ctx.get('le'))}"
     if kind == "greater_than_equal":
         return f"must be >= {_num(ctx.get('ge'))}"
+    if kind == "string_type" and isinstance(detail.get("input"), bool | int | float):
+        return (
+            f"must be a string, got {detail['input']!r}: quote it "
+            "(in YAML, unquoted yes/no/on/off/true/false and numbers are not text)"
+        )
     if kind in _TYPE_TEXT:
         return _TYPE_TEXT[kind]
     message = detail["msg"]

@@ -208,11 +208,10 @@ class ActionModel(_Strict):
     def _check(self) -> ActionModel:
         given = self._given()
         if len(given) != 1:
-            key = given[1] if given else ""
             raise _error(
-                key,
-                f"an action is a mapping with exactly one key, got {len(given)}: "
-                + ", ".join(given),
+                "",
+                "an action is a mapping with exactly one key, got "
+                + (f"{len(given)}: " + ", ".join(given) if given else "none"),
             )
         return self
 
