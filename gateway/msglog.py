@@ -1,0 +1,81 @@
+"""The one structured log line per message (event ``message``).
+
+It carries who and what (queue id, Message-ID, peer, size), what the model said (label
+summary, status), what the rules did (rules hit, verdict, recipient count), what the next
+hop answered, the reply we gave, and the time spent per stage. Never the body, never
+addresses in bulk, never the token (``logsetup`` scrubs registered secrets anyway).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from .inbound import InboundMessage
+from .logsetup import get_logger
+from .predictions import DocumentPrediction
+from .replies import Reply
+
+__all__ = ["MessageLog", "labels_brief"]
+
+_log = get_logger("cm-gateway.pipeline")
+_MAX_LABELS = 5
+_MAX_TEXT = 200
+
+
+def labels_brief(prediction: DocumentPrediction | None) -> str | None:
+    """The few most probable labels, e.g. ``Finance > Invoice (0.92), Urgent (0.66)``."""
+    if prediction is None:
+        return None
+    ordered = sorted(prediction.labels, key=lambda lb: (-lb.probability, lb.name))
+    brief = ", ".join(f"{lb.full_name} ({lb.probability:.2f})" for lb in ordered[:_MAX_LABELS])
+    if len(ordered) > _MAX_LABELS:
+        brief += f", +{len(ordered) - _MAX_LABELS} more"
+    return brief[: _MAX_TEXT * 2]
+
+
+class MessageLog:
+    """Collects the fields of one message's log line while the pipeline runs."""
+
+    def __init__(self, msg: InboundMessage) -> None:
+        self._started = time.perf_counter()
+        self.fields: dict[str, Any] = {
+            "queue_id": msg.queue_id,
+            "peer": msg.peer_ip,
+            "size": len(msg.content),
+            "rcpts_in": len(msg.rcpt_tos),
+        }
+
+    def set(self, **fields: Any) -> None:
+        """Add or replace fields (strings are capped: they may come from the message)."""
+        for key, value in fields.items():
+            if isinstance(value, str) and len(value) > _MAX_TEXT:
+                value = value[:_MAX_TEXT] + "..."
+            self.fields[key] = value
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time a stage into ``<name>_ms`` (also when it raises)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.fields[f"{name}_ms"] = round((time.perf_counter() - started) * 1000, 2)
+
+    def next_hop(self, reply: Reply | None, queue_id: str | None = None) -> None:
+        """Record the next hop's own reply (and its queue id when it said one)."""
+        if reply is not None:
+            self.set(next_hop_code=reply.code, next_hop_reply=f"{reply.enhanced} {reply.text}")
+        if queue_id:
+            self.set(next_hop_queue_id=queue_id)
+
+    def emit(self, reply: Reply) -> None:
+        """Write the line, at warning level for anything but a 2xx."""
+        self.fields["reply"] = f"{reply.code} {reply.enhanced}"
+        self.fields["total_ms"] = round((time.perf_counter() - self._started) * 1000, 2)
+        if 200 <= reply.code < 300:
+            _log.info("message", **self.fields)
+        else:
+            _log.warning("message", **self.fields)

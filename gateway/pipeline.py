@@ -1,0 +1,342 @@
+"""The message pipeline: what happens between the end of DATA and our reply.
+
+    build_processor(config) -> Pipeline          Pipeline.process(msg) -> Reply
+
+Per message (DESIGN.md §1, §6, §7):
+
+1. ``X-CM-*`` headers from peers outside ``smtp.trusted_networks`` are removed, so nobody
+   can forge a verdict.
+2. Loop checks: more ``Received`` fields than ``smtp.max_hops`` -> ``554 5.4.6``. A
+   message that already carries ``X-CM-Status`` from a trusted peer was classified by a
+   gateway before us: it is not classified (nor billed) again (``skipped;
+   reason=already-classified``) and its ``X-CM-*`` fields are left as they are.
+3. Skips: null sender, ``Auto-Submitted: auto-*``, size over ``classify_max_size``.
+4. Parse (in a thread past 256 KB), build the document, classify within
+   ``classifier.timeout``. A ``ClassifierError`` gives ``unclassified; reason=<kind>`` with
+   ``on_error = "deliver"``, or ``451 4.4.3`` with ``on_error = "defer"``.
+5. Rules -> ``Decision``; reject/defer -> its reply; discard -> 250, nothing delivered.
+6. Otherwise prepend ``Received`` and the ``X-CM-*`` / rule headers (through
+   ``headers.safe_header_value``), apply subject prefixes, deliver to
+   ``Decision.recipients``, and answer ``250 ... queued as <our queue id>`` once the next
+   hop has it, or the next hop's failure mapped by ``delivery``.
+
+Audit mode (``rules.mode = "audit"``): the rules are evaluated and logged, and change
+nothing: no reject/defer/discard, no recipient, subject or rule-header change and no
+``X-CM-Rules``. The classification headers (``X-CM-Labels``, ``X-CM-Model``,
+``X-CM-Status``) are still written: they describe the message, not a routing decision,
+and they are what an operator compares while auditing.
+
+Anything unexpected propagates to the SMTP front (``451 4.3.0``) after being logged with
+the queue id and stage, by type only (an exception's text may quote the message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import re
+from email.utils import formatdate
+
+from . import replies
+from .batcher import BatchingClassifier
+from .config import Config
+from .context import CLASSIFIED, ClassificationStatus, Classifier, MessageContext
+from .dedup import DedupClassifier, MemoryCache
+from .delivery import Delivery, make_delivery
+from .errors import ClassifierError, ClassifierTimeout, MalformedResponseError
+from .explain import default_threshold, gateway_headers, message_context, skip_reason
+from .headers import header_block, header_fields, prefix_subject, prepend_headers, strip_headers
+from .inbound import InboundMessage
+from .logsetup import get_logger
+from .msglog import MessageLog, labels_brief
+from .payload import ParsedMessage, build_document, parse_message
+from .predictions import DocumentPrediction
+from .providers import make_classifier
+from .replies import Reply
+from .rules import Decision, RuleSet, load_rules
+
+__all__ = ["Pipeline", "build_processor", "count_hops", "received_header"]
+
+HEADER_PREFIX = "X-CM-"
+PARSE_IN_THREAD = 256 * 1024
+_CLASSIFICATION_HEADERS = {f"{HEADER_PREFIX}{n}".lower() for n in ("Labels", "Model", "Status")}
+_HELO_UNSAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
+
+_log = get_logger("cm-gateway.pipeline")
+
+
+def count_hops(raw: bytes) -> int:
+    """The number of ``Received`` fields in the header block."""
+    return sum(
+        1
+        for line in header_block(raw).split(b"\n")
+        if line[:9].lower() == b"received:" or line[:9].lower() == b"received "
+    )
+
+
+def received_header(msg: InboundMessage, hostname: str) -> str:
+    """Our trace field (RFC 5321 §4.4), e.g. ``from mx.example ([192.0.2.1]) by gw
+    (cm-gateway) with ESMTPS id 4Xq2; <date>``. No ``for`` clause: it would disclose
+    Bcc recipients."""
+    helo = _HELO_UNSAFE.sub("?", msg.helo)[:100] or "unknown"
+    protocol = ("UTF8SMTP" if msg.smtp_utf8 else "ESMTP") + ("S" if msg.tls else "")
+    if msg.authenticated_user:
+        protocol += "A"
+    date = formatdate(msg.received_at, localtime=True)
+    return (
+        f"from {helo} ([{msg.peer_ip}]) by {hostname} (cm-gateway) with {protocol}"
+        f" id {msg.queue_id}; {date}"
+    )
+
+
+def _light_parse(raw: bytes) -> ParsedMessage:
+    # For messages too large to classify: what the rules need from the header block
+    # only, without a full MIME parse of many megabytes.
+    fields = tuple(header_fields(raw))
+    first = {name.lower(): value for name, value in reversed(fields)}
+    message_id = first.get("message-id", "").strip().strip("<>") or None
+    return ParsedMessage(
+        headers=fields,
+        subject=first.get("subject", ""),
+        message_id=message_id,
+        from_addresses=(),
+        to_addresses=(),
+        text_plain=None,
+        text_html=None,
+        attachments=(),
+        size=len(raw),
+        defects=(),
+    )
+
+
+class Pipeline:
+    """The ``MessageProcessor`` of ``cm-gateway serve``."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        classifier: Classifier,
+        rules: RuleSet,
+        delivery: Delivery,
+    ) -> None:
+        self.config = config
+        self.classifier = classifier
+        self.rules = rules
+        self.delivery = delivery
+        self._threshold = default_threshold(config)
+        # The classifier enforces classifier.timeout itself (retries included) and reports
+        # the last real error (server-error, rate-limited...); this outer deadline is the
+        # backstop, with room for the batch window and a little scheduling slack.
+        settings = config.classifier
+        self._classify_deadline = settings.timeout + settings.max_wait_ms / 1000 + 0.25
+
+    async def aclose(self) -> None:
+        """Release the classifier and the next hop."""
+        try:
+            await self.classifier.aclose()
+        finally:
+            await self.delivery.aclose()
+
+    async def process(self, msg: InboundMessage) -> Reply:
+        """Classify, route and deliver one message; the reply to its DATA."""
+        log = MessageLog(msg)
+        stage = "start"
+        try:
+            stage = "prepare"
+            content = msg.content
+            if not msg.trusted_peer:
+                content = strip_headers(content, HEADER_PREFIX)
+            hops = count_hops(content)
+            if hops > self.config.smtp.max_hops:
+                log.set(status="not-processed", hops=hops)
+                return self._done(log, replies.LOOP_DETECTED)
+            stage = "parse"
+            status, parsed = await self._parse(msg, content, log)
+            ctx = message_context(
+                parsed,
+                mail_from=msg.mail_from,
+                rcpt_tos=msg.rcpt_tos,
+                prediction=None,
+                status=status,
+                model_version=None,
+            )
+            if status.classified:
+                reason = skip_reason(self.config, ctx)
+                if reason is not None:
+                    ctx = dataclasses.replace(ctx, status=ClassificationStatus("skipped", reason))
+            if ctx.status.classified:
+                stage = "classify"
+                outcome = await self._classify(parsed, content, ctx, log)
+                if isinstance(outcome, Reply):
+                    return self._done(log, outcome)
+                ctx = outcome
+            log.set(
+                message_id=ctx.message_id,
+                status=ctx.status.header_value,
+                labels=labels_brief(ctx.prediction),
+                model=ctx.model_version,
+            )
+            stage = "rules"
+            with log.stage("rules"):
+                decision = self.rules.evaluate(ctx, default_threshold=self._threshold)
+            stage = "deliver"
+            return await self._apply(msg, content, ctx, decision, log)
+        except Exception as exc:
+            _log.error(
+                "message_failed",
+                queue_id=msg.queue_id,
+                stage=stage,
+                error_type=type(exc).__name__,
+            )
+            raise
+
+    async def _parse(
+        self, msg: InboundMessage, content: bytes, log: MessageLog
+    ) -> tuple[ClassificationStatus, ParsedMessage]:
+        with log.stage("parse"):
+            if msg.trusted_peer and any(
+                name.lower() == f"{HEADER_PREFIX}status".lower()
+                for name, _ in header_fields(content)
+            ):
+                return ClassificationStatus("skipped", "already-classified"), _light_parse(content)
+            if len(content) > self.config.classifier.classify_max_size:
+                # skip_reason() names it (after bounce / auto-submitted, in that order).
+                return CLASSIFIED, _light_parse(content)
+            if len(content) > PARSE_IN_THREAD:
+                return CLASSIFIED, await asyncio.to_thread(parse_message, content)
+            return CLASSIFIED, parse_message(content)
+
+    async def _classify(
+        self, parsed: ParsedMessage, content: bytes, ctx: MessageContext, log: MessageLog
+    ) -> MessageContext | Reply:
+        settings = self.config.classifier
+        with log.stage("classify"):
+            document = build_document(parsed, content, user_properties=settings.user_properties)
+            try:
+                try:
+                    async with asyncio.timeout(self._classify_deadline):
+                        batch = await self.classifier.predict_raw_emails([document])
+                except TimeoutError:
+                    raise ClassifierTimeout(f"no prediction within {settings.timeout:g}s") from None
+                if len(batch.predictions) != 1:
+                    # The contract is one prediction per document; anything else is a
+                    # malformed answer, handled like any classifier failure.
+                    raise MalformedResponseError(f"{len(batch.predictions)} predictions for 1")
+            except ClassifierError as exc:
+                log.set(classifier_error=exc.kind)
+                if settings.on_error == "defer":
+                    log.set(status=f"unclassified; reason={exc.kind}")
+                    return replies.CLASSIFIER_DEFER
+                return dataclasses.replace(
+                    ctx, status=ClassificationStatus("unclassified", exc.kind)
+                )
+        prediction: DocumentPrediction = batch.predictions[0]
+        return dataclasses.replace(
+            ctx, prediction=prediction, model_version=batch.model_version, status=CLASSIFIED
+        )
+
+    def _headers(self, ctx: MessageContext, decision: Decision) -> list[tuple[str, str]]:
+        headers = gateway_headers(ctx, decision)
+        if ctx.status.reason == "already-classified":
+            # The first gateway's verdict stays the only one.
+            headers = [(n, v) for n, v in headers if n.lower() not in _CLASSIFICATION_HEADERS]
+        if decision.audit:
+            headers = [(n, v) for n, v in headers if n.lower() in _CLASSIFICATION_HEADERS]
+        return headers
+
+    async def _apply(
+        self,
+        msg: InboundMessage,
+        content: bytes,
+        ctx: MessageContext,
+        decision: Decision,
+        log: MessageLog,
+    ) -> Reply:
+        enforce = not decision.audit
+        log.set(
+            rules_hit=list(decision.rules_hit),
+            verdict=decision.verdict if enforce else "deliver",
+        )
+        if decision.audit and decision.audit_verdict is not None:
+            log.set(audit_verdict=decision.audit_verdict)
+        if decision.matches and any(m.audit for m in decision.matches):
+            log.set(audit_rules=[m.rule for m in decision.matches if m.audit])
+        if enforce and decision.verdict in ("reject", "defer") and decision.reply is not None:
+            return self._done(log, decision.reply)
+        recipients = decision.recipients if enforce else msg.rcpt_tos
+        if enforce and (decision.verdict == "discard" or not recipients):
+            # Loud on purpose: a discarded message is acknowledged and reaches nobody.
+            _log.warning(
+                "message_discarded",
+                queue_id=msg.queue_id,
+                rules_hit=list(decision.rules_hit),
+                reason="discard" if decision.verdict == "discard" else "no recipients",
+            )
+            log.set(recipients=0)
+            return self._done(log, replies.queued(msg.queue_id))
+        outgoing = prepend_headers(content, self._headers(ctx, decision))
+        if enforce:
+            for prefix in reversed(decision.subject_prefixes):
+                outgoing = prefix_subject(outgoing, prefix)
+        outgoing = prepend_headers(
+            outgoing, [("Received", received_header(msg, self.config.smtp.hostname))]
+        )
+        log.set(recipients=len(recipients))
+        with log.stage("relay"):
+            result = await self.delivery.deliver(
+                msg.mail_from, recipients, outgoing, smtp_utf8=msg.smtp_utf8
+            )
+        log.next_hop(result.next_hop, result.queue_id)
+        if result.error:
+            log.set(relay_error=result.error)
+        if result.refused:
+            log.set(refused=len(result.refused))
+        if result.delivered:
+            return self._done(log, replies.queued(msg.queue_id))
+        return self._done(log, result.reply)
+
+    @staticmethod
+    def _done(log: MessageLog, reply: Reply) -> Reply:
+        log.emit(reply)
+        return reply
+
+
+def _wrap_classifier(config: Config, inner: Classifier) -> Classifier:
+    # Concurrent messages share predict calls (batching), and a message retried after a
+    # downstream tempfail is answered from the cache instead of being billed again.
+    settings = config.classifier
+    batched = BatchingClassifier(
+        inner,
+        max_batch=settings.max_batch,
+        max_wait_ms=settings.max_wait_ms,
+        max_in_flight=settings.max_in_flight,
+    )
+    if not config.cache.url.startswith("memory:"):
+        _log.warning("cache_backend_unsupported", url_scheme=config.cache.url.split(":")[0])
+    cache = MemoryCache(ttl=config.cache.ttl, max_entries=config.cache.max_entries)
+    return DedupClassifier(batched, cache)
+
+
+def build_processor(
+    config: Config,
+    *,
+    classifier: Classifier | None = None,
+    delivery: Delivery | None = None,
+) -> Pipeline:
+    """The pipeline ``config`` describes: rules loaded once (raises ``RuleFileError``),
+    the configured classifier (batched, deduplicated) and next hop. ``classifier`` and
+    ``delivery`` replace the configured ones (tests, tools)."""
+    rules = load_rules(config.rule_paths(), mode=config.rules.mode)
+    if classifier is None:
+        classifier = _wrap_classifier(config, make_classifier(config))
+    if delivery is None:
+        delivery = make_delivery(config)
+    _log.info(
+        "pipeline_ready",
+        classifier=classifier.description,
+        rules=len(rules),
+        rules_mode=config.rules.mode,
+        downstream=delivery.description,
+    )
+    return Pipeline(config, classifier=classifier, rules=rules, delivery=delivery)
