@@ -14,6 +14,7 @@ from typing import Any
 
 from .config import load_config
 from .errors import ClassifierError
+from .logsetup import configure_logging
 from .predictions import ValidationSummary
 from .providers import model_validation
 from .redact import scrub
@@ -77,6 +78,8 @@ def render_summary(description: str, summary: ValidationSummary) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``cm-gateway model [--config FILE] [--json]``."""
     config = load_config(args.config)
+    # Log lines go to stderr: stdout carries only the answer (it may be parsed as JSON).
+    configure_logging(config.log.level, config.log.format)
     try:
         description, summary = asyncio.run(model_validation(config))
     except ClassifierError as exc:
