@@ -25,7 +25,7 @@ import httpx
 
 from .emulator.faults import FaultInjector, FaultSettings
 from .emulator.model import KeywordModel
-from .emulator.server import EmulatorServer, EmulatorState, start_server
+from .emulator.server import CLIENT_MAX_SIZE, EmulatorServer, EmulatorState, start_server
 
 __all__ = ["EmulatorHandle", "running_emulator"]
 
@@ -66,13 +66,17 @@ class EmulatorHandle:
         fail_status: str | int | None = None,
         latency_ms: float | None = None,
         retry_after: float | None = None,
+        seed: int | None = None,
     ) -> dict[str, Any]:
-        """Change fault injection at run time; unspecified values stay. Returns the new set."""
+        """Change fault injection at run time; unspecified values stay. Returns the new set.
+
+        ``seed`` re-seeds the fault RNG (replays the same sequence of faults)."""
         changes = {
             "fail_rate": fail_rate,
             "fail_status": fail_status,
             "latency_ms": latency_ms,
             "retry_after": retry_after,
+            "seed": seed,
         }
         response = self._client.post(
             f"{self.base_url}/_emulator/faults",
@@ -99,8 +103,12 @@ def running_emulator(
     seed: int | None = 0,
     taxonomy: str | Path | None = None,
     host: str = "127.0.0.1",
+    client_max_size: int = CLIENT_MAX_SIZE,
 ) -> Iterator[EmulatorHandle]:
-    """Serve the emulator on ``host`` (a free port) for the duration of the block."""
+    """Serve the emulator on ``host`` (a free port) for the duration of the block.
+
+    ``token`` None accepts any non-empty Bearer token; ``client_max_size`` is the request
+    body cap in bytes (413 above it)."""
     settings = FaultSettings(
         fail_rate=fail_rate,
         fail_status=str(fail_status),
@@ -118,7 +126,9 @@ def running_emulator(
     def serve() -> None:
         asyncio.set_event_loop(loop)
         try:
-            server = loop.run_until_complete(start_server(state, host, 0))
+            server = loop.run_until_complete(
+                start_server(state, host, 0, client_max_size=client_max_size)
+            )
         except BaseException as exc:  # hand the failure to the caller's thread
             started.set_exception(exc)
             return

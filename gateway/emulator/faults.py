@@ -91,9 +91,16 @@ class FaultInjector:
         self._rng = random.Random(seed)
 
     def update(self, changes: Mapping[str, object]) -> FaultSettings:
-        """Apply a partial update (JSON from ``POST /_emulator/faults``); ValueError if bad."""
+        """Apply a partial update (JSON from ``POST /_emulator/faults``); ValueError if bad.
+
+        ``seed`` (int) re-seeds the RNG, so a test can replay a fault sequence."""
         merged = self.settings.to_json()
+        seed = changes.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ValueError("seed: expected an integer")
         for key, value in changes.items():
+            if key == "seed":
+                continue
             if key not in _FIELDS:
                 raise ValueError(f"{key}: unknown field")
             if value is None:
@@ -110,6 +117,8 @@ class FaultInjector:
         candidate.check()
         self.settings = candidate
         self._kinds = parse_fail_status(candidate.fail_status)
+        if seed is not None:
+            self._rng.seed(seed)  # the same sequence of faults again, from this call on
         return candidate
 
     def draw(self) -> str | None:

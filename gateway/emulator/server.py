@@ -38,7 +38,14 @@ from .validate import (
     validate_predict_raw_emails,
 )
 
-__all__ = ["API_ROUTES", "EmulatorServer", "EmulatorState", "make_app", "start_server"]
+__all__ = [
+    "API_ROUTES",
+    "CLIENT_MAX_SIZE",
+    "EmulatorServer",
+    "EmulatorState",
+    "make_app",
+    "start_server",
+]
 
 API_ROUTES = ("predict-raw-emails", "predict", "predict-comments", "validation")
 BILLED_ROUTES = ("predict-raw-emails", "predict")
@@ -62,6 +69,10 @@ class EmulatorState:
 
 
 STATE: web.AppKey[EmulatorState] = web.AppKey("emulator_state", EmulatorState)
+# Per request: the answer (for "malformed" faults), the bill, the document count (for logs).
+PAYLOAD: web.RequestKey[dict[str, Any]] = web.RequestKey("emulator_payload", dict)
+BILLING: web.RequestKey[tuple[int, list[str]]] = web.RequestKey("emulator_billing", tuple)
+DOCUMENTS: web.RequestKey[int] = web.RequestKey("emulator_documents", int)
 
 
 class _ApiError(Exception):
@@ -78,7 +89,7 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 
 
 def _ok(request: web.Request, payload: dict[str, Any]) -> web.Response:
-    request["payload"] = payload
+    request[PAYLOAD] = payload
     return web.json_response(payload)
 
 
@@ -118,13 +129,13 @@ async def predict_raw_emails(request: web.Request) -> web.Response:
     state = request.app[STATE]
     validate_predict_raw_emails(body, known_labels=state.model.label_names)
     docs = raw_email_docs(body)
-    request["documents"] = len(docs)
+    request[DOCUMENTS] = len(docs)
     payload = state.model.predict_texts(
         docs, version=version, selection=Selection.from_request(body)
     )
     if body.get("include_comments"):
         payload["comments"] = comments_for(body)
-    request["billing"] = (len(docs), [comment_key(d) for d in body["documents"]])
+    request[BILLING] = (len(docs), [comment_key(d) for d in body["documents"]])
     return _ok(request, payload)
 
 
@@ -134,11 +145,11 @@ async def predict(request: web.Request) -> web.Response:
     state = request.app[STATE]
     validate_predict(body, known_labels=state.model.label_names)
     docs = predict_docs(body)
-    request["documents"] = len(docs)
+    request[DOCUMENTS] = len(docs)
     payload = state.model.predict_texts(
         docs, version=version, selection=Selection.from_request(body)
     )
-    request["billing"] = (len(docs), [])
+    request[BILLING] = (len(docs), [])
     return _ok(request, payload)
 
 
@@ -147,7 +158,7 @@ async def predict_comments(request: web.Request) -> web.Response:
     body = await _json_body(request)
     state = request.app[STATE]
     validate_predict_comments(body, known_labels=state.model.label_names)
-    request["documents"] = len(body["uids"])
+    request[DOCUMENTS] = len(body["uids"])
     payload = state.model.predict_uids(
         body["uids"], version=version, selection=Selection.from_request(body)
     )
@@ -240,7 +251,7 @@ async def _dispatch(
         return await _fault_response(state, fault), fault
     response = await handler(request)
     if fault is not None:
-        payload = request.get("payload")
+        payload = request.get(PAYLOAD)
         if response.status != 200 or payload is None:
             return response, None  # nothing to corrupt: the real answer stands
         state.ledger.fault(fault)
@@ -268,10 +279,16 @@ async def _pipeline(
         response = _error(exc.status, exc.message)
     except web.HTTPException as exc:
         response = _error(exc.status, f"{exc.status} {exc.reason}", _allow(exc))
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        # A bug of the emulator must still answer in the API's error shape.
+        _log.exception("emulator error", route=route)
+        response = _error(500, "internal emulator error")
     elapsed = (time.perf_counter() - started) * 1000.0
     response.headers["Server-Timing"] = f"total;dur={elapsed:.1f}"
     if not admin:
-        billing = request.get("billing")
+        billing = request.get(BILLING)
         if response.status == 200 and fault is None and billing and route in BILLED_ROUTES:
             state.ledger.bill(*billing)
         state.ledger.response(response.status)
@@ -281,7 +298,7 @@ async def _pipeline(
                 method=request.method,
                 route=route,
                 status=response.status,
-                documents=request.get("documents", 0),
+                documents=request.get(DOCUMENTS, 0),
                 ms=round(elapsed, 1),
                 fault=fault,
             )
@@ -331,12 +348,16 @@ class EmulatorServer:
 
 
 async def start_server(
-    state: EmulatorState, host: str = "127.0.0.1", port: int = 0
+    state: EmulatorState,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    client_max_size: int = CLIENT_MAX_SIZE,
 ) -> EmulatorServer:
     """Bind and serve ``state`` on ``host:port`` (0 = any free port) in the running loop."""
     state.closing = asyncio.Event()
     runner = web.AppRunner(
-        make_app(state),
+        make_app(state, client_max_size=client_max_size),
         access_log=None,
         handler_cancellation=True,  # a client that gives up releases a held request
         shutdown_timeout=5.0,
