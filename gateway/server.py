@@ -224,6 +224,7 @@ class SmtpServer:
         self.reuse_port = reuse_port
         self._auth = authenticator
         self._server: asyncio.Server | None = None
+        self._abort = asyncio.Event()
 
     def protocol_factory(self) -> functools.partial[GatewaySMTP]:
         smtp = self.config
@@ -289,9 +290,14 @@ class SmtpServer:
         assert self._server is not None, "not started"
         return int(self._server.sockets[0].getsockname()[1])
 
+    def abort_drain(self) -> None:
+        """Cut a running ``aclose`` short (a second SIGTERM/SIGINT)."""
+        self._abort.set()
+
     async def aclose(self, grace: float = 30.0) -> None:
-        """Stop accepting; let sessions inside DATA finish (at most ``grace`` seconds);
-        close every other session with ``421 4.3.2``; then close the processor."""
+        """Stop accepting; let sessions inside DATA finish (at most ``grace`` seconds, or
+        until ``abort_drain``); close every other session with ``421 4.3.2``; then close
+        the processor."""
         if self._server is not None:
             self._server.close()
         self.tracker.draining = True
@@ -302,12 +308,16 @@ class SmtpServer:
             else:
                 conn.close_for_shutdown()
         log.info("smtp_draining", in_data=busy, grace_s=grace)
+        empty = asyncio.ensure_future(self.tracker.wait_empty())
+        abort = asyncio.ensure_future(self._abort.wait())
         try:
-            async with asyncio.timeout(grace):
-                await self.tracker.wait_empty()
-        except TimeoutError:
-            left = list(self.tracker.live)
-            log.warning("smtp_drain_timeout", aborted=len(left))
+            await asyncio.wait({empty, abort}, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            empty.cancel()
+            abort.cancel()
+        left = list(self.tracker.live)
+        if left:
+            log.warning("smtp_drain_cut_short", aborted=len(left))
             for conn in left:
                 if isinstance(conn.transport, asyncio.Transport):
                     conn.transport.abort()

@@ -1,0 +1,233 @@
+"""``cm-gateway serve`` as a real process: start-up output, delivery, signals, exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+
+ROOT = Path(__file__).resolve().parents[2]
+SUBJECT_BODY = b"Subject: Invoice INV-2041 overdue\r\n\r\nPlease pay invoice INV-2041.\r\n"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _read_until(proc: subprocess.Popen[bytes], marker: str, timeout: float = 120.0) -> list[str]:
+    """stdout lines up to and including the first one containing ``marker`` (raw fd reads:
+    select() on a buffered file object misses lines already in its buffer)."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    data = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if marker.encode() in data and data.endswith(b"\n"):
+            break
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            data += chunk
+        elif proc.poll() is not None:
+            break
+    lines = data.decode().splitlines()
+    for i, line in enumerate(lines):
+        if marker in line:
+            return lines[: i + 1]
+    stderr = proc.stderr.read().decode() if proc.stderr and proc.poll() is not None else ""
+    raise AssertionError(f"no {marker!r} in stdout {lines!r}; stderr {stderr[-2000:]!r}")
+
+
+def _port_of(lines: list[str]) -> int:
+    line = next(x for x in lines if x.startswith("cm-gateway listening on "))
+    return int(line.rsplit(":", 1)[1].split()[0])
+
+
+def _stop(proc: subprocess.Popen[bytes], signum: int = signal.SIGTERM) -> tuple[int, str]:
+    proc.send_signal(signum)
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    return proc.returncode, stderr.decode()
+
+
+class _SlowSink:
+    """A next hop that takes ``delay`` seconds to accept DATA."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.started = threading.Event()
+        self.messages: list[bytes] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.started.set()
+        await asyncio.sleep(self.delay)
+        self.messages.append(envelope.original_content)
+        return "250 2.0.0 Ok: sink"
+
+
+@pytest.fixture
+def slow_sink():
+    sink = _SlowSink(delay=2.0)
+    port = _free_port()
+    controller = Controller(sink, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield sink, port
+    finally:
+        controller.stop()
+
+
+def test_embedded_default_prints_how_to_delivers_ignores_sighup_and_exits_0(tmp_path: Path):
+    """`cm-gateway serve` with no config prints where it listens and how to send a test
+    mail; the printed Python one-liner works and the message lands in ./var/maildir;
+    SIGHUP is only logged; SIGTERM exits 0."""
+    proc = _start(tmp_path, env={"CM_GATEWAY_SMTP_LISTEN": "127.0.0.1:0"})
+    try:
+        lines = _read_until(proc, "Stop with Ctrl-C.")
+        port = _port_of(lines)
+        swaks = next(x for x in lines if x.strip().startswith("swaks "))
+        assert f"--server 127.0.0.1:{port}" in swaks
+        one_liner = next(x for x in lines if x.strip().startswith("python3 -c "))
+        assert f"{tmp_path.resolve()}/var/maildir/new" in "\n".join(lines)
+        command = one_liner.strip().replace("python3", sys.executable, 1)
+        subprocess.run(command, shell=True, check=True, cwd=tmp_path, timeout=60)
+        delivered = list((tmp_path / "var" / "maildir" / "new").iterdir())
+        assert len(delivered) == 1
+        assert b"Subject: " in delivered[0].read_bytes()
+        proc.send_signal(signal.SIGHUP)
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            assert client.noop()[0] == 250
+    finally:
+        code, stderr = _stop(proc)
+    assert code == 0
+    assert "sighup_ignored" in stderr
+    assert "smtp_stopped" in stderr
+
+
+def test_sigterm_during_slow_data_lets_it_finish_with_250_then_exits_0(
+    tmp_path: Path, slow_sink: tuple[_SlowSink, int]
+):
+    """SIGTERM while a message is being relayed to a slow next hop: the client still gets
+    its 250 (the message was handed over), then 421 4.3.2, and the process exits 0."""
+    sink, sink_port = slow_sink
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        "[smtp]\nlisten = '127.0.0.1:0'\nhostname = 'gw.test'\ntimeout = 60\n"
+        f"[downstream]\nurl = 'smtp://127.0.0.1:{sink_port}'\ntimeout = 20\n"
+        "[classifier]\nprovider = 'emulator'\ntimeout = 5\n",
+        encoding="utf-8",
+    )
+    proc = _start(tmp_path, "--config", str(config))
+    try:
+        port = _port_of(_read_until(proc, "cm-gateway listening on"))
+        result: dict[str, Any] = {}
+
+        def client() -> None:
+            smtp = smtplib.SMTP("127.0.0.1", port, timeout=60)
+            try:
+                smtp.ehlo("client.test")
+                smtp.mail("alice@example.net")
+                smtp.rcpt("triage@example.com")
+                result["data"] = smtp.data(SUBJECT_BODY)
+                # After its reply the draining server says goodbye on its own.
+                result["after"] = smtp.getreply()
+            except Exception as exc:  # reported by the assertion below
+                result["error"] = repr(exc)
+            finally:
+                smtp.close()
+
+        thread = threading.Thread(target=client)
+        thread.start()
+        assert sink.started.wait(60), "the message never reached the next hop"
+        proc.send_signal(signal.SIGTERM)
+        thread.join(60)
+        _, raw_stderr = proc.communicate(timeout=60)
+        code, stderr = proc.returncode, raw_stderr.decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "error" not in result, result
+    assert result["data"][0] == 250 and result["data"][1].startswith(b"2.0.0 Ok: queued as")
+    assert result["after"] == (421, b"4.3.2 Service shutting down")
+    assert len(sink.messages) == 1
+    assert code == 0, stderr[-2000:]
+    assert '"in_data": 1' in stderr or "in_data=1" in stderr
+
+
+def test_config_errors_exit_2_before_listening(tmp_path: Path):
+    """A missing TLS certificate file exits 2 with the file named, before listening."""
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        "[smtp]\nlisten = '127.0.0.1:0'\n"
+        f"tls_cert_file = '{tmp_path}/missing.pem'\ntls_key_file = '{tmp_path}/missing.key'\n"
+        "[downstream]\nurl = 'maildir://var/maildir'\n[classifier]\nprovider = 'emulator'\n",
+        encoding="utf-8",
+    )
+    proc = _start(tmp_path, "--config", str(config))
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert b"missing.pem" in stderr
+    assert b"listening" not in stdout
+
+
+def test_workers_share_the_port_and_stop_together(tmp_path: Path):
+    """workers = 2: two processes serve one port (SO_REUSEPORT); mail is accepted;
+    SIGTERM stops both and the parent exits 0."""
+    port = _free_port()
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f"[smtp]\nlisten = '127.0.0.1:{port}'\nworkers = 2\n"
+        "[downstream]\nurl = 'maildir://var/maildir'\n[classifier]\nprovider = 'emulator'\n",
+        encoding="utf-8",
+    )
+    proc = _start(tmp_path, "--config", str(config))
+    try:
+        _read_until(proc, "(2 workers)")
+        deadline = time.monotonic() + 120
+        sent = 0
+        while sent < 4 and time.monotonic() < deadline:
+            try:
+                with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+                    client.sendmail("alice@example.net", ["triage@example.com"], SUBJECT_BODY)
+                sent += 1
+            except (OSError, smtplib.SMTPException):
+                time.sleep(0.5)  # workers still starting
+        assert sent == 4
+        children = subprocess.run(
+            ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
+        ).stdout.split()
+        assert len(children) >= 2
+    finally:
+        code, _ = _stop(proc)
+    assert code == 0
+    assert len(list((tmp_path / "var" / "maildir" / "new").iterdir())) == 4
