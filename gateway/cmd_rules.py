@@ -23,6 +23,7 @@ from typing import Any
 
 from .config import Config, load_config
 from .errors import ClassifierError, RuleFileError
+from .logsetup import configure_logging
 from .predictions import join_label, split_label
 from .rules import RuleSet, RuleWarning, check_rule_files, load_rules
 
@@ -198,6 +199,8 @@ def run_check(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     assert combined is not None
+    # Client logs go to stderr, and only warnings: stdout is the report.
+    configure_logging("warning", config.log.format)
     try:
         description, taxonomy = model_taxonomy(config)
     except ClassifierError as exc:
