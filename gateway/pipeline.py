@@ -7,9 +7,11 @@ Per message (DESIGN.md §1, §6, §7):
 1. ``X-CM-*`` headers from peers outside ``smtp.trusted_networks`` are removed, so nobody
    can forge a verdict.
 2. Loop checks: more ``Received`` fields than ``smtp.max_hops`` -> ``554 5.4.6``. A
-   message that already carries ``X-CM-Status`` from a trusted peer was classified by a
-   gateway before us: it is not classified (nor billed) again (``skipped;
-   reason=already-classified``) and its ``X-CM-*`` fields are left as they are.
+   message that already carries ``X-CM-Status`` from a trusted peer was classified and
+   routed by a gateway before us (e.g. a content-filter loop through Postfix): it is not
+   classified (nor billed) again, no rule runs, its ``X-CM-*`` fields stay as they are,
+   and it goes on to its recipients unchanged but for our ``Received`` (logged as
+   ``skipped; reason=already-classified``, verdict ``pass-through``).
 3. Skips: null sender, ``Auto-Submitted: auto-*``, size over ``classify_max_size``.
 4. Parse (in a thread past 256 KB), build the document, classify within
    ``classifier.timeout``. A ``ClassifierError`` gives ``unclassified; reason=<kind>`` with
@@ -35,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
+from collections.abc import Sequence
 from email.utils import formatdate
 
 from . import replies
@@ -60,6 +63,7 @@ __all__ = ["Pipeline", "build_processor", "count_hops", "received_header"]
 HEADER_PREFIX = "X-CM-"
 PARSE_IN_THREAD = 256 * 1024
 _CLASSIFICATION_HEADERS = {f"{HEADER_PREFIX}{n}".lower() for n in ("Labels", "Model", "Status")}
+ALREADY_CLASSIFIED = "already-classified"
 _HELO_UNSAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
 
 _log = get_logger("cm-gateway.pipeline")
@@ -177,6 +181,14 @@ class Pipeline:
                 labels=labels_brief(ctx.prediction),
                 model=ctx.model_version,
             )
+            stage = "deliver"
+            if ctx.status.reason == ALREADY_CLASSIFIED:
+                # Classified and routed by the gateway before us (a trusted peer): its
+                # headers stand and its routing is final. Evaluating rules again would
+                # see an unclassified message and could re-route it (the shipped triage
+                # rules send unclassified mail to review@).
+                log.set(verdict="pass-through")
+                return await self._relay(msg, content, msg.rcpt_tos, log)
             stage = "rules"
             with log.stage("rules"):
                 decision = self.rules.evaluate(ctx, default_threshold=self._threshold)
@@ -199,7 +211,7 @@ class Pipeline:
                 name.lower() == f"{HEADER_PREFIX}status".lower()
                 for name, _ in header_fields(content)
             ):
-                return ClassificationStatus("skipped", "already-classified"), _light_parse(content)
+                return ClassificationStatus("skipped", ALREADY_CLASSIFIED), _light_parse(content)
             if len(content) > self.config.classifier.classify_max_size:
                 # skip_reason() names it (after bounce / auto-submitted, in that order).
                 return CLASSIFIED, _light_parse(content)
@@ -238,9 +250,6 @@ class Pipeline:
 
     def _headers(self, ctx: MessageContext, decision: Decision) -> list[tuple[str, str]]:
         headers = gateway_headers(ctx, decision)
-        if ctx.status.reason == "already-classified":
-            # The first gateway's verdict stays the only one.
-            headers = [(n, v) for n, v in headers if n.lower() not in _CLASSIFICATION_HEADERS]
         if decision.audit:
             headers = [(n, v) for n, v in headers if n.lower() in _CLASSIFICATION_HEADERS]
         return headers
@@ -279,6 +288,11 @@ class Pipeline:
         if enforce:
             for prefix in reversed(decision.subject_prefixes):
                 outgoing = prefix_subject(outgoing, prefix)
+        return await self._relay(msg, outgoing, recipients, log)
+
+    async def _relay(
+        self, msg: InboundMessage, outgoing: bytes, recipients: Sequence[str], log: MessageLog
+    ) -> Reply:
         outgoing = prepend_headers(
             outgoing, [("Received", received_header(msg, self.config.smtp.hostname))]
         )

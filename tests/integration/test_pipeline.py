@@ -147,7 +147,7 @@ async def test_forged_verdict_from_an_untrusted_peer_is_removed(tmp_path: Path) 
 async def test_trusted_peer_verdict_is_kept_and_not_billed_again(
     tmp_path: Path, emu: EmulatorHandle
 ) -> None:
-    """A trusted peer's X-CM-Status stays the only one; the API is not called."""
+    """A trusted peer's verdict stands: not billed, no rule runs, passed on unchanged."""
     upstream = mail(
         "Invoice INV-1",
         "invoice",
@@ -157,9 +157,15 @@ async def test_trusted_peer_verdict_is_kept_and_not_billed_again(
     reply, received = await run(tmp_path, upstream, config={"classifier": classifier})
     assert emu.stats()["documents_billed"] == 0
     assert reply.code == 250
-    h = fields(received[0].content)
+    (got,) = received
+    assert got.rcpt_tos == ("support@example.com",)  # invoices-to-ap did not run again
+    h = fields(got.content)
     assert h["x-cm-status"] == ["classified"]
     assert h["x-cm-labels"] == ["Finance > Invoice (0.97)"]
+    assert "x-needs-review" not in h and "x-cm-rules" not in h
+    assert got.content.startswith(b"Received: ")
+    assert got.content.endswith(upstream)
+    assert got.content.count(b"\r\n", 0, len(got.content) - len(upstream)) == 2
 
 
 def _cm(base_url: str, **extra: object) -> dict[str, object]:
