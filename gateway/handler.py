@@ -24,7 +24,7 @@ from typing import Any
 
 import structlog
 from aiosmtpd.smtp import SMTP as _SMTP
-from aiosmtpd.smtp import AuthResult, Envelope, Session
+from aiosmtpd.smtp import AuthResult, Envelope, Session, TLSSetupException
 
 from . import replies
 from .auth import Authenticator
@@ -165,6 +165,10 @@ class GatewayHandler:
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 Ok"
 
+    async def handle_RSET(self, server: _SMTP, session: Session, envelope: Envelope) -> str:
+        structlog.contextvars.unbind_contextvars("queue_id")
+        return "250 2.0.0 Ok"
+
     async def handle_RCPT(
         self,
         server: _SMTP,
@@ -262,7 +266,11 @@ class GatewayHandler:
 
     async def handle_exception(self, error: Exception) -> str:
         """Anything a hook raised: 451, never aiosmtpd's default 500 with the text."""
-        self._log_error(error, "smtp_session_error")
+        if isinstance(error, TLSSetupException):
+            # A client that cannot do our TLS; aiosmtpd closes the connection itself.
+            log.info("tls_handshake_failed", cause=type(error.__cause__).__name__)
+        else:
+            self._log_error(error, "smtp_session_error")
         return str(replies.INTERNAL_ERROR)
 
     @staticmethod

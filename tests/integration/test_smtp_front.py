@@ -53,6 +53,7 @@ async def test_banner_names_host_and_ident_and_ehlo_advertises_extensions():
             raw = RawClient(srv.port)
             try:
                 banner = raw.reply()
+                assert "DATA" in raw.cmd("HELP")
                 raw.send(b"EHLO client.test\r\n")
                 lines = []
                 while True:
@@ -411,4 +412,39 @@ async def test_shutdown_lets_data_in_progress_finish_and_closes_idle_sessions():
     assert data_reply.startswith("250 2.0.0 Ok: queued as")
     assert after == str(replies.SHUTTING_DOWN)
     assert idle_reply == str(replies.SHUTTING_DOWN)
+    assert processor.closed
+
+
+async def test_abort_drain_cuts_a_long_shutdown_short():
+    """abort_drain() (a second SIGTERM) ends aclose() at once even though a message is
+    still being processed: its connection is dropped (no reply, so the client retries)."""
+    processor = RecordingProcessor(delay=30.0)
+    async with running_server(processor) as srv:
+        port = srv.port
+
+        def busy_client() -> str:
+            raw = RawClient(port, timeout=20)
+            try:
+                raw.reply()
+                raw.cmd("EHLO client.test")
+                raw.cmd("MAIL FROM:<a@example.net>")
+                raw.cmd("RCPT TO:<b@example.com>")
+                raw.cmd("DATA")
+                try:
+                    return raw.cmd(b"Subject: slow\r\n\r\nhi\r\n.\r\n")
+                except ConnectionError:
+                    return "closed"
+            finally:
+                raw.close()
+
+        busy = asyncio.ensure_future(asyncio.to_thread(busy_client))
+        await asyncio.wait_for(processor.started.wait(), 5)
+        start = time.monotonic()
+        closing = asyncio.ensure_future(srv.aclose(grace=30.0))
+        await asyncio.sleep(0.2)
+        assert not closing.done()
+        srv.abort_drain()
+        await asyncio.wait_for(closing, 5)
+        assert time.monotonic() - start < 5
+        assert await busy == "closed"
     assert processor.closed

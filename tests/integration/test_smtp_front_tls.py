@@ -200,3 +200,29 @@ async def test_auth_aborted_with_star_gets_501_and_session_continues(cert):
 
         aborted, noop = await asyncio.to_thread(talk)
     assert (aborted, noop) == (501, 250)
+
+
+async def test_failed_tls_handshake_closes_that_connection_only(cert):
+    """Garbage instead of a TLS ClientHello after STARTTLS closes that connection (no
+    500 with exception text); the server keeps serving others."""
+    async with running_server(RecordingProcessor(), tls_config(cert)) as srv:
+
+        def talk() -> tuple[bytes, int]:
+            raw = RawClient(srv.port)
+            try:
+                raw.reply()
+                raw.cmd("EHLO client.test")
+                assert raw.cmd("STARTTLS").startswith("220")
+                raw.send(b"this is not a TLS client hello\r\n" * 4)
+                try:
+                    tail = raw.sock.recv(4096)
+                except ConnectionResetError:
+                    tail = b""
+            finally:
+                raw.close()
+            with smtplib.SMTP("localhost", srv.port, timeout=10) as client:
+                return tail, client.noop()[0]
+
+        tail, noop = await asyncio.to_thread(talk)
+    assert b"Error" not in tail and b"500" not in tail
+    assert noop == 250
