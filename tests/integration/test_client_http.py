@@ -374,3 +374,23 @@ async def test_a_closed_port_is_a_transport_error_after_retries() -> None:
             await client.predict_raw_emails([doc("x")])
     finally:
         await client.aclose()
+
+
+async def test_predict_in_comments_format_and_predict_comments_by_uid(
+    emu: EmulatorHandle,
+) -> None:
+    """predict (messages format) and predict-comments (uids) parse into typed results."""
+    client = client_for(emu)
+    comment = {
+        "messages": [
+            {"body": {"text": "Please refund order ORD-123456"}, "subject": {"text": "Refund"}}
+        ],
+        "user_properties": {"string:City": "London"},
+    }
+    try:
+        batch = await client.predict([comment])
+        uids = await client.predict_comments(["18ba5ce699f8da1f.0001", "18ba5ce699f8da1f.0002"])
+    finally:
+        await client.aclose()
+    assert batch.predictions[0].label("Finance > Refund") is not None
+    assert [u.uid for u in uids] == ["18ba5ce699f8da1f.0001", "18ba5ce699f8da1f.0002"]
