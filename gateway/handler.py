@@ -226,7 +226,11 @@ class GatewayHandler:
             smtp_utf8=bool(envelope.smtp_utf8),
             mail_options=tuple(envelope.mail_options),
             tls=session.ssl is not None,
-            authenticated_user=session.auth_data if session.authenticated else None,
+            authenticated_user=(
+                session.auth_data
+                if session.authenticated and isinstance(session.auth_data, str)
+                else None
+            ),
             trusted_peer=self.policy.is_trusted(ip),
             queue_id=queue_id,
             received_at=time.time(),
