@@ -29,6 +29,7 @@ import grp
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import smtplib
@@ -318,9 +319,15 @@ smtpd_error_sleep_time = 0
         os.kill(pid, signal.SIGHUP)  # what `postfix reload` does, without its checks
 
     def set_reinjection(self, enabled: bool) -> None:
-        """Open or close the reinjection listener (the gateway's next hop) and reload."""
+        """Open or close the reinjection listener (the gateway's next hop) and reload.
+
+        Closing also ends the reinjection smtpd sessions still open (a gateway's pooled
+        connections would otherwise outlive the reload), as a restart of Postfix would.
+        """
         self._reinject_enabled = enabled
         self.reload()
+        if not enabled:
+            self._end_sessions_on(self.reinject_port)
 
         def state_reached() -> bool:
             try:
@@ -330,6 +337,15 @@ smtpd_error_sleep_time = 0
                 return not enabled
 
         wait_until(state_reached, timeout=15, what=f"reinjection listener enabled={enabled}")
+
+    def _end_sessions_on(self, port: int) -> None:
+        """SIGTERM the (smtpd) processes of this instance serving a connection to ``port``."""
+        out = self._run("ss", "-Htnp", "state", "established", f"( sport = :{port} )")
+        master = self.master_pid()
+        for pid in {int(p) for p in re.findall(r"pid=(\d+)", out)}:
+            if master is not None and _parent_pid(pid) == master:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGTERM)
 
     def master_pid(self) -> int | None:
         """The master's pid from its pid file, if it is running."""
@@ -419,12 +435,41 @@ smtpd_error_sleep_time = 0
             refused = client.sendmail(mail_from, list(rcpt_tos), data)
         assert not refused, f"front smtpd refused recipients: {refused}"
 
+    def send_swaks(
+        self,
+        *,
+        subject: str,
+        body: str,
+        mail_from: str = "sender@example.org",
+        rcpt_tos: Sequence[str] = ("alice@example.com",),
+        headers: Sequence[str] = (),
+    ) -> str:
+        """Submit a message with swaks (the operator's tool); returns its transcript."""
+        swaks = shutil.which("swaks")
+        if swaks is None:
+            pytest.skip("swaks is not installed (scripts/test installs it)")
+        args = [swaks, "--server", f"127.0.0.1:{self.front_port}", "--from", mail_from]
+        args += ["--to", ",".join(rcpt_tos), "--helo", "client.harness.test"]
+        args += ["--header", f"Subject: {subject}", "--body", body, "--hide-informational"]
+        for header in headers:
+            args += ["--add-header", header]
+        return self._run(*args)
+
     def log_tail(self, lines: int = 40) -> str:
         """The end of this instance's maillog."""
         try:
             return "\n".join(self.maillog.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no maillog)"
+
+
+def _parent_pid(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 4, after the ")" that closes the (possibly spaced) command name.
+    return int(stat.rsplit(")", 1)[1].split()[1])
 
 
 def _alive(pid: int) -> bool:
@@ -472,12 +517,24 @@ def bounce_for(word: str) -> Callable[[ReceivedMessage], bool]:
 # -- pytest fixtures (import them into a test module to use them) -----------------------
 
 
+# Test modules import these fixtures (there is no tests/integration/conftest.py), so
+# pytest registers one copy per module: the shared objects below keep that to one sink
+# and one Postfix per session. The copy that created an object tears it down.
+_SHARED: dict[str, Any] = {}
+
+
 @pytest.fixture(scope="session")
 def sink() -> Iterator[SmtpSink]:
     """The final hop: a recording SMTP server for the whole session."""
-    s = SmtpSink().start()
-    yield s
-    s.stop()
+    if "sink" in _SHARED:
+        yield _SHARED["sink"]
+        return
+    s = _SHARED["sink"] = SmtpSink().start()
+    try:
+        yield s
+    finally:
+        s.stop()
+        del _SHARED["sink"]
 
 
 @pytest.fixture(scope="session")
@@ -486,12 +543,16 @@ def postfix_session(sink: SmtpSink) -> Iterator[PostfixInstance]:
     reason = postfix_available()
     if reason:
         pytest.skip(reason)
-    instance = PostfixInstance(sink_port=sink.port)
+    if "postfix" in _SHARED:
+        yield _SHARED["postfix"]
+        return
+    instance = _SHARED["postfix"] = PostfixInstance(sink_port=sink.port)
     try:
         instance.start()
         yield instance
     finally:
         instance.destroy()
+        del _SHARED["postfix"]
 
 
 @pytest.fixture

@@ -86,3 +86,19 @@ def test_filter_550_makes_postfix_bounce_to_the_sender(
     assert passfilter.relayed == 0
     assert not sink.wait_for(0, where=lambda m: not m.is_bounce and word in m.subject)
     postfix_instance.wait_empty()
+
+
+def test_closed_reinjection_port_defers_mail_until_it_reopens(
+    postfix_instance: PostfixInstance, passfilter: PassThroughFilter, sink: SmtpSink
+) -> None:
+    """The harness can take the filter's next hop (reinjection smtpd) down and back up."""
+    word = token()
+    postfix_instance.set_reinjection(False)
+    postfix_instance.send(make_message(subject=f"hop down {word}", body="hello"))
+    (entry,) = postfix_instance.wait_deferred(reason="451 4.4.1 next hop failed")
+    assert entry.recipients == ("alice@example.com",)
+    postfix_instance.set_reinjection(True)
+    postfix_instance.flush()
+    (got,) = sink.wait_for(where=subject_has(word))
+    assert got.header("X-Harness-Filter") == "passed"
+    postfix_instance.wait_empty()
