@@ -10,12 +10,14 @@ if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; th
 fi
 VENV="$ROOT/.venv"
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-STAMP="$VENV/.cm-gateway-installed"
-WANT="$(cat pyproject.toml | sha256sum | cut -d' ' -f1)-${CM_GATEWAY_EXTRAS:-}"
-if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
+EXTRAS="${CM_GATEWAY_EXTRAS:-}"
+HASH="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+stamp() { echo "$VENV/.cm-gateway-installed${1:+-$1}"; }
+installed() { [ -f "$(stamp "$1")" ] && [ "$(cat "$(stamp "$1")")" = "$HASH" ]; }
+# The dev install is a superset: `serve` after `test` installs nothing more.
+if ! installed "$EXTRAS" && ! installed dev; then
   echo "cm-gateway: installing Python dependencies into .venv ..." >&2
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip >&2
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".${CM_GATEWAY_EXTRAS:+[$CM_GATEWAY_EXTRAS]}" >&2
-  echo "$WANT" > "$STAMP"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".${EXTRAS:+[$EXTRAS]}" >&2
+  echo "$HASH" > "$(stamp "$EXTRAS")"
 fi
 export PATH="$VENV/bin:$PATH"
