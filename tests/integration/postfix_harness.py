@@ -67,6 +67,7 @@ SNIPPET_FILTER = "[127.0.0.1]:10025"
 SNIPPET_REINJECT = "127.0.0.1:10026"
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
 POSTQUEUE = shutil.which("postqueue") or "/usr/sbin/postqueue"
+POSTCONF = shutil.which("postconf") or "/usr/sbin/postconf"
 POSTSUPER = shutil.which("postsuper") or "/usr/sbin/postsuper"
 MASTER = "/usr/lib/postfix/sbin/master"
 _QUEUE_DIRS = [
@@ -381,6 +382,21 @@ smtpd_error_sleep_time = 0
         """Every message in the queue (``postqueue -j``)."""
         out = self._run(POSTQUEUE, "-c", str(self.config_dir), "-j")
         return [QueueEntry.from_json(json.loads(line)) for line in out.splitlines() if line]
+
+    def postconf_warnings(self) -> list[str]:
+        """What ``postconf -n``, ``-M`` and ``-P`` warn about the built config (e.g. an
+        unknown parameter name in a snippet: "unused parameter")."""
+        warnings: list[str] = []
+        for flag in ("-n", "-M", "-P"):
+            proc = subprocess.run(
+                [POSTCONF, "-c", str(self.config_dir), flag],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            warnings += [line for line in proc.stderr.splitlines() if line.strip()]
+        return warnings
 
     def flush(self) -> None:
         """Ask the queue manager to retry every deferred message now."""

@@ -102,3 +102,32 @@ def test_closed_reinjection_port_defers_mail_until_it_reopens(
     (got,) = sink.wait_for(where=subject_has(word))
     assert got.header("X-Harness-Filter") == "passed"
     postfix_instance.wait_empty()
+
+
+def test_deploy_snippets_use_only_parameters_postfix_knows(
+    postfix_instance: PostfixInstance,
+) -> None:
+    """postconf finds no unknown ("unused") parameter in main.cf/master.cf built from them."""
+    assert postfix_instance.postconf_warnings() == []
+    master_cf = (postfix_instance.config_dir / "master.cf").read_text()
+    assert "\nsmtp-cmgw unix" in master_cf
+    assert f"\n127.0.0.1:{postfix_instance.reinject_port} inet" in master_cf
+
+
+def test_filter_not_listening_keeps_mail_queued_until_it_starts(
+    postfix_instance: PostfixInstance, sink: SmtpSink
+) -> None:
+    """With nothing on the filter port, mail waits in the deferred queue; a flush after
+    the filter starts delivers it (the flush revives the destination Postfix marked dead)."""
+    word = token()
+    postfix_instance.send(make_message(subject=f"no filter {word}", body="hello"))
+    (entry,) = postfix_instance.wait_deferred(reason="Connection refused")
+    assert entry.recipients == ("alice@example.com",)
+    f = PassThroughFilter(postfix_instance.filter_port, postfix_instance.reinject_port).start()
+    try:
+        postfix_instance.flush()
+        (got,) = sink.wait_for(where=subject_has(word), timeout=8)
+        assert got.header("X-Harness-Filter") == "passed"
+        postfix_instance.wait_empty()
+    finally:
+        f.stop()
