@@ -63,13 +63,18 @@ def _mask_digits(match: re.Match[str]) -> str:
     return "".join(out)
 
 
+def _mask(text: str) -> str:
+    """Card-like digit runs keep their last four digits only (explain output is shared)."""
+    return _CARD.sub(_mask_digits, text)
+
+
 def _preview(parsed: ParsedMessage) -> str:
     """At most 200 characters of the text, white space collapsed, card numbers masked."""
     text = parsed.text_plain or _TAGS.sub(" ", parsed.text_html or "")
     text = _SPACES.sub(" ", text).strip()
     if len(text) > PREVIEW_CHARS:
         text = text[: PREVIEW_CHARS - 1].rstrip() + "…"
-    return _CARD.sub(_mask_digits, text)
+    return _mask(text)
 
 
 def _payload(path: str, parsed: ParsedMessage, document: RawEmailDocument) -> dict[str, Any]:
@@ -120,8 +125,7 @@ def _prediction_json(prediction: DocumentPrediction | None) -> dict[str, Any] | 
     return {
         "labels": [{"name": lb.full_name, "probability": lb.probability} for lb in ordered],
         "entities": [
-            {"kind": e.entity_kind, "value": _CARD.sub(_mask_digits, e.formatted_value)}
-            for e in prediction.entities
+            {"kind": e.entity_kind, "value": _mask(e.formatted_value)} for e in prediction.entities
         ],
         "sentiment": prediction.sentiment,
         "label_properties": {p.property_name: p.value for p in prediction.label_properties},
@@ -144,9 +148,9 @@ def _rules_json(ruleset: RuleSet, decision: Decision) -> list[dict[str, Any]]:
                 "rule": rule.name,
                 "source": rule.source,
                 "result": result,
-                "why": verdict.why,
+                "why": _mask(verdict.why),
                 "audit": bool(match and match.audit),
-                "actions": list(match.actions) if match else [],
+                "actions": [_mask(a) for a in match.actions] if match else [],
                 "stop": rule.stop,
             }
         )
