@@ -37,6 +37,7 @@ from .redact import scrub
 from .replies import Reply
 
 __all__ = [
+    "GatewayEnvelope",
     "GatewayHandler",
     "find_bare_line_ending",
     "new_queue_id",
