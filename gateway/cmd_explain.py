@@ -311,7 +311,7 @@ def render_text(report: dict[str, Any]) -> str:
         _line(out, "quarantine", d["quarantine_address"])
     if d["subject_prefixes"]:
         _line(out, "subject", d["subject"])
-    out.append("  headers prepended:")
+    out.append("  headers prepended (below the gateway's Received line):")
     for name, value in d["headers"]:
         out.append("    " + f"{name}: {value}".replace("\r\n", "\n    "))
     return "\n".join(out) + "\n"
