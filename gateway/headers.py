@@ -14,9 +14,10 @@ whole value capped at ``MAX_HEADER_BYTES``.
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Iterator, Sequence
-from email.header import Header, decode_header, make_header
+from email.header import decode_header, make_header
 
 from .rules.subject import apply_subject_prefix
 
@@ -41,6 +42,7 @@ _HARD_LIMIT = 998  # RFC 5322 §2.1.1: MUST be no more than 998 characters
 # existing whitespace), so such a value is written as encoded-words, which may be split.
 _MAX_TOKEN = 900
 _ELLIPSIS = " ..."
+_WORD_OCTETS = 45  # octets per encoded-word: 60 base64 characters, 72 with =?utf-8?b?...?=
 
 # RFC 5322 §3.6.8: ftext is printable US-ASCII except ":".
 _FIELD_NAME = re.compile(rb"^[\x21-\x39\x3b-\x7e]{1,76}$")
@@ -82,13 +84,33 @@ def _fold_ascii(text: str, first_width: int) -> str:
     return "\r\n ".join(lines)
 
 
+def _encoded_words(text: str, first_width: int) -> str:
+    """RFC 2047 ``B`` encoded-words (UTF-8), one per line, never splitting a character.
+
+    A word carries at most 45 octets (60 base64 characters, 72 with the delimiters), so
+    continuation lines stay within 78 columns; the first is shortened to fit after
+    ``Name: `` when it can be."""
+    words: list[str] = []
+    first_budget = max(3, (_FOLD_WIDTH - first_width - 12) // 4 * 3)
+    budget = min(first_budget, _WORD_OCTETS)
+    chunk = bytearray()
+    for char in text:
+        encoded = char.encode("utf-8", "replace")  # a lone surrogate becomes "?"
+        if chunk and len(chunk) + len(encoded) > budget:
+            words.append(base64.b64encode(chunk).decode("ascii"))
+            chunk.clear()
+            budget = _WORD_OCTETS
+        chunk += encoded
+    if chunk or not words:
+        words.append(base64.b64encode(chunk).decode("ascii"))
+    return "\r\n ".join(f"=?utf-8?b?{w}?=" for w in words)
+
+
 def _encode(text: str, name: str) -> str:
     needs_encoding = not text.isascii() or any(len(w) > _MAX_TOKEN for w in text.split(" "))
     if not needs_encoding:
         return _fold_ascii(text, len(name) + 2)
-    # email.header splits into encoded-words of at most 75 characters, never inside a
-    # multibyte character, and accounts for "Name: " on the first line.
-    return Header(text, "utf-8", maxlinelen=_FOLD_WIDTH, header_name=name).encode(linesep="\r\n")
+    return _encoded_words(text, len(name) + 2)
 
 
 def _truncate(text: str, limit: int) -> str:
@@ -220,12 +242,13 @@ def strip_headers(raw: bytes, prefix: str = "X-CM-") -> bytes:
     drop = [(s, e) for name, s, e in _fields(raw) if name.startswith(wanted)]
     if not drop:
         return raw
-    parts: list[bytes] = []
+    view = memoryview(raw)
+    parts: list[memoryview] = []
     pos = 0
     for start, end in drop:
-        parts.append(raw[pos:start])
+        parts.append(view[pos:start])
         pos = end
-    parts.append(raw[pos:])
+    parts.append(view[pos:])
     return b"".join(parts)
 
 
@@ -250,4 +273,5 @@ def prefix_subject(raw: bytes, prefix: str) -> bytes:
     name = field[: field.find(b":")].decode("ascii", errors="replace").strip() or "Subject"
     if not valid_header_name(name):
         name = "Subject"
-    return raw[:start] + _field_bytes(name, new_value, linesep) + raw[end:]
+    view = memoryview(raw)  # one copy of a possibly large message, not two
+    return b"".join((view[:start], _field_bytes(name, new_value, linesep), view[end:]))

@@ -284,18 +284,23 @@ class Pipeline:
             )
             log.set(recipients=0)
             return self._done(log, replies.queued(msg.queue_id))
-        outgoing = prepend_headers(content, self._headers(ctx, decision))
+        outgoing = content
         if enforce:
             for prefix in reversed(decision.subject_prefixes):
                 outgoing = prefix_subject(outgoing, prefix)
-        return await self._relay(msg, outgoing, recipients, log)
+        return await self._relay(msg, outgoing, recipients, log, self._headers(ctx, decision))
 
     async def _relay(
-        self, msg: InboundMessage, outgoing: bytes, recipients: Sequence[str], log: MessageLog
+        self,
+        msg: InboundMessage,
+        content: bytes,
+        recipients: Sequence[str],
+        log: MessageLog,
+        headers: Sequence[tuple[str, str]] = (),
     ) -> Reply:
-        outgoing = prepend_headers(
-            outgoing, [("Received", received_header(msg, self.config.smtp.hostname))]
-        )
+        # One prepend (one copy of a possibly large message): our trace field on top.
+        received = ("Received", received_header(msg, self.config.smtp.hostname))
+        outgoing = prepend_headers(content, [received, *headers])
         log.set(recipients=len(recipients))
         with log.stage("relay"):
             result = await self.delivery.deliver(

@@ -110,11 +110,13 @@ def test_safe_header_value_truncates_on_a_list_boundary() -> None:
 
 
 def test_safe_header_value_splits_a_token_longer_than_998() -> None:
-    """A 5,000-character word without spaces is written as encoded-words, not one long line."""
-    word = "x" * 5000
+    """A 3,000-character word without spaces is written as encoded-words, not one long line."""
+    word = "x" * 3000
     value = safe_header_value(word)
     assert max(len(line) for line in lines_of("X-CM-Labels", value)) <= 78
     assert decoded(value) == word
+    longer = decoded(safe_header_value("y" * 5000))  # past the size cap: cut and marked
+    assert longer.endswith(" ...") and set(longer.removesuffix(" ...")) == {"y"}
 
 
 def test_safe_header_value_non_ascii_5000_characters_stays_within_limits() -> None:
@@ -266,3 +268,9 @@ def test_prefix_subject_sees_the_prefix_behind_reply_markers() -> None:
     """'Re: [T] x' already carries '[T] ': no second tag (the rules engine's semantics)."""
     raw = b"Subject: Re: [T] hello\r\n\r\nbody\r\n"
     assert prefix_subject(raw, "[T] ") is raw
+
+
+def test_safe_header_value_survives_lone_surrogates() -> None:
+    """A lone surrogate (possible in JSON from the API) becomes '?', not invalid UTF-8."""
+    value = safe_header_value("Label \ud800 x é")
+    assert decoded(value) == "Label ? x é"
