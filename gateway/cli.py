@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--fail-status",
         default="503",
-        help="how they fail: an HTTP status (429 adds Retry-After), 'timeout' or 'malformed'",
+        help="how they fail: an HTTP status (429 adds Retry-After), '502-html', 'timeout' or "
+        "'malformed' (-json / -shape); several, comma-separated, are picked at random",
     )
     p.add_argument("--retry-after", type=float, default=1.0, help="seconds, for 429")
     p.add_argument("--token", default=None, help="accepted Bearer token (default: $REINFER_TOKEN)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from bisect import bisect_left, insort
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -127,19 +128,20 @@ class FoundEntity:
 
 def find_entities(text: str, content_part: str, message_index: int = 0) -> list[FoundEntity]:
     """Every entity in ``text``, in text order, with code point and UTF-16 offsets."""
-    taken: list[tuple[int, int]] = []
+    taken: list[tuple[int, int]] = []  # sorted, non-overlapping spans already claimed
     found: list[FoundEntity] = []
     index: Utf16Index | None = None
     for kind, pattern, normalise in _ORDER:
         for m in pattern.finditer(text):
             start, end = m.span()
-            if any(start < e and s < end for s, e in taken):
+            at = bisect_left(taken, (start, end))
+            if (at > 0 and taken[at - 1][1] > start) or (at < len(taken) and taken[at][0] < end):
                 continue
             value = normalise(m)
             if value is None:
                 continue
             index = index or Utf16Index(text)
-            taken.append((start, end))
+            insort(taken, (start, end))
             found.append(
                 FoundEntity(
                     kind,

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .entities import FoundEntity, find_entities
-from .taxonomy import LabelDef, PropertyDef, Taxonomy, load_taxonomy
+from .taxonomy import Keyword, LabelDef, PropertyDef, Taxonomy, load_taxonomy
 
 __all__ = ["DEFAULT_THRESHOLD", "DocText", "KeywordModel", "Selection", "TextPart"]
 
@@ -84,9 +84,9 @@ def _unit(*keys: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def _polarity(prop: PropertyDef, text: str) -> tuple[float, int]:
-    pos = len(prop.positive.findall(text)) if prop.positive else 0
-    neg = len(prop.negative.findall(text)) if prop.negative else 0
+def _polarity(prop: PropertyDef, counts: Mapping[Keyword, int]) -> tuple[float, int]:
+    pos = sum(counts.get(k, 0) for k in prop.positive)
+    neg = sum(counts.get(k, 0) for k in prop.negative)
     return (round(math.tanh(0.5 * (pos - neg)), _ROUND) if pos + neg else 0.0), pos + neg
 
 
@@ -107,6 +107,14 @@ class KeywordModel:
         self._by_parts: dict[tuple[str, ...], LabelDef] = {lb.parts: lb for lb in taxonomy.labels}
         # Deepest first, so a parent is computed after all of its children.
         self._bottom_up = sorted(taxonomy.labels, key=lambda lb: -len(lb.parts))
+        jitter = taxonomy.scoring.jitter
+        self._label_seeds: dict[tuple[str, ...], tuple[int, float]] = {
+            lb.parts: (
+                int(_unit("floor", lb.name) * 2**64),
+                jitter * (2.0 * _unit("jitter", lb.name) - 1.0),
+            )
+            for lb in taxonomy.labels
+        }
 
     @classmethod
     def default(cls) -> KeywordModel:
@@ -131,12 +139,14 @@ class KeywordModel:
 
     # -- scoring -------------------------------------------------------------------------
 
-    def _probability(self, label: LabelDef, hits: int, boost: float, floor_key: str) -> float:
+    def _probability(self, label: LabelDef, hits: int, boost: float, doc_seed: int) -> float:
         s = self.taxonomy.scoring
+        label_seed, jitter = self._label_seeds[label.parts]
         if hits <= 0:
-            return round(0.02 + 0.06 * _unit("floor", label.name, floor_key), _ROUND)
-        p = s.base + s.step * (1.0 - s.decay ** (hits - 1))
-        p += s.jitter * (2.0 * _unit("jitter", label.name) - 1.0) + boost
+            # A stable per (label, document) number, cheaper than a hash per label.
+            mixed = ((label_seed ^ doc_seed) * 0x9E3779B97F4A7C15) % 2**64
+            return round(0.02 + 0.06 * mixed / 2**64, _ROUND)
+        p = s.base + s.step * (1.0 - s.decay ** (hits - 1)) + jitter + boost
         return round(min(s.cap, max(0.0, p)), _ROUND)
 
     def _score(self, doc: DocText, version: int) -> _Scored:
@@ -149,26 +159,21 @@ class KeywordModel:
             entity_counts[ent.kind] = entity_counts.get(ent.kind, 0) + 1
         boost = self.taxonomy.versions[version][1]
         cap = self.taxonomy.scoring.max_hits_per_keyword
-        floor_key = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        doc_seed = int(_unit("floor", text) * 2**64)
+        counts = self.taxonomy.count_keywords(text)
         probs: dict[tuple[str, ...], float] = {}
         for label in self._bottom_up:
-            hits = 0
-            if label.pattern is not None:
-                per_word: dict[str, int] = {}
-                for m in label.pattern.finditer(text):
-                    word = m.group(0).lower()
-                    per_word[word] = per_word.get(word, 0) + 1
-                hits += sum(min(cap, n) for n in per_word.values())
+            hits = sum(min(cap, counts.get(k, 0)) for k in label.keywords)
             hits += sum(min(cap, entity_counts.get(kind, 0)) for kind in label.entities)
-            p = self._probability(label, hits, boost, floor_key)
+            p = self._probability(label, hits, boost, doc_seed)
             probs[label.parts] = max(p, probs.get(label.parts, 0.0))
             if len(label.parts) > 1:
                 parent = label.parts[:-1]
                 probs[parent] = max(probs.get(parent, 0.0), probs[label.parts])
-        sentiment, n_words = _polarity(self.taxonomy.sentiment, text)
+        sentiment, n_words = _polarity(self.taxonomy.sentiment, counts)
         properties = []
         for prop in self.taxonomy.properties:
-            value, _ = _polarity(prop, text)
+            value, _ = _polarity(prop, counts)
             properties.append(
                 {"property_id": prop.property_id, "property_name": prop.name, "value": value}
             )

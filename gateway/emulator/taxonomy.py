@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,16 @@ import yaml
 
 from ..errors import ConfigError
 
-__all__ = ["DEFAULT_TAXONOMY", "LabelDef", "PropertyDef", "Scoring", "Taxonomy", "load_taxonomy"]
+__all__ = [
+    "DEFAULT_TAXONOMY",
+    "Keyword",
+    "LabelDef",
+    "PropertyDef",
+    "Scoring",
+    "Taxonomy",
+    "keyword_key",
+    "load_taxonomy",
+]
 
 DEFAULT_TAXONOMY = Path(__file__).with_name("taxonomy.yaml")
 # As gateway.predictions.join_label/split_label, without importing pydantic: the
@@ -31,21 +40,41 @@ def split_label(name: str) -> tuple[str, ...]:
 ENTITY_KINDS = ("order-number", "invoice-number", "iban", "credit-card", "email-address", "money")
 
 
-def keyword_pattern(words: tuple[str, ...]) -> re.Pattern[str] | None:
-    """One case-insensitive alternation matching any of ``words`` on word boundaries."""
-    if not words:
-        return None
-    # Longest first so that "out of office" wins over "office".
-    alternation = "|".join(re.escape(w) for w in sorted(set(words), key=len, reverse=True))
-    return re.compile(rf"(?<!\w)(?:{alternation})(?!\w)", re.IGNORECASE)
+_WORD = re.compile(r"\w+")
+
+# A keyword as the sequence of its lower-cased words: "Out-of-Office" -> ("out", "of",
+# "office"). Matching word sequences (not substrings) gives whole-word, case-insensitive
+# matches, and one pass over a document's words serves every label.
+Keyword = tuple[str, ...]
+
+
+def keyword_key(text: str) -> Keyword:
+    return tuple(_WORD.findall(text.lower()))
+
+
+def count_keywords(
+    text: str, lengths: frozenset[int], known: frozenset[Keyword]
+) -> dict[Keyword, int]:
+    """How often each ``known`` keyword occurs in ``text`` (as a sequence of whole words)."""
+    words = _WORD.findall(text.lower())
+    counts: dict[Keyword, int] = {}
+    for n in lengths:
+        for i in range(len(words) - n + 1):
+            key = tuple(words[i : i + n])
+            if key in known:
+                counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def _keys(words: tuple[str, ...]) -> tuple[Keyword, ...]:
+    return tuple(dict.fromkeys(k for k in (keyword_key(w) for w in words) if k))
 
 
 @dataclass(frozen=True, slots=True)
 class LabelDef:
     parts: tuple[str, ...]
-    keywords: tuple[str, ...]
+    keywords: tuple[Keyword, ...]
     entities: tuple[str, ...]
-    pattern: re.Pattern[str] | None
 
     @property
     def name(self) -> str:
@@ -56,8 +85,8 @@ class LabelDef:
 class PropertyDef:
     name: str
     property_id: str
-    positive: re.Pattern[str] | None
-    negative: re.Pattern[str] | None
+    positive: tuple[Keyword, ...]
+    negative: tuple[Keyword, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +99,7 @@ class Scoring:
     cap: float = 0.99
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Taxonomy:
     """A whole keyword model: labels (parents included), versions, scoring, words."""
 
@@ -87,6 +116,21 @@ class Taxonomy:
     @property
     def label_names(self) -> frozenset[tuple[str, ...]]:
         return frozenset(label.parts for label in self.labels)
+
+    @cached_property
+    def _all_keywords(self) -> tuple[frozenset[int], frozenset[Keyword]]:
+        keys: set[Keyword] = set()
+        for label in self.labels:
+            keys.update(label.keywords)
+        for prop in (self.sentiment, *self.properties):
+            keys.update(prop.positive)
+            keys.update(prop.negative)
+        return frozenset(len(k) for k in keys), frozenset(keys)
+
+    def count_keywords(self, text: str) -> dict[Keyword, int]:
+        """Occurrences in ``text`` of every keyword of the taxonomy (labels and words)."""
+        lengths, known = self._all_keywords
+        return count_keywords(text, lengths, known)
 
     def resolve_version(self, selector: str, *, allow_latest: bool = False) -> int | None:
         """``"7"`` / ``"live"`` / ``"staging"`` (/ ``"latest"``) -> a served version, else None."""
@@ -111,8 +155,8 @@ def _property(name: str, raw: Any, file: str) -> PropertyDef:
     return PropertyDef(
         name=name,
         property_id=str(raw.get("id", "")),
-        positive=keyword_pattern(_words(raw.get("positive"), f"{name}.positive", file)),
-        negative=keyword_pattern(_words(raw.get("negative"), f"{name}.negative", file)),
+        positive=_keys(_words(raw.get("positive"), f"{name}.positive", file)),
+        negative=_keys(_words(raw.get("negative"), f"{name}.negative", file)),
     )
 
 
@@ -132,14 +176,14 @@ def _parse(data: Any, file: str) -> Taxonomy:
         for kind in entities:
             if kind not in ENTITY_KINDS:
                 raise ConfigError(f"unknown entity kind {kind!r}", file=file, where=where)
-        keywords = _words(item.get("keywords"), f"{where}.keywords", file)
-        labels.append(LabelDef(parts, keywords, entities, keyword_pattern(keywords)))
+        keywords = _keys(_words(item.get("keywords"), f"{where}.keywords", file))
+        labels.append(LabelDef(parts, keywords, entities))
         seen.add(parts)
     # Every parent is a label of its own, even when the file lists only the child.
     for label in list(labels):
         for n in range(1, len(label.parts)):
             if label.parts[:n] not in seen:
-                labels.append(LabelDef(label.parts[:n], (), (), None))
+                labels.append(LabelDef(label.parts[:n], (), ()))
                 seen.add(label.parts[:n])
     if not labels:
         raise ConfigError("the taxonomy has no labels", file=file, where="labels")

@@ -36,6 +36,7 @@ _BLOCK = re.compile(r"<\s*(br|/p|/div|/li|/tr|/h[1-6])\b[^>]*>", re.IGNORECASE)
 _DROP = re.compile(r"<\s*(script|style)\b.*?<\s*/\s*\1\s*>", re.IGNORECASE | re.DOTALL)
 _TAG = re.compile(r"<[^>]*>")
 _COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
+_ASTRAL = re.compile("[\U00010000-\U0010ffff]")
 
 
 def html_to_text(markup: str) -> str:
@@ -121,7 +122,7 @@ class Utf16Index:
     Precomputes where the astral characters are, so each lookup is a bisect."""
 
     def __init__(self, text: str):
-        self._astral = [i for i, ch in enumerate(text) if ord(ch) > 0xFFFF]
+        self._astral = [] if text.isascii() else [m.start() for m in _ASTRAL.finditer(text)]
 
     def byte_offset(self, char_index: int) -> int:
         return 2 * (char_index + bisect_left(self._astral, char_index))

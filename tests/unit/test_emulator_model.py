@@ -460,3 +460,10 @@ async def test_provider_with_no_documents_returns_an_empty_batch() -> None:
     """An empty sequence is not sent (the API refuses empty batches)."""
     batch = await EmulatorClassifier(ClassifierConfig(provider="emulator")).predict_raw_emails([])
     assert batch.predictions == ()
+
+
+def test_keywords_match_word_sequences_across_case_and_hyphens() -> None:
+    """ "Out-of-Office" and "OUT OF OFFICE" both hit Notification > Out of Office."""
+    for text in ("Auto: Out-of-Office", "I AM OUT OF OFFICE", "out of\noffice"):
+        assert "Notification > Out of Office" in labels_of(text), text
+    assert "Notification > Out of Office" not in labels_of("stout offices")
