@@ -12,6 +12,7 @@ from structlog.testing import capture_logs
 
 from gateway import replies
 from gateway.headers import header_fields
+from gateway.inbound import MessageProcessor
 from gateway.pipeline import build_processor, count_hops, received_header
 from gateway.replies import Reply
 from gateway.testing import EmulatorHandle, running_emulator
@@ -306,6 +307,7 @@ async def test_maildir_next_hop_end_to_end(tmp_path: Path) -> None:
     """maildir:// downstream: the routed message lands in new/."""
     maildir = tmp_path / "maildir"
     pipeline = build_processor(make_config(tmp_path, downstream=f"maildir://{maildir}"))
+    assert isinstance(pipeline, MessageProcessor)
     reply = await pipeline.process(inbound(INVOICE))
     await pipeline.aclose()
     assert reply == replies.queued("4QTEST1")
