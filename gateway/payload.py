@@ -69,7 +69,7 @@ _MAILPARSER_HEADERS = frozenset(
 )
 # Real mail nests a few dozen containers at most (a thread forwarded as attachments).
 _MAX_CONTAINERS = 256
-_CONTAINER = re.compile(rb"(?i)boundary\s*\*?[0-9]*\*?\s*=|message/")
+_CONTAINER = re.compile(rb"boundary\s*\*?[0-9]*\*?\s*=|message/")
 _MAX_PROPERTY_NAME = 1024
 _MAX_PROPERTY_VALUE = 1024
 _MAX_NAME_EXTENSION = 16
@@ -181,11 +181,12 @@ class _MimeResult:
 
 def _too_many_containers(raw: bytes) -> bool:
     """More multipart/message containers declared than any real message has."""
-    # bytes.count is cheap on megabytes; the regex only runs on suspicious input.
-    rough = sum(raw.count(token) for token in (b"oundary", b"OUNDARY", b"essage/", b"ESSAGE/"))
-    if rough <= _MAX_CONTAINERS:
+    # One lower-cased copy and two bytes.count calls: a few ms on megabytes, and a
+    # mixed-case "BoUnDaRy" is counted too. The regex runs only on suspicious input.
+    lowered = raw.lower()
+    if lowered.count(b"boundary") + lowered.count(b"message/") <= _MAX_CONTAINERS:
         return False
-    found = _CONTAINER.finditer(raw)
+    found = _CONTAINER.finditer(lowered)
     return sum(1 for _ in itertools.islice(found, _MAX_CONTAINERS + 1)) > _MAX_CONTAINERS
 
 

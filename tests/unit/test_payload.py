@@ -563,6 +563,16 @@ def test_2000_deep_nesting_keeps_the_headers_and_skips_the_mime_parse() -> None:
     assert doc["raw_email"]["body"] == {"plain": ""}
 
 
+def test_container_limit_is_case_insensitive_and_counts_message_parts() -> None:
+    """'BOUNDARY=' in capitals and a chain of message/rfc822 parts count towards the limit."""
+    shouting = nested_multipart(300).replace(b"boundary=", b"BOUNDARY=")
+    chain = b"Subject: chain\r\n" + b"Content-Type: message/rfc822\r\n\r\n" * 300 + b"x\r\n"
+    for raw in (shouting, chain):
+        parsed = parse_message(raw)
+        assert "MimeContainerLimitDefect" in parsed.defects
+        check_document(build_document(parsed, raw))
+
+
 def test_recursion_error_from_mail_parser_is_caught() -> None:
     """With little stack left, a 200-deep message makes mail-parser raise; we still return."""
     raw = nested_multipart(200)
