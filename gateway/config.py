@@ -91,7 +91,9 @@ class SmtpConfig(_Section):
     require_tls: bool = False
     auth_users_file: str = ""
     bare_lf: Literal["reject", "normalize"] = "reject"
-    trusted_networks: list[str] = Field(default_factory=lambda: ["127.0.0.0/8"])
+    # Empty by default (DESIGN.md said 127.0.0.0/8): behind Postfix every message comes
+    # from loopback, so trusting it would keep X-CM-* verdicts forged by any sender.
+    trusted_networks: list[str] = Field(default_factory=list)
 
     @field_validator("listen")
     @classmethod

@@ -93,7 +93,7 @@ async def test_message_reaches_processor_with_envelope_and_queue_id_in_reply():
     assert msg.helo == "client.test"
     assert msg.mail_options == ("BODY=8BITMIME",)
     assert (msg.tls, msg.authenticated_user, msg.smtp_utf8) == (False, None, False)
-    assert msg.trusted_peer is True
+    assert msg.trusted_peer is False  # trusted_networks is empty by default
     assert abs(msg.received_at - time.time()) < 30
 
 
@@ -157,6 +157,14 @@ async def test_peer_outside_trusted_networks_is_marked_untrusted():
     async with running_server(processor, config) as srv:
         await asyncio.to_thread(_send, srv.port)
     assert processor.messages[0].trusted_peer is False
+
+
+async def test_peer_inside_trusted_networks_is_marked_trusted():
+    """A peer listed in trusted_networks (another gateway) keeps its X-CM-* verdicts."""
+    processor = RecordingProcessor()
+    async with running_server(processor, smtp_config(trusted_networks=["127.0.0.0/8"])) as srv:
+        await asyncio.to_thread(_send, srv.port)
+    assert processor.messages[0].trusted_peer is True
 
 
 async def test_recipients_over_max_recipients_get_452():
