@@ -77,6 +77,9 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     logging.basicConfig(handlers=[handler], level=numeric, force=True)
     for name in _NOISY:
         logging.getLogger(name).setLevel(max(numeric, logging.WARNING))
+    # mail-parser logs header values (message content) at ERROR when it cannot decode
+    # them, and a warning for every part type it does not handle: neither is ours to log.
+    logging.getLogger("mailparser").setLevel(logging.CRITICAL)
 
 
 def get_logger(name: str = "cm-gateway") -> Any:
