@@ -34,126 +34,129 @@ QUARANTINE_HEADER = "X-CM-Quarantine"
 
 
 class Effect(NamedTuple):
-    """One action of one matched rule, ready to apply."""
+    """One action of one matched rule, ready to apply; ``description`` is for
+    ``explain`` and logs (``redirect -> ap@example.com``)."""
 
     kind: str
+    description: str
     headers: tuple[tuple[str, str], ...] = ()
     addresses: tuple[str, ...] = ()
     text: str = ""
     reply: Reply | None = None
 
-    def describe(self) -> str:
-        """For ``explain`` and logs, e.g. ``redirect -> ap@example.com``."""
-        if self.kind == "add_header":
-            return "add_header " + ", ".join(f"{n}: {v}" for n, v in self.headers)
-        if self.kind in ("bcc", "redirect", "quarantine"):
-            return f"{self.kind} -> " + ", ".join(self.addresses)
-        if self.kind == "prefix_subject":
-            return f"prefix_subject {self.text!r}"
-        if self.reply is not None:
-            return f"{self.kind} {self.reply}"
-        return self.kind
+
+def _header_effect(headers: tuple[tuple[str, str], ...]) -> Effect:
+    described = "add_header " + ", ".join(f"{n}: {v}" for n, v in headers)
+    return Effect("add_header", described, headers=headers)
 
 
 class Action(Protocol):
     text: str
 
-    def prepare(self, facts: Facts, rule: str) -> Effect: ...
+    def prepare(self, facts: Facts) -> Effect: ...
+
+
+class _Static:
+    """An action whose effect does not depend on the message: built once."""
+
+    __slots__ = ("effect", "text")
+
+    def __init__(self, effect: Effect, text: str) -> None:
+        self.effect = effect
+        self.text = text
+
+    def prepare(self, facts: Facts) -> Effect:
+        return self.effect
 
 
 class AddHeader:
-    __slots__ = ("items", "text")
+    """``add_header``; values with placeholders are expanded per message."""
 
-    def __init__(self, items: Sequence[tuple[str, str]]) -> None:
+    __slots__ = ("effect", "items", "rule", "text")
+
+    def __init__(self, items: Sequence[tuple[str, str]], rule: str) -> None:
+        self.rule = rule
         self.items: tuple[tuple[str, Template], ...] = tuple(
             (name, parse_template(value)) for name, value in items
         )
         self.text = "add_header " + ", ".join(f"{n}: {v}" for n, v in items)
+        self.effect: Effect | None = None
+        if all(not t.names or t.names == {"rule"} for _, t in self.items):
+            values = {"rule": rule}
+            self.effect = _header_effect(tuple((n, t.render(values)) for n, t in self.items))
 
-    def prepare(self, facts: Facts, rule: str) -> Effect:
-        if all(not t.names for _, t in self.items):
-            return Effect("add_header", headers=tuple((n, t.text) for n, t in self.items))
-        values = facts.placeholders(rule)
-        return Effect("add_header", headers=tuple((n, t.render(values)) for n, t in self.items))
+    def prepare(self, facts: Facts) -> Effect:
+        if self.effect is not None:
+            return self.effect
+        values = facts.placeholders(self.rule)
+        return _header_effect(tuple((n, t.render(values)) for n, t in self.items))
 
 
-class PrefixSubject:
-    __slots__ = ("effect", "text")
+class PrefixSubject(_Static):
+    __slots__ = ()
 
     def __init__(self, prefix: str) -> None:
-        self.effect = Effect("prefix_subject", text=prefix)
-        self.text = f"prefix_subject {prefix!r}"
-
-    def prepare(self, facts: Facts, rule: str) -> Effect:
-        return self.effect
+        text = f"prefix_subject {prefix!r}"
+        super().__init__(Effect("prefix_subject", text, text=prefix), text)
 
 
-class _Addresses:
-    __slots__ = ("effect", "text")
-    kind = ""
+class Bcc(_Static):
+    __slots__ = ()
 
     def __init__(self, addresses: Sequence[str]) -> None:
-        self.effect = Effect(self.kind, addresses=tuple(addresses))
-        self.text = f"{self.kind} " + ", ".join(addresses)
+        listed = ", ".join(addresses)
+        super().__init__(
+            Effect("bcc", f"bcc -> {listed}", addresses=tuple(addresses)), f"bcc {listed}"
+        )
 
-    def prepare(self, facts: Facts, rule: str) -> Effect:
-        return self.effect
 
-
-class Bcc(_Addresses):
+class Redirect(_Static):
     __slots__ = ()
-    kind = "bcc"
+
+    def __init__(self, addresses: Sequence[str]) -> None:
+        listed = ", ".join(addresses)
+        super().__init__(
+            Effect("redirect", f"redirect -> {listed}", addresses=tuple(addresses)),
+            f"redirect {listed}",
+        )
 
 
-class Redirect(_Addresses):
-    __slots__ = ()
-    kind = "redirect"
-
-
-class Quarantine:
+class Quarantine(_Static):
     """Redirect to one address and mark the message ``X-CM-Quarantine: <rule>``."""
 
-    __slots__ = ("address", "text")
+    __slots__ = ()
 
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.text = f"quarantine {address}"
-
-    def prepare(self, facts: Facts, rule: str) -> Effect:
-        return Effect("quarantine", addresses=(self.address,), headers=((QUARANTINE_HEADER, rule),))
-
-
-class Reject:
-    __slots__ = ("effect", "text")
-
-    def __init__(self, text: str) -> None:
-        self.effect = Effect("reject", reply=rule_reject(text))
-        self.text = f"reject {text!r}"
-
-    def prepare(self, facts: Facts, rule: str) -> Effect:
-        return self.effect
+    def __init__(self, address: str, rule: str) -> None:
+        effect = Effect(
+            "quarantine",
+            f"quarantine -> {address}",
+            addresses=(address,),
+            headers=((QUARANTINE_HEADER, rule),),
+        )
+        super().__init__(effect, f"quarantine {address}")
 
 
-class Defer:
-    __slots__ = ("effect", "text")
+class Reject(_Static):
+    __slots__ = ()
 
     def __init__(self, text: str) -> None:
-        self.effect = Effect("defer", reply=rule_defer(text))
-        self.text = f"defer {text!r}"
-
-    def prepare(self, facts: Facts, rule: str) -> Effect:
-        return self.effect
+        reply = rule_reject(text)
+        super().__init__(Effect("reject", f"reject {reply}", reply=reply), f"reject {text!r}")
 
 
-class Discard:
-    __slots__ = ("effect", "text")
+class Defer(_Static):
+    __slots__ = ()
+
+    def __init__(self, text: str) -> None:
+        reply = rule_defer(text)
+        super().__init__(Effect("defer", f"defer {reply}", reply=reply), f"defer {text!r}")
+
+
+class Discard(_Static):
+    __slots__ = ()
 
     def __init__(self) -> None:
-        self.effect = Effect("discard")
-        self.text = "discard"
-
-    def prepare(self, facts: Facts, rule: str) -> Effect:
-        return self.effect
+        super().__init__(Effect("discard", "discard"), "discard")
 
 
 class Draft:

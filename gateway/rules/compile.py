@@ -60,10 +60,10 @@ def compile_condition(model: ConditionModel) -> pred.Predicate:
     return out[0] if len(out) == 1 else pred.AllOf(out)
 
 
-def compile_action(model: ActionModel) -> act.Action:
-    """One action mapping (exactly one key, checked by the model)."""
+def compile_action(model: ActionModel, rule: str) -> act.Action:
+    """One action mapping (exactly one key, checked by the model) of the rule ``rule``."""
     if model.add_header is not None:
-        return act.AddHeader(list(model.add_header.items()))
+        return act.AddHeader(list(model.add_header.items()), rule)
     if model.prefix_subject is not None:
         return act.PrefixSubject(model.prefix_subject)
     if model.bcc is not None:
@@ -71,7 +71,7 @@ def compile_action(model: ActionModel) -> act.Action:
     if model.redirect is not None:
         return act.Redirect(model.redirect)
     if model.quarantine is not None:
-        return act.Quarantine(model.quarantine)
+        return act.Quarantine(model.quarantine, rule)
     if model.reject is not None:
         return act.Reject(model.reject)
     if model.defer is not None:
@@ -90,6 +90,6 @@ def compile_rule(model: RuleModel, *, file: str, line: int, file_audit: bool) ->
         audit=model.audit or file_audit,
         stop=model.stop,
         predicate=predicate,
-        actions=tuple(compile_action(a) for a in model.actions),
+        actions=tuple(compile_action(a, model.name) for a in model.actions),
         model=model,
     )

@@ -38,8 +38,7 @@ class RuleVerdict(NamedTuple):
     why: str
 
 
-@dataclass(frozen=True, slots=True)
-class RuleMatch:
+class RuleMatch(NamedTuple):
     """A rule whose condition held.
 
     ``audit`` rules are recorded with the actions they would have taken, which changed
@@ -119,8 +118,11 @@ def finalize(draft: Draft, original: tuple[str, ...]) -> Outcome:
         headers.extend(quarantine_headers)
         recipients: tuple[str, ...] = (quarantine_address,)
     else:
-        base = draft.redirect if draft.redirect is not None else original
-        recipients = dedupe_addresses((*base, *draft.bcc))
+        # The original envelope is kept as it came (even with a repeated recipient), so
+        # that a decision without recipient actions changes nothing.
+        base = dedupe_addresses(draft.redirect) if draft.redirect is not None else original
+        known = {a.lower() for a in base}
+        recipients = base + tuple(a for a in dedupe_addresses(draft.bcc) if a.lower() not in known)
     verdict: Verdict = "deliver"
     reply = None
     if draft.reject is not None:

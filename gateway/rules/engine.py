@@ -27,6 +27,7 @@ __all__ = ["Mode", "RuleSet", "RuleWarning"]
 
 Mode = Literal["enforce", "audit"]
 _log = get_logger("cm-gateway.rules")
+_new = tuple.__new__
 
 
 class RuleWarning(tuple[str, int, str, str]):
@@ -60,12 +61,14 @@ class RuleWarning(tuple[str, int, str, str]):
 class RuleSet:
     """Rules loaded from one or more files, in evaluation order."""
 
-    __slots__ = ("files", "mode", "rules")
+    __slots__ = ("_any_audit", "files", "mode", "rules")
 
     def __init__(self, rules: Sequence[Rule], *, mode: Mode = "enforce", files: Sequence[str] = ()):
         self.rules = tuple(rules)
         self.mode: Mode = mode
         self.files = tuple(files)
+        # The shadow run (audit_verdict) only matters when some rule is audited.
+        self._any_audit = mode == "audit" or any(r.audit for r in self.rules)
 
     def __len__(self) -> int:
         return len(self.rules)
@@ -121,6 +124,7 @@ class RuleSet:
         # When nothing is enforced, stops apply as in enforce mode: the trace is then
         # exactly what enforcing would do.
         all_audited = self.audit
+        any_audited = self._any_audit
         real, shadow = Draft(), Draft()
         stopped_by: str | None = None  # an enforced stop: later rules are skipped
         shadow_stopped_by: str | None = None  # any stop, audited included
@@ -142,26 +146,22 @@ class RuleSet:
             try:
                 held, why = rule.predicate(facts)
                 if held:
-                    effects = [action.prepare(facts, rule.name) for action in rule.actions]
+                    effects = [action.prepare(facts) for action in rule.actions]
             except Exception as exc:
                 _log.warning("rule_failed", rule=rule.name, error=type(exc).__name__)
                 held, why = False, f"error: {type(exc).__name__}: {exc}"
             if shadow_stopped_by is not None:
                 why += f" (an audited stop in '{shadow_stopped_by}' would have skipped this rule)"
-            verdicts.append(RuleVerdict(rule.name, held, None, why))
+            # tuple.__new__ skips the NamedTuples' Python-level __new__: this loop is
+            # the hot path (100 rules per message).
+            verdicts.append(_new(RuleVerdict, (rule.name, held, None, why)))
             if not held:
                 continue
+            described = tuple([e.description for e in effects])
             matches.append(
-                RuleMatch(
-                    rule=rule.name,
-                    audit=audited,
-                    why=why,
-                    actions=tuple(e.describe() for e in effects),
-                    stop=rule.stop,
-                    source=rule.source,
-                )
+                _new(RuleMatch, (rule.name, audited, why, described, rule.stop, rule.source))
             )
-            if shadow_stopped_by is None:
+            if any_audited and shadow_stopped_by is None:
                 for effect in effects:
                     shadow.add(effect)
                 audit_matched = audit_matched or audited

@@ -76,4 +76,6 @@ class Facts:
                 "top_probability": top_probability,
                 "model_version": "" if version is None else str(version),
             }
-        return {**self._placeholders, "rule": rule}
+        # One dict per evaluation, shared by the rules: only {rule} differs between them.
+        self._placeholders["rule"] = rule
+        return self._placeholders

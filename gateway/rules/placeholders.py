@@ -37,7 +37,7 @@ class Template:
     def render(self, values: Mapping[str, str]) -> str:
         if not self.names:
             return self.parts[0][1] if self.parts else ""
-        return "".join(values[v] if is_name else v for is_name, v in self.parts)
+        return "".join([values[v] if is_name else v for is_name, v in self.parts])
 
 
 def parse_template(text: str) -> Template:

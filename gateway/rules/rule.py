@@ -23,6 +23,7 @@ class Rule:
         "model",
         "name",
         "predicate",
+        "source",
         "stop",
     )
 
@@ -48,11 +49,7 @@ class Rule:
         self.predicate = predicate
         self.actions = actions
         self.model = model
-
-    @property
-    def source(self) -> str:
-        """``file:line`` of the rule's first key."""
-        return f"{self.file}:{self.line}"
+        self.source = f"{file}:{line}"  # where the rule starts, for explain and logs
 
     @property
     def condition_text(self) -> str:
