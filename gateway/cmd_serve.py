@@ -214,7 +214,10 @@ def _run_workers(config: Config, config_path: str | None) -> int:
             if proc.exitcode is None:
                 continue
             procs.remove(proc)
-            if proc.exitcode != 0:
+            # A worker still starting up when we forward SIGTERM dies of it before its
+            # handler is installed: it held no session, so that is a clean stop too.
+            clean = (0, -signal.SIGTERM, -signal.SIGINT) if stopping else (0,)
+            if proc.exitcode not in clean:
                 status = 1
             if not stopping:
                 # A worker died on its own: stop the rest rather than run degraded.
