@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .errors import ConfigError
+from .textfile import read_text
 
 __all__ = [
     "Authenticator",
@@ -116,12 +117,7 @@ def verify_password(password: bytes, stored: str) -> bool:
 def load_users(path: str | Path) -> dict[str, str]:
     """Read a users file: ``{user: hash}``. Raises ConfigError naming file and line."""
     file = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", file=file) from None
-    except UnicodeDecodeError:
-        raise ConfigError("not UTF-8 text", file=file) from None
+    text = read_text(path)
     users: dict[str, str] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()

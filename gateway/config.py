@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from .errors import ConfigError
+from .textfile import read_text
 
 __all__ = [
     "CacheConfig",
@@ -419,12 +420,7 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
     if path is None:
         return embedded_default(env)
     file = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", file=file) from None
-    except UnicodeDecodeError:
-        raise ConfigError("not UTF-8 text", file=file) from None
+    text = read_text(path)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

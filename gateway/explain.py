@@ -32,6 +32,7 @@ from .errors import ConfigError, MalformedResponseError
 from .payload import ParsedMessage
 from .predictions import DocumentPrediction, ModelInfo
 from .rules import Decision
+from .textfile import read_text
 
 __all__ = [
     "GivenPredictions",
@@ -106,12 +107,7 @@ def parse_predictions(data: Any) -> GivenPredictions:
 def load_predictions_file(path: str | Path) -> GivenPredictions:
     """Read a ``--predictions`` file; errors name the file (and line:column for JSON)."""
     file = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror or exc}", file=file) from None
-    except UnicodeDecodeError:
-        raise ConfigError("not UTF-8 text", file=file) from None
+    text = read_text(path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

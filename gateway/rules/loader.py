@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from ..errors import RuleFileError
+from ..textfile import read_text
 from ._yaml import Located, YamlDoc, YamlProblem, parse_yaml
 from .compile import compile_rule
 from .engine import Mode, RuleSet
@@ -107,11 +108,9 @@ def _load(
     for path in paths:
         name = str(path)
         try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            errors.append(RuleFileError(f"cannot read: {exc.strerror or exc}", file=name))
-        except UnicodeDecodeError:
-            errors.append(RuleFileError("not UTF-8 text", file=name))
+            text = read_text(path, error=RuleFileError)
+        except RuleFileError as exc:
+            errors.append(exc)
         else:
             loaded, file_errors = _load_text(text, name, first_only=first_only)
             errors.extend(file_errors)
