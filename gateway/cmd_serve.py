@@ -8,10 +8,11 @@ the embedded default).
 
 Shutdown (SIGTERM or SIGINT): stop accepting, let sessions inside DATA finish (at most
 ``min(30 s, smtp.timeout)``), tell idle sessions ``421 4.3.2``, close the pipeline, exit 0.
-SIGHUP is reserved for rule reload and only logged for now.
+SIGHUP reloads the rule files, and so does a change of their mtime or size (polled every
+2 s): see ``gateway.reload``; a file that does not validate keeps the old rules.
 
 ``[smtp] workers = N`` (N > 1) runs N worker processes (multiprocessing, spawn) that share
-the listening port with SO_REUSEPORT; the parent only forwards signals and waits.
+the listening port with SO_REUSEPORT; the parent only forwards signals (SIGHUP too) and waits.
 """
 
 from __future__ import annotations
@@ -109,15 +110,24 @@ async def serve(
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_stop, signum)
-    loop.add_signal_handler(
-        signal.SIGHUP, lambda: log.info("sighup_ignored", reason="rule reload not implemented")
-    )
+    from .reload import RuleReloader
+
+    reloader = RuleReloader(processor) if hasattr(processor, "reload_rules") else None
+    if reloader is not None:
+        loop.add_signal_handler(signal.SIGHUP, reloader.reload)
+    else:  # a processor without rules (tests)
+        loop.add_signal_handler(
+            signal.SIGHUP, lambda: log.info("sighup_ignored", reason="processor has no rules")
+        )
+    watcher = asyncio.create_task(reloader.watch()) if reloader is not None else None
     print(f"cm-gateway listening on {server.address}", file=out, flush=True)
     if embedded:
         print(_how_to(config, server.address), file=out, flush=True)
     try:
         await stop.wait()
     finally:
+        if watcher is not None:
+            watcher.cancel()
         try:
             await server.aclose(grace=shutdown_grace(config))
         finally:
@@ -205,6 +215,14 @@ def _run_workers(config: Config, config_path: str | None) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     for proc in procs:
         proc.start()
+    # Set after the start: the workers inherit SIG_IGN (not a handler) until they listen.
+
+    def forward_reload(signum: int, _frame: object) -> None:
+        for proc in procs:
+            if not stopping and proc.pid is not None and proc.is_alive():
+                os.kill(proc.pid, signum)
+
+    signal.signal(signal.SIGHUP, forward_reload)
     log.info("workers_started", workers=len(procs), listen=config.smtp.listen)
     print(f"cm-gateway listening on {config.smtp.listen} ({len(procs)} workers)", flush=True)
     status = 0

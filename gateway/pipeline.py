@@ -39,6 +39,7 @@ import dataclasses
 import re
 from collections.abc import Sequence
 from email.utils import formatdate
+from pathlib import Path
 
 from . import replies
 from .batcher import BatchingClassifier
@@ -46,7 +47,7 @@ from .config import Config
 from .context import CLASSIFIED, ClassificationStatus, Classifier, MessageContext
 from .dedup import DedupClassifier, MemoryCache
 from .delivery import Delivery, make_delivery
-from .errors import ClassifierError, ClassifierTimeout, MalformedResponseError
+from .errors import ClassifierError, ClassifierTimeout, ConfigError, MalformedResponseError
 from .explain import default_threshold, gateway_headers, message_context, skip_reason
 from .headers import header_block, header_fields, prefix_subject, prepend_headers, strip_headers
 from .inbound import InboundMessage
@@ -127,6 +128,8 @@ class Pipeline:
         self.config = config
         self.classifier = classifier
         self.rules = rules
+        # Failed rule reloads since start (the old rules stayed): for monitoring.
+        self.reload_failures = 0
         self.delivery = delivery
         self._threshold = default_threshold(config)
         # The classifier enforces classifier.timeout itself (retries included) and reports
@@ -134,6 +137,33 @@ class Pipeline:
         # backstop, with room for the batch window and a little scheduling slack.
         settings = config.classifier
         self._classify_deadline = settings.timeout + settings.max_wait_ms / 1000 + 0.25
+
+    def rule_paths(self) -> list[Path]:
+        """The rule files this pipeline loads (and reloads)."""
+        return self.config.rule_paths()
+
+    def reload_rules(self, *, trigger: str = "sighup") -> bool:
+        """Load the rule files again and swap them in; on an error keep the old rules,
+        log ``rules_reload_failed`` (file, ``line:column``) and count it."""
+        paths = self.rule_paths()
+        try:
+            rules = load_rules(paths, mode=self.config.rules.mode)
+        except ConfigError as exc:
+            self.reload_failures += 1
+            _log.error(
+                "rules_reload_failed",
+                trigger=trigger,
+                file=exc.file,
+                where=exc.where,
+                error=str(exc),
+                failures=self.reload_failures,
+            )
+            return False
+        self.rules = rules  # one reference: a message in flight keeps the RuleSet it took
+        _log.info(
+            "rules_reloaded", trigger=trigger, files=[str(p) for p in paths], rules=len(rules)
+        )
+        return True
 
     async def aclose(self) -> None:
         """Release the classifier and the next hop."""
@@ -145,6 +175,7 @@ class Pipeline:
     async def process(self, msg: InboundMessage) -> Reply:
         """Classify, route and deliver one message; the reply to its DATA."""
         log = MessageLog(msg)
+        rules = self.rules  # taken once: a reload does not change a message in flight
         stage = "start"
         try:
             stage = "prepare"
@@ -191,7 +222,7 @@ class Pipeline:
                 return await self._relay(msg, content, msg.rcpt_tos, log)
             stage = "rules"
             with log.stage("rules"):
-                decision = self.rules.evaluate(ctx, default_threshold=self._threshold)
+                decision = rules.evaluate(ctx, default_threshold=self._threshold)
             stage = "deliver"
             return await self._apply(msg, content, ctx, decision, log)
         except Exception as exc:

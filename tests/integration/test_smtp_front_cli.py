@@ -106,10 +106,10 @@ def slow_sink():
         controller.stop()
 
 
-def test_embedded_default_prints_how_to_delivers_ignores_sighup_and_exits_0(tmp_path: Path):
+def test_embedded_default_prints_how_to_delivers_reloads_on_sighup_exits_0(tmp_path: Path):
     """`cm-gateway serve` with no config prints where it listens and how to send a test
     mail; the printed Python one-liner works and the message lands in ./var/maildir;
-    SIGHUP is only logged; SIGTERM exits 0."""
+    SIGHUP reloads the rules; SIGTERM exits 0."""
     proc = _start(tmp_path, env={"CM_GATEWAY_SMTP_LISTEN": "127.0.0.1:0"})
     try:
         lines = _read_until(proc, "Stop with Ctrl-C.")
@@ -129,7 +129,7 @@ def test_embedded_default_prints_how_to_delivers_ignores_sighup_and_exits_0(tmp_
     finally:
         code, stderr = _stop(proc)
     assert code == 0
-    assert "sighup_ignored" in stderr
+    assert "rules_reloaded" in stderr
     assert "smtp_stopped" in stderr
 
 
