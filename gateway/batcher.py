@@ -15,11 +15,15 @@ import asyncio
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .context import Classifier
 from .documents import MAX_DOCUMENTS, RawEmailDocument
 from .errors import MalformedResponseError
 from .predictions import DocumentPrediction, ModelInfo, PredictionBatch
+
+if TYPE_CHECKING:
+    from .metrics import GatewayMetrics
 
 __all__ = ["BatchingClassifier"]
 
@@ -65,6 +69,7 @@ class BatchingClassifier:
         self.in_flight = 0
         self.peak_in_flight = 0
         self.batch_sizes: list[int] = []
+        self.metrics: GatewayMetrics | None = None
 
     @property
     def description(self) -> str:
@@ -119,17 +124,26 @@ class BatchingClassifier:
             self.batch_sizes.append(len(documents))
             self.in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+            if self.metrics is not None:
+                self.metrics.api_request(len(documents))
             try:
                 result = await self._inner.predict_raw_emails(documents)
             except Exception as exc:
+                if self.metrics is not None:
+                    self.metrics.api_result(len(documents), exc)
                 _fail(batch, live, exc)
                 return
             finally:
                 self.in_flight -= 1
             if len(result.predictions) != len(live):
                 count = f"{len(result.predictions)} predictions for {len(live)} documents"
-                _fail(batch, live, MalformedResponseError(count))
+                error = MalformedResponseError(count)
+                if self.metrics is not None:
+                    self.metrics.api_result(len(documents), error)
+                _fail(batch, live, error)
                 return
+            if self.metrics is not None:
+                self.metrics.api_result(len(documents), None)
             for i, prediction in zip(live, result.predictions, strict=True):
                 if not batch.futures[i].done():
                     batch.futures[i].set_result((prediction, result.model))

@@ -26,12 +26,15 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .config import Config, load_config, parse_listen
 from .errors import ConfigError
 from .logsetup import configure_logging, get_logger
 from .redact import register_secret
+
+if TYPE_CHECKING:
+    from .metrics import GatewayMetrics, MetricsServer
 
 __all__ = ["run", "serve", "shutdown_grace"]
 
@@ -70,6 +73,7 @@ async def serve(
     configured pipeline (tests)."""
     # Imported here so that `cm-gateway config check` and friends stay light.
     from .auth import Authenticator
+    from .metrics import GatewayMetrics
     from .server import SmtpServer, build_tls_context
 
     out = out or sys.stdout
@@ -78,10 +82,11 @@ async def serve(
     authenticator = Authenticator.from_file(smtp.auth_users_file) if smtp.auth_users_file else None
     if authenticator is not None and len(authenticator) == 0:
         log.warning("auth_users_file_empty", file=smtp.auth_users_file)
+    metrics = GatewayMetrics()
     if processor is None:
         from .pipeline import build_processor
 
-        processor = build_processor(config)
+        processor = build_processor(config, metrics=metrics)
         if inspect.isawaitable(processor):
             processor = await processor
     server = SmtpServer(
@@ -94,6 +99,8 @@ async def serve(
         if closer is not None:
             await closer()
         raise
+    metrics.track_sessions(lambda: len(server.tracker.live))
+    metrics_server = await _start_metrics(config, metrics, reuse_port=reuse_port)
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -134,7 +141,27 @@ async def serve(
             # Kept until here so that a second signal during the drain can cut it short.
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
+            if metrics_server is not None:
+                await metrics_server.aclose()
     return 0
+
+
+async def _start_metrics(
+    config: Config, metrics: GatewayMetrics, *, reuse_port: bool
+) -> MetricsServer | None:
+    """The ``[metrics] listen`` server, or None when disabled or when it cannot listen
+    (logged: mail keeps flowing without metrics)."""
+    if not config.metrics.listen:
+        return None
+    from .metrics import MetricsServer
+
+    metrics_server = MetricsServer(config, metrics, reuse_port=reuse_port)
+    try:
+        await metrics_server.start()
+    except OSError as exc:
+        log.error("metrics_listen_failed", listen=config.metrics.listen, error=str(exc))
+        return None
+    return metrics_server
 
 
 def _how_to(config: Config, address: str) -> str:

@@ -16,10 +16,14 @@ import json
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .context import Classifier
 from .documents import RawEmailDocument
 from .predictions import DocumentPrediction, ModelInfo, PredictionBatch
+
+if TYPE_CHECKING:
+    from .metrics import GatewayMetrics
 
 __all__ = ["DedupClassifier", "MemoryCache", "dedup_key"]
 
@@ -71,6 +75,7 @@ class DedupClassifier:
         self._in_flight: dict[str, asyncio.Future[_Entry]] = {}
         self.hits = 0
         self.misses = 0
+        self.metrics: GatewayMetrics | None = None
 
     @property
     def description(self) -> str:
@@ -92,6 +97,12 @@ class DedupClassifier:
             else:
                 todo.append(i)
                 self.misses += 1
+        if self.metrics is not None:
+            hits = len(documents) - len(todo)
+            if hits:
+                self.metrics.cache_hits.inc(hits)
+            if todo:
+                self.metrics.cache_misses.inc(len(todo))
         # One request per distinct key: the same message twice in one call bills once.
         first: dict[str, int] = {}
         for i in todo:

@@ -11,12 +11,15 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .inbound import InboundMessage
 from .logsetup import get_logger
 from .predictions import DocumentPrediction
 from .replies import Reply
+
+if TYPE_CHECKING:
+    from .metrics import GatewayMetrics
 
 __all__ = ["MessageLog", "labels_brief"]
 
@@ -39,8 +42,9 @@ def labels_brief(prediction: DocumentPrediction | None) -> str | None:
 class MessageLog:
     """Collects the fields of one message's log line while the pipeline runs."""
 
-    def __init__(self, msg: InboundMessage) -> None:
+    def __init__(self, msg: InboundMessage, metrics: GatewayMetrics | None = None) -> None:
         self._started = time.perf_counter()
+        self._metrics = metrics
         self.fields: dict[str, Any] = {
             "queue_id": msg.queue_id,
             "peer": msg.peer_ip,
@@ -75,6 +79,8 @@ class MessageLog:
         """Write the line, at warning level for anything but a 2xx."""
         self.fields["reply"] = f"{reply.code} {reply.enhanced}"
         self.fields["total_ms"] = round((time.perf_counter() - self._started) * 1000, 2)
+        if self._metrics is not None:
+            self._metrics.observe_message(self.fields, reply.code)
         if 200 <= reply.code < 300:
             _log.info("message", **self.fields)
         else:

@@ -40,6 +40,7 @@ import re
 from collections.abc import Sequence
 from email.utils import formatdate
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import replies
 from .batcher import BatchingClassifier
@@ -58,6 +59,9 @@ from .predictions import DocumentPrediction
 from .providers import make_classifier
 from .replies import Reply
 from .rules import Decision, RuleSet, load_rules
+
+if TYPE_CHECKING:
+    from .metrics import GatewayMetrics
 
 __all__ = ["Pipeline", "build_processor", "count_hops", "received_header"]
 
@@ -124,8 +128,10 @@ class Pipeline:
         classifier: Classifier,
         rules: RuleSet,
         delivery: Delivery,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics
         self.classifier = classifier
         self.rules = rules
         # Failed rule reloads since start (the old rules stayed): for monitoring.
@@ -174,7 +180,7 @@ class Pipeline:
 
     async def process(self, msg: InboundMessage) -> Reply:
         """Classify, route and deliver one message; the reply to its DATA."""
-        log = MessageLog(msg)
+        log = MessageLog(msg, self.metrics)
         rules = self.rules  # taken once: a reload does not change a message in flight
         stage = "start"
         try:
@@ -226,6 +232,8 @@ class Pipeline:
             stage = "deliver"
             return await self._apply(msg, content, ctx, decision, log)
         except Exception as exc:
+            if self.metrics is not None:
+                self.metrics.message_failed()
             _log.error(
                 "message_failed",
                 queue_id=msg.queue_id,
@@ -352,7 +360,9 @@ class Pipeline:
         return reply
 
 
-def _wrap_classifier(config: Config, inner: Classifier) -> Classifier:
+def _wrap_classifier(
+    config: Config, inner: Classifier, metrics: GatewayMetrics | None = None
+) -> Classifier:
     # Concurrent messages share predict calls (batching), and a message retried after a
     # downstream tempfail is answered from the cache instead of being billed again.
     settings = config.classifier
@@ -362,10 +372,13 @@ def _wrap_classifier(config: Config, inner: Classifier) -> Classifier:
         max_wait_ms=settings.max_wait_ms,
         max_in_flight=settings.max_in_flight,
     )
+    batched.metrics = metrics
     if not config.cache.url.startswith("memory:"):
         _log.warning("cache_backend_unsupported", url_scheme=config.cache.url.split(":")[0])
     cache = MemoryCache(ttl=config.cache.ttl, max_entries=config.cache.max_entries)
-    return DedupClassifier(batched, cache)
+    dedup = DedupClassifier(batched, cache)
+    dedup.metrics = metrics
+    return dedup
 
 
 def build_processor(
@@ -373,13 +386,14 @@ def build_processor(
     *,
     classifier: Classifier | None = None,
     delivery: Delivery | None = None,
+    metrics: GatewayMetrics | None = None,
 ) -> Pipeline:
     """The pipeline ``config`` describes: rules loaded once (raises ``RuleFileError``),
     the configured classifier (batched, deduplicated) and next hop. ``classifier`` and
     ``delivery`` replace the configured ones (tests, tools)."""
     rules = load_rules(config.rule_paths(), mode=config.rules.mode)
     if classifier is None:
-        classifier = _wrap_classifier(config, make_classifier(config))
+        classifier = _wrap_classifier(config, make_classifier(config), metrics)
     if delivery is None:
         delivery = make_delivery(config)
     _log.info(
@@ -389,4 +403,4 @@ def build_processor(
         rules_mode=config.rules.mode,
         downstream=delivery.description,
     )
-    return Pipeline(config, classifier=classifier, rules=rules, delivery=delivery)
+    return Pipeline(config, classifier=classifier, rules=rules, delivery=delivery, metrics=metrics)

@@ -1,0 +1,285 @@
+"""Prometheus metrics and health endpoints on ``[metrics] listen`` (DESIGN.md §4).
+
+    GatewayMetrics()                 the metric objects, in a registry of their own
+    MetricsServer(config, metrics)   aiohttp: /metrics, /healthz, /readyz
+
+The registry is not prometheus-client's global one, so several gateways (tests) can run
+in one process. With ``[smtp] workers > 1`` every worker has its own registry and the
+workers share the metrics port (SO_REUSEPORT): a scrape sees one worker's counters.
+
+``/healthz`` answers 200 ``ok`` while the process runs. ``/readyz`` answers 200 when the
+next hop is reachable (SMTP: connect, EHLO, QUIT; Maildir: a file can be written in
+``tmp/``) and the classifier is reachable (a TCP connect to its API host) or does not need
+to be (``on_error = "deliver"``, or the in-process emulator); otherwise 503. Both answer
+a JSON body naming each check. Probe results are cached for ``PROBE_TTL`` seconds so that
+a burst of scrapes does not hammer the next hop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiosmtplib
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from .config import Config, parse_listen
+from .logsetup import get_logger
+
+__all__ = ["PROBE_TTL", "STAGES", "GatewayMetrics", "MetricsServer", "Readiness"]
+
+PROBE_TTL = 5.0
+PROBE_TIMEOUT = 3.0
+STAGES = ("parse", "classify", "rules", "relay", "total")
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+_log = get_logger("cm-gateway.metrics")
+
+
+def message_outcome(fields: Mapping[str, Any], code: int) -> str:
+    """``delivered`` / ``discarded`` (2xx, no recipient) / ``deferred`` (4xx) /
+    ``rejected`` (5xx), from the message's log fields and our reply code."""
+    if 200 <= code < 300:
+        return "discarded" if fields.get("recipients") == 0 else "delivered"
+    return "deferred" if 400 <= code < 500 else "rejected"
+
+
+class GatewayMetrics:
+    """The gateway's metric objects, registered in ``registry`` (a fresh one by default)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.messages = Counter(
+            "cm_gateway_messages", "Messages answered, by outcome", ["outcome"], registry=r
+        )
+        self.stage_seconds = Histogram(
+            "cm_gateway_stage_seconds", "Time per pipeline stage", ["stage"], registry=r
+        )
+        self.batch_size = Histogram(
+            "cm_gateway_batch_size", "Documents per predict request", buckets=_BATCH_BUCKETS,
+            registry=r,
+        )  # fmt: skip
+        self.api_requests = Counter(
+            "cm_gateway_api_requests", "Predict requests sent to the classifier", registry=r
+        )
+        self.api_errors = Counter(
+            "cm_gateway_api_errors", "Failed predict requests, by kind", ["kind"], registry=r
+        )
+        self.documents_billed = Counter(
+            "cm_gateway_documents_billed",
+            "Documents in successful predict requests",
+            registry=r,
+        )
+        self.cache_hits = Counter(
+            "cm_gateway_cache_hits", "Documents answered from the dedup cache", registry=r
+        )
+        self.cache_misses = Counter(
+            "cm_gateway_cache_misses", "Documents not in the dedup cache", registry=r
+        )
+        self.rule_hits = Counter(
+            "cm_gateway_rule_hits", "Rules that matched, by rule name", ["rule"], registry=r
+        )
+        self.sessions_in_flight = Gauge(
+            "cm_gateway_sessions_in_flight", "Open SMTP sessions", registry=r
+        )
+
+    def observe_message(self, fields: Mapping[str, Any], code: int) -> None:
+        """Count one answered message from its log fields (``msglog.MessageLog``)."""
+        self.messages.labels(outcome=message_outcome(fields, code)).inc()
+        for stage in STAGES:
+            ms = fields.get(f"{stage}_ms")
+            if isinstance(ms, int | float):
+                self.stage_seconds.labels(stage=stage).observe(ms / 1000)
+        for rule in fields.get("rules_hit") or ():
+            self.rule_hits.labels(rule=str(rule)).inc()
+
+    def message_failed(self) -> None:
+        """A message whose processing raised (answered ``451 4.3.0`` by the front)."""
+        self.messages.labels(outcome="error").inc()
+
+    def api_request(self, documents: int) -> None:
+        """One predict request is sent with ``documents`` documents."""
+        self.api_requests.inc()
+        self.batch_size.observe(documents)
+
+    def api_result(self, documents: int, error: BaseException | None) -> None:
+        """A predict request ended: billed on success, counted by kind on failure."""
+        if error is None:
+            self.documents_billed.inc(documents)
+        else:
+            kind = getattr(error, "kind", None)
+            self.api_errors.labels(kind=kind if isinstance(kind, str) else "unexpected").inc()
+
+    def track_sessions(self, count: Callable[[], int]) -> None:
+        """Read the open-session count from ``count`` at every scrape."""
+        self.sessions_in_flight.set_function(lambda: float(count()))
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    ok: bool
+    detail: str
+
+
+class Readiness:
+    """The ``/readyz`` checks, cached for ``ttl`` seconds."""
+
+    def __init__(self, config: Config, *, ttl: float = PROBE_TTL) -> None:
+        self.config = config
+        self.ttl = ttl
+        self._lock = asyncio.Lock()
+        self._cached: tuple[float, dict[str, Check]] | None = None
+
+    async def checks(self) -> dict[str, Check]:
+        """Every check by name; probes run at most once per ``ttl`` (concurrent callers
+        share one run)."""
+        async with self._lock:
+            now = time.monotonic()
+            if self._cached is not None and now - self._cached[0] < self.ttl:
+                return self._cached[1]
+            downstream, classifier = await asyncio.gather(self._downstream(), self._classifier())
+            result = {"downstream": downstream, "classifier": classifier}
+            self._cached = (time.monotonic(), result)
+            return result
+
+    async def _downstream(self) -> Check:
+        downstream = self.config.downstream
+        maildir = downstream.maildir_path
+        if maildir is not None:
+            try:
+                await asyncio.to_thread(_probe_maildir, maildir)
+            except OSError as exc:
+                return Check(False, f"maildir {maildir} not writable: {exc.strerror or exc}")
+            return Check(True, f"maildir {maildir} writable")
+        parts = urlsplit(downstream.url)
+        host, port = parts.hostname or "", parts.port or 25
+        client = aiosmtplib.SMTP(
+            hostname=host,
+            port=port,
+            timeout=PROBE_TIMEOUT,
+            local_hostname=self.config.smtp.hostname,
+            start_tls=False,
+        )
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT * 2):
+                await client.connect()
+                await client.ehlo()
+                await client.quit()
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            client.close()
+            return Check(False, f"smtp://{host}:{port} unreachable: {type(exc).__name__}")
+        return Check(True, f"smtp://{host}:{port} answered EHLO")
+
+    async def _classifier(self) -> Check:
+        settings = self.config.classifier
+        if settings.provider == "emulator":
+            return Check(True, "in-process emulator")
+        if settings.on_error == "deliver":
+            return Check(True, "not probed: on_error = deliver")
+        url = settings.url if settings.provider == "custom" else settings.base_url
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT):
+                _, writer = await asyncio.open_connection(host, port)
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        except (OSError, TimeoutError) as exc:
+            return Check(False, f"{host}:{port} unreachable: {type(exc).__name__}")
+        return Check(True, f"{host}:{port} reachable")
+
+
+def _probe_maildir(path: os.PathLike[str]) -> None:
+    tmp = os.path.join(path, "tmp")
+    os.makedirs(tmp, exist_ok=True)
+    probe = os.path.join(tmp, f".readyz.{os.getpid()}")
+    with open(probe, "wb"):
+        pass
+    os.unlink(probe)
+
+
+class MetricsServer:
+    """``/metrics``, ``/healthz`` and ``/readyz`` on ``[metrics] listen``."""
+
+    def __init__(
+        self,
+        config: Config,
+        metrics: GatewayMetrics,
+        *,
+        readiness: Readiness | None = None,
+        reuse_port: bool = False,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.readiness = readiness or Readiness(config)
+        self.reuse_port = reuse_port
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        """Listen (raises ``OSError`` when the address is taken)."""
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        host, port = parse_listen(self.config.metrics.listen)
+        site = web.TCPSite(runner, host, port, reuse_port=self.reuse_port or None)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        _log.info("metrics_listening", address=self.address)
+
+    @property
+    def address(self) -> str:
+        """``host:port`` actually bound (useful with port 0)."""
+        assert self._runner is not None, "not started"
+        host, port = self._runner.addresses[0][:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    async def aclose(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(
+            body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, _request: web.Request) -> web.Response:
+        checks = await self.readiness.checks()
+        failed = [name for name, check in checks.items() if not check.ok]
+        body = {
+            "ready": not failed,
+            "failed": failed,
+            "checks": {n: {"ok": c.ok, "detail": c.detail} for n, c in checks.items()},
+        }
+        return web.json_response(body, status=503 if failed else 200)
