@@ -11,8 +11,6 @@ share one in-flight request.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -20,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from .context import Classifier
 from .documents import RawEmailDocument
+from .payload import document_hash
 from .predictions import DocumentPrediction, ModelInfo, PredictionBatch
 
 if TYPE_CHECKING:
@@ -32,9 +31,7 @@ _Entry = tuple[DocumentPrediction, ModelInfo | None]
 
 def dedup_key(document: RawEmailDocument) -> str:
     """``<comment_id>:<sha256 of the canonical document>``."""
-    canonical = json.dumps(document, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    digest = hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
-    return f"{document.get('comment_id', '')}:{digest}"
+    return f"{document.get('comment_id', '')}:{document_hash(document)}"
 
 
 class MemoryCache:
