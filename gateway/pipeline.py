@@ -43,10 +43,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import replies
-from .batcher import BatchingClassifier
+from .classifier_stack import build_classifier_stack
 from .config import Config
 from .context import CLASSIFIED, ClassificationStatus, Classifier, MessageContext
-from .dedup import DedupClassifier, MemoryCache
 from .delivery import Delivery, make_delivery
 from .errors import ClassifierError, ClassifierTimeout, ConfigError, MalformedResponseError
 from .explain import default_threshold, gateway_headers, message_context, skip_reason
@@ -360,27 +359,6 @@ class Pipeline:
         return reply
 
 
-def _wrap_classifier(
-    config: Config, inner: Classifier, metrics: GatewayMetrics | None = None
-) -> Classifier:
-    # Concurrent messages share predict calls (batching), and a message retried after a
-    # downstream tempfail is answered from the cache instead of being billed again.
-    settings = config.classifier
-    batched = BatchingClassifier(
-        inner,
-        max_batch=settings.max_batch,
-        max_wait_ms=settings.max_wait_ms,
-        max_in_flight=settings.max_in_flight,
-    )
-    batched.metrics = metrics
-    if not config.cache.url.startswith("memory:"):
-        _log.warning("cache_backend_unsupported", url_scheme=config.cache.url.split(":")[0])
-    cache = MemoryCache(ttl=config.cache.ttl, max_entries=config.cache.max_entries)
-    dedup = DedupClassifier(batched, cache)
-    dedup.metrics = metrics
-    return dedup
-
-
 def build_processor(
     config: Config,
     *,
@@ -393,7 +371,7 @@ def build_processor(
     ``delivery`` replace the configured ones (tests, tools)."""
     rules = load_rules(config.rule_paths(), mode=config.rules.mode)
     if classifier is None:
-        classifier = _wrap_classifier(config, make_classifier(config), metrics)
+        classifier = build_classifier_stack(config, make_classifier(config), metrics)
     if delivery is None:
         delivery = make_delivery(config)
     _log.info(
