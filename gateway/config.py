@@ -186,6 +186,10 @@ class ClassifierConfig(_Section):
     skip_bounces: bool = True
     skip_auto_submitted: bool = True
     emulator_taxonomy: str = ""
+    # Circuit breaker (gateway.circuit): open after this many consecutive failed calls
+    # (0 = never open), for circuit_cooldown seconds, then one probe call.
+    circuit_failures: int = Field(5, ge=0)
+    circuit_cooldown: float = Field(30.0, gt=0)
 
     @field_validator("model_version", mode="before")
     @classmethod
@@ -273,6 +277,8 @@ class CacheConfig(_Section):
 class ShadowConfig(_Section):
     model_version: int | str = ""
     sample: float = Field(0.0, ge=0.0, le=1.0)
+    # Shadow calls running at once (gateway.shadow); a sampled message over it is dropped.
+    max_in_flight: int = Field(8, ge=1)
 
 
 class RulesConfig(_Section):

@@ -21,7 +21,8 @@ outside this tree that escapes a session is answered ``451 4.3.0`` (see ``replie
         │   ├── ServerError          5xx
         │   ├── TransportError       connection refused / reset / protocol error
         │   └── ClassifierTimeout    the overall deadline passed
-        └── MalformedResponseError   2xx whose body is not what the API promises
+        ├── MalformedResponseError   2xx whose body is not what the API promises
+        └── CircuitOpenError         not called: the circuit breaker is open (cool-down)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .replies import Reply
 
 __all__ = [
     "AuthError",
+    "CircuitOpenError",
     "ClassifierError",
     "ClassifierRequestError",
     "ClassifierTimeout",
@@ -146,6 +148,12 @@ class TransportError(ClassifierUnavailable):
 
 class ClassifierTimeout(ClassifierUnavailable):
     kind = "timeout"
+
+
+class CircuitOpenError(ClassifierError):
+    """Failed at once, without a call: the classifier failed repeatedly (``circuit``)."""
+
+    kind = "circuit-open"
 
 
 class MalformedResponseError(ClassifierError):
