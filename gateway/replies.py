@@ -15,9 +15,12 @@ __all__ = [
     "BARE_CR",
     "BARE_LF",
     "CLASSIFIER_DEFER",
+    "COMMAND_TOO_LONG",
+    "DATA_LINE_TOO_LONG",
     "DOWNSTREAM_NO_SMTPUTF8",
     "DOWNSTREAM_PARTIAL",
     "DOWNSTREAM_TEMPFAIL",
+    "IDLE_TIMEOUT",
     "INTERNAL_ERROR",
     "LOOP_DETECTED",
     "OK",
@@ -76,6 +79,12 @@ BARE_CR = Reply(550, "5.6.11", "Bare CR not allowed")
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down")
 PROCESSING_TIMEOUT = Reply(451, "4.3.0", "Timed out processing the message, try again later")
+# aiosmtpd's own wording for these has no enhanced code (server.py rewrites it).
+# RFC 5321 §4.5.3.1.4/§4.5.3.1.6: command lines <= 512 octets, text lines <= 1000.
+COMMAND_TOO_LONG = Reply(500, "5.5.2", "Command line too long")
+DATA_LINE_TOO_LONG = Reply(554, "5.6.0", "Message line too long (limit 1000 octets)")
+# Sent before closing a session idle (or stuck in DATA) for smtp.timeout, as Postfix does.
+IDLE_TIMEOUT = Reply(421, "4.4.2", "Timeout exceeded")
 
 
 def queued(queue_id: str) -> Reply:
