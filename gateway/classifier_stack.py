@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING
 from .batcher import BatchingClassifier
 from .config import Config
 from .context import Classifier
-from .dedup import DedupClassifier, MemoryCache
+from .dedup import DedupClassifier, MemoryCache, PredictionCache, TieredCache
 from .logsetup import get_logger
 
 if TYPE_CHECKING:
     from .metrics import GatewayMetrics
 
-__all__ = ["build_classifier_stack"]
+__all__ = ["build_cache", "build_classifier_stack"]
 
 _log = get_logger("cm-gateway.classifier")
 
@@ -37,9 +37,20 @@ def build_classifier_stack(
         max_in_flight=settings.max_in_flight,
     )
     batched.metrics = metrics
-    if not config.cache.url.startswith("memory:"):
-        _log.warning("cache_backend_unsupported", url_scheme=config.cache.url.split(":")[0])
-    cache = MemoryCache(ttl=config.cache.ttl, max_entries=config.cache.max_entries)
-    dedup = DedupClassifier(batched, cache)
+    dedup = DedupClassifier(batched, build_cache(config))
     dedup.metrics = metrics
     return dedup
+
+
+def build_cache(config: Config) -> PredictionCache:
+    """The dedup cache ``[cache] url`` names: ``memory://``, or Redis shared between
+    instances behind a local memory tier (a retry to this instance needs no network)."""
+    local = MemoryCache(ttl=config.cache.ttl, max_entries=config.cache.max_entries)
+    if config.cache.url.startswith("memory:"):
+        return local
+    # Imported here: the redis package is only needed by those who configure it.
+    from .cache_redis import RedisCache
+
+    shared = RedisCache(config.cache.url, ttl=config.cache.ttl)
+    _log.info("cache_backend", backend=shared.description)
+    return TieredCache(local, shared)

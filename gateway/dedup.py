@@ -6,6 +6,11 @@ the document's ``comment_id`` (from the Message-ID) plus a hash of the whole doc
 a different message that reuses a Message-ID is still classified. Concurrent copies of
 the same document (a retry arriving while the first attempt is still being classified)
 share one in-flight request.
+
+The cache itself is pluggable (``PredictionCache``): ``MemoryCache`` in the process, or
+``cache_redis.RedisCache`` shared by several gateway instances, usually behind a
+``TieredCache`` so that a retry reaching the same instance never needs the network.
+A cache is an optimisation: a backend that fails answers "miss" and mail keeps flowing.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .context import Classifier
 from .documents import RawEmailDocument
@@ -24,14 +29,39 @@ from .predictions import DocumentPrediction, ModelInfo, PredictionBatch
 if TYPE_CHECKING:
     from .metrics import GatewayMetrics
 
-__all__ = ["DedupClassifier", "MemoryCache", "dedup_key"]
+__all__ = [
+    "CacheEntry",
+    "DedupClassifier",
+    "MemoryCache",
+    "PredictionCache",
+    "TieredCache",
+    "dedup_key",
+]
 
-_Entry = tuple[DocumentPrediction, ModelInfo | None]
+CacheEntry = tuple[DocumentPrediction, ModelInfo | None]
+_Entry = CacheEntry
 
 
 def dedup_key(document: RawEmailDocument) -> str:
     """``<comment_id>:<sha256 of the canonical document>``."""
     return f"{document.get('comment_id', '')}:{document_hash(document)}"
+
+
+class PredictionCache(Protocol):
+    """Where predictions are kept between attempts. Neither method may raise for a
+    backend failure: a broken cache is a miss (``get``) or a no-op (``put``)."""
+
+    async def get(self, key: str) -> CacheEntry | None:
+        """The entry stored under ``key``, or None (absent, expired, unreadable)."""
+        ...
+
+    async def put(self, key: str, entry: CacheEntry) -> None:
+        """Store ``entry`` under ``key`` for the cache's TTL."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...
 
 
 class MemoryCache:
@@ -42,7 +72,19 @@ class MemoryCache:
         self._max = max_entries
         self._data: OrderedDict[str, tuple[float, _Entry]] = OrderedDict()
 
-    def get(self, key: str) -> _Entry | None:
+    async def get(self, key: str) -> _Entry | None:
+        """The live entry under ``key``, refreshed as most recently used."""
+        return self.get_now(key)
+
+    async def put(self, key: str, entry: _Entry) -> None:
+        """Store ``entry``, evicting the least recently used past ``max_entries``."""
+        self.put_now(key, entry)
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+    def get_now(self, key: str) -> _Entry | None:
+        """``get`` without a coroutine (the cache never waits)."""
         item = self._data.get(key)
         if item is None:
             return None
@@ -53,7 +95,8 @@ class MemoryCache:
         self._data.move_to_end(key)
         return entry
 
-    def put(self, key: str, entry: _Entry) -> None:
+    def put_now(self, key: str, entry: _Entry) -> None:
+        """``put`` without a coroutine."""
         self._data[key] = (time.monotonic() + self._ttl, entry)
         self._data.move_to_end(key)
         while len(self._data) > self._max:
@@ -63,10 +106,40 @@ class MemoryCache:
         return len(self._data)
 
 
+class TieredCache:
+    """A process-local cache in front of a shared one: reads try ``local`` first and
+    copy a ``shared`` hit into it; writes go to both. A retry that reaches the same
+    instance is answered even while the shared backend is down."""
+
+    def __init__(self, local: MemoryCache, shared: PredictionCache) -> None:
+        self.local = local
+        self.shared = shared
+
+    async def get(self, key: str) -> _Entry | None:
+        """Local first, then shared."""
+        entry = self.local.get_now(key)
+        if entry is None:
+            entry = await self.shared.get(key)
+            if entry is None:
+                # Another task may have stored it locally while we waited on the network.
+                return self.local.get_now(key)
+            self.local.put_now(key, entry)
+        return entry
+
+    async def put(self, key: str, entry: _Entry) -> None:
+        """Into both tiers."""
+        self.local.put_now(key, entry)
+        await self.shared.put(key, entry)
+
+    async def aclose(self) -> None:
+        """Close the shared backend."""
+        await self.shared.aclose()
+
+
 class DedupClassifier:
     """A ``Classifier`` that answers repeated documents from the cache."""
 
-    def __init__(self, inner: Classifier, cache: MemoryCache) -> None:
+    def __init__(self, inner: Classifier, cache: PredictionCache) -> None:
         self._inner = inner
         self._cache = cache
         self._in_flight: dict[str, asyncio.Future[_Entry]] = {}
@@ -78,13 +151,23 @@ class DedupClassifier:
     def description(self) -> str:
         return self._inner.description
 
+    @property
+    def cache(self) -> PredictionCache:
+        """The cache this layer reads and fills."""
+        return self._cache
+
     async def predict_raw_emails(self, documents: Sequence[RawEmailDocument]) -> PredictionBatch:
         keys = [dedup_key(d) for d in documents]
+        # A key already being classified here needs no cache round trip.
+        lookup = [k for k in dict.fromkeys(keys) if k not in self._in_flight]
+        found = await self._lookup(lookup)
+        # From here to the in-flight registration nothing awaits: a concurrent copy of a
+        # document either sees our future or finds the cached entry, never neither.
         results: dict[int, _Entry] = {}
         waits: dict[int, asyncio.Future[_Entry]] = {}
         todo: list[int] = []
         for i, key in enumerate(keys):
-            cached = self._cache.get(key)
+            cached = found.get(key)
             if cached is not None:
                 results[i] = cached
                 self.hits += 1
@@ -112,12 +195,16 @@ class DedupClassifier:
             if mine:
                 unique = list(first.values())
                 batch = await self._inner.predict_raw_emails([documents[i] for i in unique])
+                fresh: list[tuple[str, _Entry]] = []
                 for i, prediction in zip(unique, batch.predictions, strict=True):
                     entry = (prediction, batch.model)
-                    self._cache.put(keys[i], entry)
-                    mine[keys[i]].set_result(entry)
+                    mine[keys[i]].set_result(entry)  # waiters go on at once
+                    fresh.append((keys[i], entry))
                 for i in todo:
                     results[i] = mine[keys[i]].result()
+                # Stored before the in-flight futures go (finally): a copy arriving in
+                # between finds one or the other.
+                await self._store(fresh)
             for i, fut in waits.items():
                 results[i] = await asyncio.shield(fut)
         except BaseException as exc:
@@ -137,5 +224,24 @@ class DedupClassifier:
         model = next((m for _, m in ordered if m is not None), None)
         return PredictionBatch(predictions=tuple(p for p, _ in ordered), model=model)
 
+    async def _lookup(self, keys: list[str]) -> dict[str, _Entry]:
+        if not keys:
+            return {}
+        if len(keys) == 1:
+            entries = [await self._cache.get(keys[0])]
+        else:
+            entries = await asyncio.gather(*(self._cache.get(k) for k in keys))
+        return {k: e for k, e in zip(keys, entries, strict=True) if e is not None}
+
+    async def _store(self, items: list[tuple[str, _Entry]]) -> None:
+        if len(items) == 1:
+            await self._cache.put(*items[0])
+        elif items:
+            await asyncio.gather(*(self._cache.put(k, e) for k, e in items))
+
     async def aclose(self) -> None:
-        await self._inner.aclose()
+        """Close the inner classifier, then the cache."""
+        try:
+            await self._inner.aclose()
+        finally:
+            await self._cache.aclose()

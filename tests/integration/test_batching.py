@@ -137,10 +137,10 @@ def test_the_cache_forgets_after_its_ttl_and_past_its_size() -> None:
 
     entry = (DocumentPrediction(), None)
     cache = MemoryCache(ttl=0.05, max_entries=2)
-    cache.put("a", entry)
-    cache.put("b", entry)
-    assert cache.get("a") == entry  # a is now the most recently used
-    cache.put("c", entry)
-    assert cache.get("b") is None and cache.get("a") == entry and len(cache) == 2
+    cache.put_now("a", entry)
+    cache.put_now("b", entry)
+    assert cache.get_now("a") == entry  # a is now the most recently used
+    cache.put_now("c", entry)
+    assert cache.get_now("b") is None and cache.get_now("a") == entry and len(cache) == 2
     time.sleep(0.06)
-    assert cache.get("a") is None
+    assert cache.get_now("a") is None
