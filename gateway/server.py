@@ -8,7 +8,10 @@
 ``GatewaySMTP`` adjusts aiosmtpd 1.4.6 where its defaults do not suit a relay:
 
 - a connection cap: over ``max_connections`` the client gets ``421 4.7.0`` and is closed;
-- aiosmtpd's own 552 texts are replaced by exactly ``replies.TOO_BIG``;
+- aiosmtpd's own 552 texts are replaced by exactly ``replies.TOO_BIG``, and its
+  over-long line replies by ``replies.COMMAND_TOO_LONG`` / ``replies.DATA_LINE_TOO_LONG``;
+- an idle (or trickling) session is told ``421 4.4.2`` when ``smtp.timeout`` expires,
+  instead of aiosmtpd's silent close;
 - structlog context (``session_id``, ``peer``) bound per connection task;
 - the idle timer restarted when DATA ends, so that processing gets a full window;
 - a drain mode for shutdown: idle sessions get ``421 4.3.2`` at once, a session inside
@@ -50,6 +53,11 @@ log = get_logger("cm-gateway.smtp")
 
 # aiosmtpd writes these two texts with 552; our contract says replies.TOO_BIG.
 _AIOSMTPD_552 = (b"552 Error: message size exceeds", b"552 Error: Too much mail data")
+# aiosmtpd's over-long line replies carry no enhanced code; ours are in replies.py.
+_AIOSMTPD_LONG = {
+    b"500 Command line too long": replies.COMMAND_TOO_LONG,
+    b"500 Line too long": replies.DATA_LINE_TOO_LONG,
+}
 
 
 def command_call_limits(smtp: SmtpConfig) -> dict[str, int]:
@@ -176,7 +184,20 @@ class GatewaySMTP(SMTP):
         if raw.startswith(_AIOSMTPD_552):
             await super().push(str(replies.TOO_BIG))
             return
+        for prefix, reply in _AIOSMTPD_LONG.items():
+            if raw.startswith(prefix):
+                await super().push(str(reply))
+                return
         await super().push(status)
+
+    def _timeout_cb(self) -> None:
+        # RFC 5321 §4.2.2: 421 before closing, so the client knows to retry later
+        # (aiosmtpd just closes); a slowloris DATA ends here too.
+        transport = self.transport
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            log.info("session_timeout", in_data=self.in_data)
+            transport.write(f"{replies.IDLE_TIMEOUT}\r\n".encode("ascii"))
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
 
     def restart_idle_timer(self) -> None:
         """Give the rest of this DATA phase a full ``timeout`` (see handler.py)."""
