@@ -36,10 +36,12 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 import aiosmtplib
+from aiosmtplib.response import SMTPResponse
 
 from . import replies
 from .config import Config
 from .replies import Reply
+from .smtp_pool import Connection, PoolClosedError, SmtpPool, TrackingSMTP
 
 __all__ = [
     "Delivery",
@@ -52,7 +54,6 @@ __all__ = [
 
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)")
 _QUEUE_ID = re.compile(r"queued as ([A-Za-z0-9._-]+)", re.IGNORECASE)
-_QUIT_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,56 +125,49 @@ def _needs_smtputf8(mail_from: str, rcpt_tos: Sequence[str]) -> bool:
 
 
 class SmtpDelivery:
-    """Relay over SMTP with aiosmtplib: one connection per message.
+    """Relay over SMTP with aiosmtplib, through a pool of at most ``pool_size``
+    connections reused across messages (``smtp_pool``).
 
-    ``_acquire``/``_release`` are the seam where a connection pool fits (issue 5): they
-    are the only places that create or end a connection, and ``_release`` is told
-    whether the connection is still fit for another message.
+    A message is sent again on a fresh connection only when a reused connection turns
+    out stale before the next hop accepted its MAIL FROM (disconnected, 421): nothing of
+    it was delivered. After MAIL FROM was accepted a failure is never retried here; the
+    sending MTA gets a 4xx and retries the whole message itself.
     """
 
     def __init__(
-        self, host: str, port: int, *, timeout: float, local_hostname: str | None = None
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout: float,
+        local_hostname: str | None = None,
+        pool_size: int = 1,
+        idle_timeout: float = 30.0,
+        check_after: float = 5.0,
     ) -> None:
         self._host = host
         self._port = port
         self._timeout = timeout
         self._local_hostname = local_hostname
+        self.pool = SmtpPool(
+            self._client, size=pool_size, idle_timeout=idle_timeout, check_after=check_after
+        )
 
     @property
     def description(self) -> str:
         return f"smtp://{self._host}:{self._port}"
 
-    def _acquire(self) -> aiosmtplib.SMTP:
+    def _client(self) -> TrackingSMTP:
         # Plain SMTP: the next hop is Postfix's reinjection port on the same host or a
         # private network; smtp:// never upgrades (a self-signed certificate there
         # would otherwise fail every delivery).
-        return aiosmtplib.SMTP(
+        return TrackingSMTP(
             hostname=self._host,
             port=self._port,
             timeout=self._timeout,
             local_hostname=self._local_hostname,
             start_tls=False,
         )
-
-    async def _ready(self, client: aiosmtplib.SMTP) -> None:
-        if not client.is_connected:
-            await client.connect()
-        if client.last_ehlo_response is None:
-            # EHLO now, so the extensions are known before the MAIL options are chosen.
-            await client.ehlo()
-
-    async def _release(self, client: aiosmtplib.SMTP, *, healthy: bool) -> None:
-        # A connection whose last exchange completed gets a polite QUIT (best effort:
-        # a failing QUIT must not turn an accepted message into a 4xx, or the client
-        # retries and duplicates it). One that timed out or broke is just closed.
-        if not healthy or not client.is_connected:
-            client.close()
-            return
-        try:
-            async with asyncio.timeout(_QUIT_TIMEOUT):
-                await client.quit()
-        except (aiosmtplib.SMTPException, OSError, TimeoutError):
-            client.close()
 
     async def deliver(
         self,
@@ -183,31 +177,37 @@ class SmtpDelivery:
         *,
         smtp_utf8: bool = False,
     ) -> DeliveryResult:
-        """Send one message; the whole exchange is bounded by ``timeout``."""
+        """Send one message; the whole exchange (pool wait included) is bounded by
+        ``timeout``."""
         needs_utf8 = _needs_smtputf8(mail_from, rcpt_tos)
-        client = self._acquire()
-        healthy = False
+        conn: Connection | None = None
+        reusable = polite = False
         try:
             async with asyncio.timeout(self._timeout):
-                await self._ready(client)
-                options = []
-                if client.supports_extension("8bitmime"):
-                    options.append("BODY=8BITMIME")
-                if needs_utf8 or (smtp_utf8 and client.supports_extension("smtputf8")):
-                    # aiosmtplib raises SMTPNotSupported itself when the server lacks it.
-                    options.append("SMTPUTF8")
-                errors, message = await client.sendmail(
-                    mail_from, list(rcpt_tos), content, mail_options=options
-                )
-            healthy = True
+                conn = await self.pool.acquire()
+                try:
+                    errors, message = await _send(
+                        conn.client, mail_from, rcpt_tos, content, needs_utf8, smtp_utf8
+                    )
+                except _STALE as exc:
+                    if not (conn.reused and not conn.client.mail_accepted and _stale(exc)):
+                        raise
+                    stale, conn = conn, None
+                    conn = await self.pool.replace(stale)
+                    errors, message = await _send(
+                        conn.client, mail_from, rcpt_tos, content, needs_utf8, smtp_utf8
+                    )
+            # A refused recipient is a 5xx/4xx in this session: do not reuse it.
+            reusable = not errors
+            polite = True
         except aiosmtplib.SMTPRecipientsRefused as exc:
-            healthy = True
+            polite = True
             return _all_refused(exc)
         except (aiosmtplib.SMTPSenderRefused, aiosmtplib.SMTPDataError) as exc:
-            healthy = True
+            polite = exc.code != 421
             return _refused(exc.code, exc.message, type(exc).__name__)
         except aiosmtplib.SMTPNotSupported as exc:
-            healthy = True
+            polite = True
             reply = replies.DOWNSTREAM_NO_SMTPUTF8 if needs_utf8 else replies.DOWNSTREAM_TEMPFAIL
             return DeliveryResult(reply, error=str(exc))
         except aiosmtplib.SMTPResponseException as exc:
@@ -217,10 +217,11 @@ class SmtpDelivery:
                 next_hop=parse_reply(exc.code, exc.message),
                 error=type(exc).__name__,
             )
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+        except (aiosmtplib.SMTPException, OSError, TimeoutError, PoolClosedError) as exc:
             return DeliveryResult(replies.DOWNSTREAM_TEMPFAIL, error=_describe(exc))
         finally:
-            await self._release(client, healthy=healthy)
+            if conn is not None:
+                self.pool.release(conn, reusable=reusable, polite=polite)
         next_hop = parse_reply(250, message)  # sendmail raises for anything but 250
         refused = {r: parse_reply(resp.code, resp.message) for r, resp in errors.items()}
         queue_id = m.group(1) if (m := _QUEUE_ID.search(message)) else None
@@ -231,7 +232,35 @@ class SmtpDelivery:
         return DeliveryResult(next_hop, next_hop=next_hop, queue_id=queue_id)
 
     async def aclose(self) -> None:
-        """Nothing is kept open between messages (yet)."""
+        """QUIT the pooled connections."""
+        await self.pool.aclose()
+
+
+# What a stale pooled connection raises before MAIL FROM is accepted.
+_STALE = (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPResponseException, OSError)
+
+
+def _stale(exc: BaseException) -> bool:
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return exc.code == 421  # "closing transmission channel"; any other code is an answer
+    return not isinstance(exc, TimeoutError)  # a slow hop is not a dead connection
+
+
+async def _send(
+    client: TrackingSMTP,
+    mail_from: str,
+    rcpt_tos: Sequence[str],
+    content: bytes,
+    needs_utf8: bool,
+    smtp_utf8: bool,
+) -> tuple[dict[str, SMTPResponse], str]:
+    options = []
+    if client.supports_extension("8bitmime"):
+        options.append("BODY=8BITMIME")
+    if needs_utf8 or (smtp_utf8 and client.supports_extension("smtputf8")):
+        # aiosmtplib raises SMTPNotSupported itself when the server lacks it.
+        options.append("SMTPUTF8")
+    return await client.sendmail(mail_from, list(rcpt_tos), content, mail_options=options)
 
 
 def _describe(exc: BaseException) -> str:
@@ -346,4 +375,5 @@ def make_delivery(config: Config) -> Delivery:
         parts.port,
         timeout=downstream.timeout,
         local_hostname=config.smtp.hostname,
+        pool_size=downstream.pool_size,
     )
