@@ -110,7 +110,9 @@ class GatewayRunner:
         (self.workdir / "rules.yaml").write_text(spec.rules, encoding="utf-8")
         config = self.workdir / "gateway.toml"
         config.write_text(self.config_toml(spec), encoding="utf-8")
-        env = dict(os.environ)
+        # The test run's own CM_GATEWAY_* switches (CM_GATEWAY_SOAK=1, ...) are not config
+        # overrides: the gateway would refuse them as unknown sections.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CM_GATEWAY_")}
         env[TOKEN_ENV] = spec.token
         env.update(dict(spec.env))
         with self.log_path.open("ab") as log:
