@@ -6,7 +6,10 @@ is one itself: each caller awaits only its own documents' results, while the doc
 of everyone who called within ``max_wait_ms`` (up to ``max_batch`` documents or
 ``max_bytes`` of JSON) travel in one request. At most ``max_in_flight`` requests run at
 once; while they do, new documents gather into the next batch, so batches grow with the
-load instead of requests queueing up. A failed request fails only its own documents.
+load instead of requests queueing up: when ``max_wait_ms`` passes and every slot is busy,
+the batch stays open until a slot frees (it could not start earlier anyway, and whatever
+joins it meanwhile costs no extra request). ``max_batch`` and ``max_bytes`` still close a
+batch at once. A failed request fails only its own documents.
 """
 
 from __future__ import annotations
@@ -64,6 +67,10 @@ class BatchingClassifier:
         self._slots = asyncio.Semaphore(max_in_flight)
         self._pending = _Pending()
         self._timer: asyncio.TimerHandle | None = None
+        self._max_in_flight = max_in_flight
+        # Batches holding or waiting for a slot; at max_in_flight, a due batch stays open.
+        self._queued = 0
+        self._overdue = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.requests = 0
         self.in_flight = 0
@@ -99,22 +106,39 @@ class BatchingClassifier:
         self._pending.size += size
         if len(self._pending.documents) >= self._max_batch:
             self._flush()
-        elif self._timer is None:
-            self._timer = loop.call_later(self._max_wait, self._flush)
+        elif self._timer is None and not self._overdue:
+            self._timer = loop.call_later(self._max_wait, self._due)
         return future
+
+    def _due(self) -> None:
+        self._timer = None
+        if self._queued >= self._max_in_flight:
+            self._overdue = True  # flushed by the next request that ends
+            return
+        self._flush()
 
     def _flush(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._overdue = False
         batch, self._pending = self._pending, _Pending()
         if not batch.documents:
             return
+        self._queued += 1
         task = asyncio.get_running_loop().create_task(self._run(batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: _Pending) -> None:
+        try:
+            await self._run_in_slot(batch)
+        finally:
+            self._queued -= 1
+            if self._overdue:
+                self._flush()
+
+    async def _run_in_slot(self, batch: _Pending) -> None:
         async with self._slots:
             live = [i for i, f in enumerate(batch.futures) if not f.done()]
             if not live:

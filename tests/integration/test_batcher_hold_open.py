@@ -1,0 +1,70 @@
+"""Batches grow with the load: a batch that is due while every request slot is busy stays
+open until a slot frees, instead of queueing as one more request (real HTTP, emulator)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from gateway._retry import RetryPolicy
+from gateway.batcher import BatchingClassifier
+from gateway.client import CommunicationsMiningClient, TenantEndpoint
+from gateway.documents import RawEmailDocument
+from gateway.testing import EmulatorHandle, running_emulator
+
+
+def doc(i: int) -> RawEmailDocument:
+    document: RawEmailDocument = {
+        "raw_email": {
+            "headers": {"raw": f"Subject: invoice {i}\r\nFrom: a{i}@example.org"},
+            "body": {"plain": f"Please pay the invoice number {i}."},
+        },
+        "comment_id": f"hold-{i}",
+    }
+    return document
+
+
+@pytest.fixture
+def emulator() -> Iterator[EmulatorHandle]:
+    with running_emulator(latency_ms=800) as emu:
+        yield emu
+
+
+def batcher_for(emu: EmulatorHandle, *, max_in_flight: int) -> BatchingClassifier:
+    endpoint = TenantEndpoint(emu.base_url, emu.project, emu.dataset, emu.token or "x")
+    inner = CommunicationsMiningClient(endpoint, retry=RetryPolicy(attempts=1), timeout=30.0)
+    return BatchingClassifier(inner, max_batch=64, max_wait_ms=10, max_in_flight=max_in_flight)
+
+
+async def _staggered(batcher: BatchingClassifier, count: int, gap: float) -> None:
+    calls = []
+    for i in range(count):
+        calls.append(asyncio.create_task(batcher.predict_raw_emails([doc(i)])))
+        await asyncio.sleep(gap)
+    await asyncio.gather(*calls)
+
+
+async def test_documents_due_while_every_slot_is_busy_share_the_next_request(
+    emulator: EmulatorHandle,
+) -> None:
+    """One slot, a slow API: five documents arriving 40 ms apart (each past max_wait_ms)
+    behind a request in flight travel together in the next request, not in five."""
+    batcher = batcher_for(emulator, max_in_flight=1)
+    await _staggered(batcher, 6, 0.04)
+    await batcher.aclose()
+    assert batcher.batch_sizes == [1, 5]
+    assert emulator.stats()["requests"] == 2
+
+
+async def test_a_due_batch_still_starts_at_once_when_a_slot_is_free(
+    emulator: EmulatorHandle,
+) -> None:
+    """Two slots: the second document, due while the first request is in flight, does not
+    wait for it (the requests overlap)."""
+    batcher = batcher_for(emulator, max_in_flight=2)
+    await _staggered(batcher, 2, 0.04)
+    await batcher.aclose()
+    assert batcher.batch_sizes == [1, 1]
+    assert batcher.peak_in_flight == 2
