@@ -200,6 +200,10 @@ class SmtpPool:
                 self._close(client)
                 self.discarded += 1
                 continue
+            except BaseException:
+                self._close(client)  # cancelled mid-check: its state is unknown
+                self.discarded += 1
+                raise
             client.mail_accepted = False
             conn.reused = True
             self.reused += 1

@@ -195,3 +195,15 @@ def test_make_delivery_uses_downstream_pool_size(tmp_path: Path) -> None:
     )
     d = make_delivery(config)
     assert isinstance(d, SmtpDelivery) and d.pool.size == 7
+
+
+async def test_a_delivery_cut_by_its_deadline_discards_its_connection() -> None:
+    """A next hop slower than downstream.timeout: 451, and that connection is closed,
+    not returned to the pool."""
+    with running_pool_sink(PoolSinkBehaviour(data_delay=3.0)) as sink:
+        d = SmtpDelivery("127.0.0.1", sink.port, timeout=0.5, pool_size=2)
+        result = await send(d)
+        stats = d.pool.stats()
+        await d.aclose()
+    assert result.reply == replies.DOWNSTREAM_TEMPFAIL
+    assert stats["discarded"] == 1 and stats["open"] == 0 and stats["idle"] == 0
