@@ -25,6 +25,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -100,7 +101,9 @@ async def serve(
             await closer()
         raise
     metrics.track_sessions(lambda: len(server.tracker.live))
-    metrics_server = await _start_metrics(config, metrics, reuse_port=reuse_port)
+    metrics_server = await _start_metrics(
+        config, metrics, reuse_port=reuse_port, draining=lambda: server.tracker.draining
+    )
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -147,15 +150,19 @@ async def serve(
 
 
 async def _start_metrics(
-    config: Config, metrics: GatewayMetrics, *, reuse_port: bool
+    config: Config,
+    metrics: GatewayMetrics,
+    *,
+    reuse_port: bool,
+    draining: Callable[[], bool] | None = None,
 ) -> MetricsServer | None:
     """The ``[metrics] listen`` server, or None when disabled or when it cannot listen
-    (logged: mail keeps flowing without metrics)."""
+    (logged: mail keeps flowing without metrics). ``draining`` true: /readyz is 503."""
     if not config.metrics.listen:
         return None
     from .metrics import MetricsServer
 
-    metrics_server = MetricsServer(config, metrics, reuse_port=reuse_port)
+    metrics_server = MetricsServer(config, metrics, reuse_port=reuse_port, draining=draining)
     try:
         await metrics_server.start()
     except OSError as exc:

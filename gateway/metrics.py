@@ -7,12 +7,18 @@ The registry is not prometheus-client's global one, so several gateways (tests) 
 in one process. With ``[smtp] workers > 1`` every worker has its own registry and the
 workers share the metrics port (SO_REUSEPORT): a scrape sees one worker's counters.
 
-``/healthz`` answers 200 ``ok`` while the process runs. ``/readyz`` answers 200 when the
-next hop is reachable (SMTP: connect, EHLO, QUIT; Maildir: a file can be written in
-``tmp/``) and the classifier is reachable (a TCP connect to its API host) or does not need
-to be (``on_error = "deliver"``, or the in-process emulator); otherwise 503. Both answer
-a JSON body naming each check. Probe results are cached for ``PROBE_TTL`` seconds so that
-a burst of scrapes does not hammer the next hop.
+``/healthz`` answers 200 ``ok`` while the process runs. ``/readyz`` answers 503
+``draining`` from the moment a shutdown starts (so a load balancer stops sending while
+the sessions in DATA finish); otherwise 200 when the next hop is reachable (SMTP:
+connect, EHLO, QUIT; Maildir: a file can be written in ``tmp/``) and the classifier is
+reachable (a TCP connect to its API host) or does not need to be (``on_error =
+"deliver"``, or the in-process emulator); otherwise 503. Both answer a JSON body naming
+each check. Probe results are cached for ``PROBE_TTL`` seconds so that a burst of scrapes
+does not hammer the next hop.
+
+The circuit breaker (``gateway.circuit``) and the shadow model (``gateway.shadow``) report
+here too: ``cm_gateway_circuit_state{classifier}``, ``cm_gateway_circuit_transitions_total``,
+``cm_gateway_shadow_messages_total{outcome}``, ``cm_gateway_shadow_rule_diff_total``.
 """
 
 from __future__ import annotations
@@ -97,6 +103,38 @@ class GatewayMetrics:
         self.sessions_in_flight = Gauge(
             "cm_gateway_sessions_in_flight", "Open SMTP sessions", registry=r
         )
+        self.api_in_flight = Gauge(
+            "cm_gateway_api_requests_in_flight", "Predict requests under way", registry=r
+        )
+        self.rules_reload_failures = Counter(
+            "cm_gateway_rules_reload_failures",
+            "Rule reloads refused (the old rules stayed)",
+            registry=r,
+        )
+        self.circuit_state = Gauge(
+            "cm_gateway_circuit_state",
+            "Classifier circuit breaker: 0 closed, 1 open, 2 half-open",
+            ["classifier"],
+            registry=r,
+        )
+        self.circuit_transitions = Counter(
+            "cm_gateway_circuit_transitions",
+            "Circuit breaker state changes, by the state entered",
+            ["classifier", "state"],
+            registry=r,
+        )
+        self.shadow_messages = Counter(
+            "cm_gateway_shadow_messages",
+            "Sampled messages classified by the shadow model, by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        self.shadow_rule_diff = Counter(
+            "cm_gateway_shadow_rule_diff",
+            "Rules that fired with one model only (only_live / only_shadow)",
+            ["rule", "direction"],
+            registry=r,
+        )
 
     def observe_message(self, fields: Mapping[str, Any], code: int) -> None:
         """Count one answered message from its log fields (``msglog.MessageLog``)."""
@@ -113,17 +151,32 @@ class GatewayMetrics:
         self.messages.labels(outcome="error").inc()
 
     def api_request(self, documents: int) -> None:
-        """One predict request is sent with ``documents`` documents."""
-        self.api_requests.inc()
-        self.batch_size.observe(documents)
+        """A predict call with ``documents`` documents goes to the classifier stack."""
+        self.api_in_flight.inc()
 
     def api_result(self, documents: int, error: BaseException | None) -> None:
-        """A predict request ended: billed on success, counted by kind on failure."""
+        """A predict call ended: a request (billed on success, counted by kind on
+        failure), or nothing sent at all when the open circuit refused it."""
+        self.api_in_flight.dec()
+        kind = getattr(error, "kind", None) if error is not None else None
+        if kind != "circuit-open":
+            # Counted here rather than when sent, so a call the circuit refused (it never
+            # left the process) is neither a request nor a batch.
+            self.api_requests.inc()
+            self.batch_size.observe(documents)
         if error is None:
             self.documents_billed.inc(documents)
         else:
-            kind = getattr(error, "kind", None)
             self.api_errors.labels(kind=kind if isinstance(kind, str) else "unexpected").inc()
+
+    def circuit_changed(
+        self, classifier: str, state: str, value: int, previous: str | None
+    ) -> None:
+        """The circuit of ``classifier`` entered ``state`` (gauge ``value``);
+        ``previous`` None: it was just created."""
+        self.circuit_state.labels(classifier=classifier).set(value)
+        if previous is not None:
+            self.circuit_transitions.labels(classifier=classifier, state=state).inc()
 
     def track_sessions(self, count: Callable[[], int]) -> None:
         """Read the open-session count from ``count`` at every scrape."""
@@ -229,11 +282,13 @@ class MetricsServer:
         *,
         readiness: Readiness | None = None,
         reuse_port: bool = False,
+        draining: Callable[[], bool] | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
         self.readiness = readiness or Readiness(config)
         self.reuse_port = reuse_port
+        self.draining = draining
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -275,6 +330,14 @@ class MetricsServer:
         return web.Response(text="ok\n")
 
     async def _readyz(self, _request: web.Request) -> web.Response:
+        if self.draining is not None and self.draining():
+            # Shutting down: a load balancer must stop sending before the port closes.
+            body = {
+                "ready": False,
+                "failed": ["draining"],
+                "checks": {"draining": {"ok": False, "detail": "shutting down"}},
+            }
+            return web.json_response(body, status=503)
         checks = await self.readiness.checks()
         failed = [name for name, check in checks.items() if not check.ok]
         body = {

@@ -36,20 +36,20 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import re
 from collections.abc import Sequence
-from email.utils import formatdate
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import replies
+from .circuit import circuit_breaker
 from .classifier_stack import build_classifier_stack
 from .config import Config
 from .context import CLASSIFIED, ClassificationStatus, Classifier, MessageContext
 from .delivery import Delivery, make_delivery
+from .documents import RawEmailDocument
 from .errors import ClassifierError, ClassifierTimeout, ConfigError, MalformedResponseError
 from .explain import default_threshold, gateway_headers, message_context, skip_reason
-from .headers import header_block, header_fields, prefix_subject, prepend_headers, strip_headers
+from .headers import header_fields, prefix_subject, prepend_headers, strip_headers
 from .inbound import InboundMessage
 from .logsetup import get_logger
 from .msglog import MessageLog, labels_brief
@@ -58,6 +58,8 @@ from .predictions import DocumentPrediction
 from .providers import make_classifier
 from .replies import Reply
 from .rules import Decision, RuleSet, load_rules
+from .shadow import ShadowRunner
+from .trace import count_hops, received_header
 
 if TYPE_CHECKING:
     from .metrics import GatewayMetrics
@@ -68,33 +70,8 @@ HEADER_PREFIX = "X-CM-"
 PARSE_IN_THREAD = 256 * 1024
 _CLASSIFICATION_HEADERS = {f"{HEADER_PREFIX}{n}".lower() for n in ("Labels", "Model", "Status")}
 ALREADY_CLASSIFIED = "already-classified"
-_HELO_UNSAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
 
 _log = get_logger("cm-gateway.pipeline")
-
-
-def count_hops(raw: bytes) -> int:
-    """The number of ``Received`` fields in the header block."""
-    return sum(
-        1
-        for line in header_block(raw).split(b"\n")
-        if line[:9].lower() == b"received:" or line[:9].lower() == b"received "
-    )
-
-
-def received_header(msg: InboundMessage, hostname: str) -> str:
-    """Our trace field (RFC 5321 §4.4), e.g. ``from mx.example ([192.0.2.1]) by gw
-    (cm-gateway) with ESMTPS id 4Xq2; <date>``. No ``for`` clause: it would disclose
-    Bcc recipients."""
-    helo = _HELO_UNSAFE.sub("?", msg.helo)[:100] or "unknown"
-    protocol = ("UTF8SMTP" if msg.smtp_utf8 else "ESMTP") + ("S" if msg.tls else "")
-    if msg.authenticated_user:
-        protocol += "A"
-    date = formatdate(msg.received_at, localtime=True)
-    return (
-        f"from {helo} ([{msg.peer_ip}]) by {hostname} (cm-gateway) with {protocol}"
-        f" id {msg.queue_id}; {date}"
-    )
 
 
 def _light_parse(raw: bytes) -> ParsedMessage:
@@ -128,10 +105,12 @@ class Pipeline:
         rules: RuleSet,
         delivery: Delivery,
         metrics: GatewayMetrics | None = None,
+        shadow: ShadowRunner | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
         self.classifier = classifier
+        self.shadow = shadow
         self.rules = rules
         # Failed rule reloads since start (the old rules stayed): for monitoring.
         self.reload_failures = 0
@@ -155,6 +134,8 @@ class Pipeline:
             rules = load_rules(paths, mode=self.config.rules.mode)
         except ConfigError as exc:
             self.reload_failures += 1
+            if self.metrics is not None:
+                self.metrics.rules_reload_failures.inc()
             _log.error(
                 "rules_reload_failed",
                 trigger=trigger,
@@ -171,8 +152,10 @@ class Pipeline:
         return True
 
     async def aclose(self) -> None:
-        """Release the classifier and the next hop."""
+        """Release the shadow model, the classifier and the next hop."""
         try:
+            if self.shadow is not None:
+                await self.shadow.aclose()
             await self.classifier.aclose()
         finally:
             await self.delivery.aclose()
@@ -181,6 +164,7 @@ class Pipeline:
         """Classify, route and deliver one message; the reply to its DATA."""
         log = MessageLog(msg, self.metrics)
         rules = self.rules  # taken once: a reload does not change a message in flight
+        document: RawEmailDocument | None = None
         stage = "start"
         try:
             stage = "prepare"
@@ -210,7 +194,7 @@ class Pipeline:
                 outcome = await self._classify(parsed, content, ctx, log)
                 if isinstance(outcome, Reply):
                     return self._done(log, outcome)
-                ctx = outcome
+                ctx, document = outcome
             log.set(
                 message_id=ctx.message_id,
                 status=ctx.status.header_value,
@@ -228,6 +212,9 @@ class Pipeline:
             stage = "rules"
             with log.stage("rules"):
                 decision = rules.evaluate(ctx, default_threshold=self._threshold)
+            if self.shadow is not None and document is not None:
+                # A background task: the reply below never waits for the shadow model.
+                self.shadow.submit(document, ctx, decision, rules, msg.queue_id)
             stage = "deliver"
             return await self._apply(msg, content, ctx, decision, log)
         except Exception as exc:
@@ -259,7 +246,7 @@ class Pipeline:
 
     async def _classify(
         self, parsed: ParsedMessage, content: bytes, ctx: MessageContext, log: MessageLog
-    ) -> MessageContext | Reply:
+    ) -> tuple[MessageContext, RawEmailDocument] | Reply:
         settings = self.config.classifier
         with log.stage("classify"):
             document = build_document(parsed, content, user_properties=settings.user_properties)
@@ -278,13 +265,13 @@ class Pipeline:
                 if settings.on_error == "defer":
                     log.set(status=f"unclassified; reason={exc.kind}")
                     return replies.CLASSIFIER_DEFER
-                return dataclasses.replace(
-                    ctx, status=ClassificationStatus("unclassified", exc.kind)
-                )
+                status = ClassificationStatus("unclassified", exc.kind)
+                return dataclasses.replace(ctx, status=status), document
         prediction: DocumentPrediction = batch.predictions[0]
-        return dataclasses.replace(
+        ctx = dataclasses.replace(
             ctx, prediction=prediction, model_version=batch.model_version, status=CLASSIFIED
         )
+        return ctx, document
 
     def _headers(self, ctx: MessageContext, decision: Decision) -> list[tuple[str, str]]:
         headers = gateway_headers(ctx, decision)
@@ -367,11 +354,16 @@ def build_processor(
     metrics: GatewayMetrics | None = None,
 ) -> Pipeline:
     """The pipeline ``config`` describes: rules loaded once (raises ``RuleFileError``),
-    the configured classifier (batched, deduplicated) and next hop. ``classifier`` and
+    the configured classifier (deduplicated, batched, behind a circuit breaker), the
+    shadow model when ``[shadow]`` asks for one, and the next hop. ``classifier`` and
     ``delivery`` replace the configured ones (tests, tools)."""
     rules = load_rules(config.rule_paths(), mode=config.rules.mode)
     if classifier is None:
-        classifier = build_classifier_stack(config, make_classifier(config), metrics)
+        # Between the batcher and the provider: a failed batch counts once, and the
+        # dedup cache above still answers repeated messages while the circuit is open.
+        circuit = circuit_breaker(config, make_classifier(config), metrics)
+        classifier = build_classifier_stack(config, circuit, metrics)
+    shadow = ShadowRunner.from_config(config, metrics)
     if delivery is None:
         delivery = make_delivery(config)
     _log.info(
@@ -380,5 +372,13 @@ def build_processor(
         rules=len(rules),
         rules_mode=config.rules.mode,
         downstream=delivery.description,
+        shadow=config.shadow.model_version if shadow is not None else None,
     )
-    return Pipeline(config, classifier=classifier, rules=rules, delivery=delivery, metrics=metrics)
+    return Pipeline(
+        config,
+        classifier=classifier,
+        rules=rules,
+        delivery=delivery,
+        metrics=metrics,
+        shadow=shadow,
+    )

@@ -1,0 +1,37 @@
+"""Trace fields: our ``Received`` line (RFC 5321 §4.4) and the hop count of a message."""
+
+from __future__ import annotations
+
+import re
+from email.utils import formatdate
+
+from .headers import header_block
+from .inbound import InboundMessage
+
+__all__ = ["count_hops", "received_header"]
+
+_HELO_UNSAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
+
+
+def count_hops(raw: bytes) -> int:
+    """The number of ``Received`` fields in the header block."""
+    return sum(
+        1
+        for line in header_block(raw).split(b"\n")
+        if line[:9].lower() == b"received:" or line[:9].lower() == b"received "
+    )
+
+
+def received_header(msg: InboundMessage, hostname: str) -> str:
+    """Our trace field (RFC 5321 §4.4), e.g. ``from mx.example ([192.0.2.1]) by gw
+    (cm-gateway) with ESMTPS id 4Xq2; <date>``. No ``for`` clause: it would disclose
+    Bcc recipients."""
+    helo = _HELO_UNSAFE.sub("?", msg.helo)[:100] or "unknown"
+    protocol = ("UTF8SMTP" if msg.smtp_utf8 else "ESMTP") + ("S" if msg.tls else "")
+    if msg.authenticated_user:
+        protocol += "A"
+    date = formatdate(msg.received_at, localtime=True)
+    return (
+        f"from {helo} ([{msg.peer_ip}]) by {hostname} (cm-gateway) with {protocol}"
+        f" id {msg.queue_id}; {date}"
+    )
