@@ -165,6 +165,20 @@ def test_secret_key_is_the_env_var_named_by_token_env(tmp_path: Path) -> None:
     assert (ref["name"], ref["key"]) == ("cm-gateway-token", token_env)
 
 
+def test_deployment_env_overrides_are_config_keys_the_gateway_accepts(tmp_path: Path) -> None:
+    """Every CM_GATEWAY_* variable the pods get names a real config key, and the config
+    still loads with them set (the pod name as smtp.hostname)."""
+    container = _gateway_container(_resources())
+    overrides = {
+        e["name"]: "cm-gateway-7d9c8b6f5-x2kq9"
+        for e in container["env"]
+        if e["name"].startswith("CM_GATEWAY_")
+    }
+    assert overrides, "expected the pod name as CM_GATEWAY_SMTP_HOSTNAME"
+    config = load_config(_config_files(tmp_path), env=overrides)
+    assert config.smtp.hostname == "cm-gateway-7d9c8b6f5-x2kq9"
+
+
 def test_replicas_share_the_redis_dedup_cache_and_scale_from_two(tmp_path: Path) -> None:
     """Two or more replicas (HPA, PDB consistent), all pointed at the Redis Service that
     selects the Redis pods, which only the gateway pods may reach."""
