@@ -27,15 +27,16 @@ __all__ = ["ChaosPlan", "ChaosReport", "run_chaos"]
 class ChaosPlan:
     """What to send and which faults to inject, at which share of arrived messages.
 
-    A sink outage that starts at the same share as a kill begins right after the kill,
-    so the gateway restarts while its final hop is down too (it saves a run's time)."""
+    Faults at the same share overlap (it saves a run's time): a sink outage starts right
+    after a kill (the gateway restarts meanwhile) and before a reinjection outage, and
+    ends once both its own time and the reinjection outage are over."""
 
     messages: int
     sessions: int = 6
-    kills_at: tuple[float, ...] = (0.2, 0.65)
-    reinjection_down_at: float = 0.4
+    kills_at: tuple[float, ...] = (0.2, 0.7)
+    reinjection_down_at: float = 0.45
     reinjection_down_s: float = 30.0
-    sink_down_at: float = 0.65
+    sink_down_at: float = 0.45
     sink_down_s: float = 20.0
     drain_timeout: float = 240.0
     step_timeout: float = 180.0
@@ -70,6 +71,7 @@ class ChaosReport:
     submit_s: float = 0.0
     drain_s: float = 0.0
     flushes: int = 0
+    deferrals: Counter[str] = field(default_factory=Counter)
     events: list[str] = field(default_factory=list)
 
     @property
@@ -85,7 +87,7 @@ class ChaosReport:
             f"deliveries {self.deliveries}, duplicates {self.duplicates} "
             f"({self.duplicate_rate:.2%}), bounces {self.bounces}, unknown {self.unknown}\n"
             f"  gateway SIGKILLs {self.kills}, submit retries {self.submit_retries}, "
-            f"flushes {self.flushes}\n"
+            f"flushes {self.flushes}\n  Postfix deferrals: {dict(self.deferrals)}\n"
             f"  run {self.run_s:.1f} s (submission {self.submit_s:.1f} s, queue drain after "
             f"the last fault {self.drain_s:.1f} s)\n"
             f"  X-CM-Status: {statuses}\n  events: " + "; ".join(self.events)
@@ -148,6 +150,7 @@ class _Run:
         plan, report, sink = self.plan, self.report, self.sink
         messages = chaos_messages(run_id, plan.messages)
         sink.clear()
+        log_offset = self.postfix.maillog_size()
         self.t0 = time.monotonic()
         submitter = Submitter(self.postfix.front_port, messages, plan.sessions).start()
         for share, kinds in plan.steps():
@@ -166,6 +169,7 @@ class _Run:
         report.drain_s = end - max(last_fault, submitter.finished_at)
         report.kills = self.gateway.kills
         report.submit_retries = submitter.retries
+        report.deferrals = self.postfix.deferrals_since(log_offset)
         _tally(report, {mid for mid, _ in messages}, set(submitter.accepted), sink.deliveries)
 
     def inject(self, kinds: frozenset[str]) -> None:

@@ -21,6 +21,7 @@ import signal
 import smtplib
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any
@@ -44,6 +45,7 @@ __all__ = [
 HARNESS_RETRY_CF = "queue_run_delay = 10s\nminimal_backoff_time = 10s\nmaximal_backoff_time = 20s\n"
 FAST_RETRY_CF = "queue_run_delay = 2s\nminimal_backoff_time = 2s\nmaximal_backoff_time = 4s\n"
 
+_DEFERRED = re.compile(r"^[^\n]*? (postfix[^\s\[]*)\[\d+\]: [^\n]* status=deferred", re.MULTILINE)
 _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*(<[^>\r\n]*>)", re.IGNORECASE | re.MULTILINE)
 _STATUS = re.compile(rb"^x-cm-status:[ \t]*([^\r\n]*)", re.IGNORECASE | re.MULTILINE)
 
@@ -80,6 +82,21 @@ class ChaosPostfix(PostfixInstance):
         self._reinject_enabled = False
         self.reload()
         wait_until(self._reinjection_shut, timeout=60, interval=0.5, what="reinjection shut")
+
+    def maillog_size(self) -> int:
+        """Where the maillog ends now (to read only what a run logs)."""
+        try:
+            return self.maillog.stat().st_size
+        except OSError:
+            return 0
+
+    def deferrals_since(self, offset: int) -> Counter[str]:
+        """Deferred delivery attempts logged after ``offset``, per Postfix service
+        (``postfix/cmgw/smtp``: to the gateway; ``postfix/smtp``: to the sink)."""
+        with self.maillog.open("rb") as log:
+            log.seek(offset)
+            text = log.read().decode("utf-8", "replace")
+        return Counter(m.group(1) for m in _DEFERRED.finditer(text))
 
     def _reinjection_shut(self) -> bool:
         out = self._run("ss", "-Htanp", f"( sport = :{self.reinject_port} )")
