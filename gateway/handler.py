@@ -37,6 +37,7 @@ from .redact import scrub
 from .replies import Reply
 
 __all__ = [
+    "RCPT_OVERSHOOT",
     "GatewayEnvelope",
     "GatewayHandler",
     "find_bare_line_ending",
@@ -47,6 +48,9 @@ __all__ = [
 
 log = get_logger("cm-gateway.smtp")
 
+# RCPTs refused with 452 4.5.3 in one session before it is closed with 421 4.5.3. A
+# client that waits for each reply (we do not offer PIPELINING) stops at the first 452.
+RCPT_OVERSHOOT = 100
 _LONE = re.compile(rb"[\r\n]")  # used inside CRLF-split segments: every one is lone
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # handled=False: aiosmtpd answers "535 5.7.8 Authentication credentials invalid".
@@ -187,6 +191,8 @@ class GatewayHandler:
         refusal = self.policy.check_recipient(
             address, relay_allowed=relay_allowed, accepted=len(envelope.rcpt_tos)
         )
+        if refusal is replies.TOO_MANY_RECIPIENTS:
+            return str(self._overshoot(server))
         if refusal is not None:
             log.info(
                 "recipient_refused",
@@ -197,6 +203,19 @@ class GatewayHandler:
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 Ok"
+
+    @staticmethod
+    def _overshoot(server: _SMTP) -> Reply:
+        # One log line per session, not one per excess RCPT (10,000 RCPTs would be a
+        # log flood); past the allowance the session is closed (see server.py).
+        note = getattr(server, "note_rcpt_overshoot", None)
+        count = note() if note is not None else 1
+        if count == 1:
+            log.info("recipient_refused", reply=replies.TOO_MANY_RECIPIENTS.enhanced)
+        if count > RCPT_OVERSHOOT:
+            log.warning("recipient_overshoot", refused=count)
+            return replies.TOO_MANY_RECIPIENTS_CLOSING
+        return replies.TOO_MANY_RECIPIENTS
 
     # -- DATA -------------------------------------------------------------------------
 

@@ -12,6 +12,8 @@
   over-long line replies by ``replies.COMMAND_TOO_LONG`` / ``replies.DATA_LINE_TOO_LONG``;
 - an idle (or trickling) session is told ``421 4.4.2`` when ``smtp.timeout`` expires,
   instead of aiosmtpd's silent close;
+- a client that sends more than ``RCPT_OVERSHOOT`` RCPTs past ``max_recipients`` is
+  told ``421 4.5.3`` and closed (like Postfix's ``smtpd_recipient_overshoot_limit``);
 - structlog context (``session_id``, ``peer``) bound per connection task;
 - the idle timer restarted when DATA ends, so that processing gets a full window;
 - a drain mode for shutdown: idle sessions get ``421 4.3.2`` at once, a session inside
@@ -34,7 +36,7 @@ from . import replies
 from .auth import Authenticator
 from .config import SmtpConfig, parse_listen
 from .errors import ConfigError
-from .handler import GatewayEnvelope, GatewayHandler
+from .handler import RCPT_OVERSHOOT, GatewayEnvelope, GatewayHandler
 from .inbound import MessageProcessor
 from .logsetup import get_logger
 from .policy import RelayPolicy, parse_peer_ip
@@ -131,6 +133,7 @@ class GatewaySMTP(SMTP):
         self.refused = False
         self.in_data = False
         self.peer_ip = ""
+        self.rcpt_overshoot = 0
 
     def _create_envelope(self) -> GatewayEnvelope:
         return GatewayEnvelope()
@@ -198,6 +201,18 @@ class GatewaySMTP(SMTP):
             log.info("session_timeout", in_data=self.in_data)
             transport.write(f"{replies.IDLE_TIMEOUT}\r\n".encode("ascii"))
         super()._timeout_cb()  # type: ignore[no-untyped-call]
+
+    def note_rcpt_overshoot(self) -> int:
+        """Count one RCPT refused for too many recipients; the session's total so far.
+        Over ``handler.RCPT_OVERSHOOT`` the connection is closed after the reply."""
+        self.rcpt_overshoot += 1
+        return self.rcpt_overshoot
+
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_RCPT(self, arg: str) -> None:
+        await super().smtp_RCPT(arg)
+        if self.rcpt_overshoot > RCPT_OVERSHOOT and self.transport is not None:
+            self.transport.close()
 
     def restart_idle_timer(self) -> None:
         """Give the rest of this DATA phase a full ``timeout`` (see handler.py)."""
