@@ -31,6 +31,7 @@ __all__ = [
     "TOO_BIG",
     "TOO_MANY_CONNECTIONS",
     "TOO_MANY_RECIPIENTS",
+    "TOO_MANY_RECIPIENTS_CLOSING",
     "Reply",
     "queued",
     "rule_defer",
@@ -63,6 +64,8 @@ OK = Reply(250, "2.0.0", "Ok")
 RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
 BAD_RECIPIENT_SYNTAX = Reply(501, "5.1.3", "Bad recipient address syntax")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
+# A client that goes on sending RCPTs long after 452 (Postfix: smtpd_recipient_overshoot_limit).
+TOO_MANY_RECIPIENTS_CLOSING = Reply(421, "4.5.3", "Too many recipients, closing connection")
 TOO_BIG = Reply(552, "5.3.4", "Message size exceeds limit")
 BARE_LF = Reply(550, "5.6.11", "Bare LF not allowed")
 LOOP_DETECTED = Reply(554, "5.4.6", "Too many hops, mail loop detected")
