@@ -14,7 +14,16 @@ import yaml
 
 from gateway.cli import main
 
-__all__ = ["DEPLOY", "ROOT", "clean_env", "cli", "tool", "yaml_documents"]
+__all__ = [
+    "DEPLOY",
+    "ROOT",
+    "clean_env",
+    "cli",
+    "dockerfile_stage",
+    "only",
+    "tool",
+    "yaml_documents",
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -50,3 +59,33 @@ def yaml_documents(path: Path) -> list[dict[str, Any]]:
     """Every non-empty YAML document of ``path``."""
     with path.open(encoding="utf-8") as f:
         return [doc for doc in yaml.load_all(f, Loader=_LOADER) if doc]
+
+
+def dockerfile_stage(dockerfile: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the last build stage, continuation lines joined."""
+    logical: list[str] = []
+    pending = ""
+    for raw in dockerfile.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        logical.append(pending + line)
+        pending = ""
+    stages: list[list[tuple[str, str]]] = []
+    for line in logical:
+        word, _, rest = line.partition(" ")
+        if word.upper() == "FROM":
+            stages.append([])
+        if stages:
+            stages[-1].append((word.upper(), rest.strip()))
+    return stages[-1]
+
+
+def only(instructions: list[tuple[str, str]], name: str) -> str:
+    """The arguments of the one ``name`` instruction."""
+    values = [args for word, args in instructions if word == name]
+    assert len(values) == 1, f"expected one {name}, got {values}"
+    return values[0]

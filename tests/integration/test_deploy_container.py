@@ -25,7 +25,7 @@ import yaml
 
 from gateway.config import Config, load_config, parse_listen
 
-from .deploy_support import DEPLOY, ROOT, clean_env, cli, tool
+from .deploy_support import DEPLOY, ROOT, clean_env, cli, dockerfile_stage, only, tool
 
 CONTAINER = DEPLOY / "container"
 DOCKERFILE = CONTAINER / "Dockerfile"
@@ -42,37 +42,8 @@ def _need_postfix() -> None:
         pytest.skip("Debian's postfix is not installed (scripts/test installs it)")
 
 
-def _instructions(dockerfile: Path) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) of the last build stage, continuation lines joined."""
-    logical: list[str] = []
-    pending = ""
-    for raw in dockerfile.read_text(encoding="utf-8").splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.endswith("\\"):
-            pending += line[:-1] + " "
-            continue
-        logical.append(pending + line)
-        pending = ""
-    stages: list[list[tuple[str, str]]] = []
-    for line in logical:
-        word, _, rest = line.partition(" ")
-        if word.upper() == "FROM":
-            stages.append([])
-        if stages:
-            stages[-1].append((word.upper(), rest.strip()))
-    return stages[-1]
-
-
-def _one(instructions: list[tuple[str, str]], name: str) -> str:
-    values = [args for word, args in instructions if word == name]
-    assert len(values) == 1, f"expected one {name}, got {values}"
-    return values[0]
-
-
 def _healthcheck_argv(instructions: list[tuple[str, str]]) -> list[str]:
-    args = _one(instructions, "HEALTHCHECK")
+    args = only(instructions, "HEALTHCHECK")
     _, _, command = args.partition("CMD ")
     argv = json.loads(command)
     assert isinstance(argv, list) and all(isinstance(a, str) for a in argv)
@@ -118,17 +89,17 @@ def test_dockerfiles_pass_hadolint_which_flags_a_root_user(tmp_path: Path) -> No
 def test_gateway_image_is_non_root_with_healthcheck_ports_and_baked_config() -> None:
     """The runtime stage runs as a numeric non-root user, exposes the baked config's SMTP
     and metrics ports, has a HEALTHCHECK, stops with SIGTERM and serves the baked config."""
-    steps = _instructions(DOCKERFILE)
-    user = _one(steps, "USER").split(":")[0]
+    steps = dockerfile_stage(DOCKERFILE)
+    user = only(steps, "USER").split(":")[0]
     assert user.isdigit() and int(user) != 0
     config = _baked()
-    exposed = {int(p) for p in _one(steps, "EXPOSE").split()}
+    exposed = {int(p) for p in only(steps, "EXPOSE").split()}
     assert exposed == {parse_listen(config.smtp.listen)[1], parse_listen(config.metrics.listen)[1]}
     assert parse_listen(config.smtp.listen)[0] == "0.0.0.0"
-    assert _one(steps, "STOPSIGNAL") == "SIGTERM"
+    assert only(steps, "STOPSIGNAL") == "SIGTERM"
     assert _healthcheck_argv(steps)[:2] == ["python", "-c"]
-    assert json.loads(_one(steps, "ENTRYPOINT")) == ["cm-gateway"]
-    command = json.loads(_one(steps, "CMD"))
+    assert json.loads(only(steps, "ENTRYPOINT")) == ["cm-gateway"]
+    command = json.loads(only(steps, "CMD"))
     assert command[:2] == ["serve", "--config"]
     copies = [args.split() for word, args in steps if word == "COPY"]
     assert ["deploy/container/cm-gateway.toml", command[2]] in copies
@@ -140,7 +111,7 @@ def test_baked_config_and_rules_pass_cli_checks_in_the_image_layout(
 ) -> None:
     """`config check` and `rules check` accept the baked config with the rule files laid
     out as the Dockerfile copies them (/etc/cm-gateway/rules/)."""
-    steps = _instructions(DOCKERFILE)
+    steps = dockerfile_stage(DOCKERFILE)
     etc = tmp_path / "etc" / "cm-gateway"
     (etc / "rules").mkdir(parents=True)
     shutil.copy(BAKED_CONFIG, etc / "cm-gateway.toml")
@@ -178,7 +149,7 @@ def test_healthcheck_command_passes_against_a_running_gateway_and_fails_after_it
 ) -> None:
     """The Dockerfile's HEALTHCHECK code exits 0 against a gateway serving the baked config
     (metrics port moved by CM_GATEWAY_METRICS_LISTEN), and non-zero once it has stopped."""
-    argv = _healthcheck_argv(_instructions(DOCKERFILE))
+    argv = _healthcheck_argv(dockerfile_stage(DOCKERFILE))
     default = re.search(r"'CM_GATEWAY_METRICS_LISTEN', ':(\d+)'", argv[2])
     assert default is not None
     assert int(default.group(1)) == parse_listen(_baked().metrics.listen)[1]

@@ -15,10 +15,10 @@ import yaml
 from gateway.cmd_serve import shutdown_grace
 from gateway.config import Config, load_config, parse_listen
 
-from .deploy_support import DEPLOY, cli, tool, yaml_documents
-from .test_deploy_container import DOCKERFILE, _instructions, _one
+from .deploy_support import DEPLOY, cli, dockerfile_stage, only, tool, yaml_documents
 
 K8S = DEPLOY / "kubernetes"
+DOCKERFILE = DEPLOY / "container" / "Dockerfile"
 KUSTOMIZATION = K8S / "kustomization.yaml"
 
 
@@ -217,7 +217,7 @@ def test_pods_are_non_root_read_only_and_drain_within_the_grace_period(tmp_path:
     no capabilities, and preStop plus the SMTP drain fit in terminationGracePeriodSeconds."""
     resources = _resources()
     pod = resources[("Deployment", "cm-gateway")]["spec"]["template"]["spec"]
-    image_uid = int(_one(_instructions(DOCKERFILE), "USER").split(":")[0])
+    image_uid = int(only(dockerfile_stage(DOCKERFILE), "USER").split(":")[0])
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == image_uid
     container = _gateway_container(resources)
