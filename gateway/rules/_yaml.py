@@ -3,19 +3,27 @@
 PyYAML's ``compose`` keeps the node tree with marks; building the data ourselves from it
 lets us refuse duplicate keys (PyYAML silently keeps the last) and remember the line and
 column of every key and value, so that a validation error can point at them.
+
+Nesting is capped at ``MAX_DEPTH`` collections, checked on PyYAML's event stream (which
+is iterative) before ``compose`` (which is recursive): a few hundred ``[`` would otherwise
+end in a RecursionError instead of an error at a line and column.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
-__all__ = ["Located", "YamlDoc", "YamlProblem", "parse_yaml"]
+__all__ = ["MAX_DEPTH", "Located", "YamlDoc", "YamlProblem", "parse_yaml"]
 
 Path = tuple[str | int, ...]
+
+MAX_DEPTH = 64
+"""Most nested collections a rule file may have (real ones use about ten)."""
 
 
 class YamlProblem(Exception):
@@ -71,9 +79,46 @@ class YamlDoc:
         return path, self.positions[path], on_key
 
 
+# libyaml's parser when present: PyYAML's pure-Python scanner takes seconds (quadratic)
+# on a few thousand nested flow brackets before it emits the first event.
+_FAST_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _check_depth(text: str) -> None:
+    """Raise ``YamlProblem`` at the first collection nested deeper than ``MAX_DEPTH``.
+    Any other problem is left to ``compose``, which reports it the same way as always."""
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=_FAST_LOADER):
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    mark = event.start_mark
+                    line, column = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+                    raise YamlProblem(f"nested more than {MAX_DEPTH} levels deep", line, column)
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    except yaml.YAMLError:
+        return
+
+
+# The line breaks PyYAML counts in its marks (YAML 1.1 also breaks lines at NEL, LS, PS).
+_BREAK = re.compile("\r\n|[\r\n\x85\u2028\u2029]")
+
+
+def _position(text: str, index: int) -> tuple[int, int]:
+    """1-based line and column of ``text[index]``, counted as PyYAML counts them."""
+    index = max(0, min(index, len(text)))
+    line, start = 1, 0
+    for match in _BREAK.finditer(text, 0, index):
+        line, start = line + 1, match.end()
+    return line, index - start + 1
+
+
 def parse_yaml(text: str) -> YamlDoc:
     """Parse one YAML document with the safe loader; raise ``YamlProblem``."""
     try:
+        _check_depth(text)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -81,8 +126,15 @@ def parse_yaml(text: str) -> YamlDoc:
         if mark is None:
             raise YamlProblem(message) from None
         raise YamlProblem(message, mark.line + 1, mark.column + 1) from None
+    except yaml.reader.ReaderError as exc:
+        # A character YAML does not allow (NUL, most C0/C1 controls): PyYAML gives an
+        # offset into the text, not a mark.
+        line, column = _position(text, exc.position)
+        char = exc.character if isinstance(exc.character, int) else ord(str(exc.character)[:1])
+        raise YamlProblem(f"character U+{char:04X} is not allowed in YAML", line, column) from None
     except yaml.YAMLError as exc:
-        raise YamlProblem(f"not valid YAML: {exc}") from None
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise YamlProblem(f"not valid YAML: {first}") from None
     doc = YamlDoc(data=None)
     if node is None:
         return doc
@@ -113,9 +165,13 @@ class _Builder:
                 self.active.discard(id(node))
         try:
             return self.constructor.construct_object(node, deep=True)
-        except yaml.YAMLError as exc:
+        except yaml.MarkedYAMLError as exc:
             line, column = _pos(node)
-            raise YamlProblem(f"bad value: {exc}", line, column) from None
+            problem = " ".join(p for p in (exc.context, exc.problem) if p) or "not valid YAML"
+            raise YamlProblem(f"bad value: {problem}", line, column) from None
+        except yaml.YAMLError:
+            line, column = _pos(node)
+            raise YamlProblem("bad value", line, column) from None
 
     def _collection(self, node: yaml.Node, path: Path) -> Any:
         if isinstance(node, yaml.MappingNode):
