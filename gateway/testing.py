@@ -67,16 +67,19 @@ class EmulatorHandle:
         latency_ms: float | None = None,
         retry_after: float | None = None,
         seed: int | None = None,
+        version_latency_ms: dict[str, float] | None = None,
     ) -> dict[str, Any]:
         """Change fault injection at run time; unspecified values stay. Returns the new set.
 
-        ``seed`` re-seeds the fault RNG (replays the same sequence of faults)."""
+        ``seed`` re-seeds the fault RNG (replays the same sequence of faults);
+        ``version_latency_ms`` (e.g. ``{"staging": 3000}``) slows one model version."""
         changes = {
             "fail_rate": fail_rate,
             "fail_status": fail_status,
             "latency_ms": latency_ms,
             "retry_after": retry_after,
             "seed": seed,
+            "version_latency_ms": version_latency_ms,
         }
         response = self._client.post(
             f"{self.base_url}/_emulator/faults",

@@ -21,7 +21,7 @@ import json
 import math
 import random
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 __all__ = [
@@ -57,12 +57,17 @@ def parse_fail_status(spec: str) -> tuple[str, ...]:
 
 @dataclass
 class FaultSettings:
-    """What to inject; every field settable at run time (``POST /_emulator/faults``)."""
+    """What to inject; every field settable at run time (``POST /_emulator/faults``).
+
+    ``version_latency_ms`` adds latency to the calls of one model version only, keyed by
+    the version as the URL names it (``"staging"``) or by its number (``"8"``): a slow
+    shadow model next to a fast live one."""
 
     fail_rate: float = 0.0
     fail_status: str = "503"
     latency_ms: float = 0.0
     retry_after: float = 1.0
+    version_latency_ms: dict[str, float] = field(default_factory=dict)
 
     def check(self) -> None:
         """Raise ValueError when a value is out of range."""
@@ -72,13 +77,42 @@ class FaultSettings:
             raise ValueError(f"latency_ms must be >= 0, got {self.latency_ms}")
         if not (math.isfinite(self.retry_after) and self.retry_after >= 0):
             raise ValueError(f"retry_after must be >= 0, got {self.retry_after}")
+        for version, ms in self.version_latency_ms.items():
+            if not (math.isfinite(ms) and ms >= 0):
+                raise ValueError(f"version_latency_ms[{version!r}] must be >= 0, got {ms}")
         parse_fail_status(self.fail_status)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    def latency_for(self, selector: str | None, version: int | None) -> float:
+        """Milliseconds to wait before answering a call to model ``selector``
+        (resolved to ``version``): ``latency_ms`` plus that version's own."""
+        extra = self.version_latency_ms
+        if not extra or selector is None:
+            return self.latency_ms
+        own = extra.get(selector, extra.get(str(version)) if version is not None else None)
+        return self.latency_ms + (own or 0.0)
 
-_FIELDS = {"fail_rate": float, "latency_ms": float, "retry_after": float, "fail_status": str}
+
+def _version_latency(value: object) -> dict[str, float]:
+    if not isinstance(value, dict):
+        raise ValueError("version_latency_ms: expected an object of version -> milliseconds")
+    out: dict[str, float] = {}
+    for key, ms in value.items():
+        if isinstance(ms, bool) or not isinstance(ms, int | float):
+            raise ValueError(f"version_latency_ms[{key!r}]: expected a number")
+        out[str(key)] = float(ms)
+    return out
+
+
+_FIELDS = {
+    "fail_rate": float,
+    "latency_ms": float,
+    "retry_after": float,
+    "fail_status": str,
+    "version_latency_ms": dict,
+}
 
 
 class FaultInjector:
@@ -105,7 +139,9 @@ class FaultInjector:
                 raise ValueError(f"{key}: unknown field")
             if value is None:
                 continue
-            if key == "fail_status":
+            if key == "version_latency_ms":
+                merged[key] = _version_latency(value)
+            elif key == "fail_status":
                 if isinstance(value, bool) or not isinstance(value, str | int):
                     raise ValueError("fail_status: expected a string or a status code")
                 merged[key] = str(value)

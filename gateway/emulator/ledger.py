@@ -24,14 +24,18 @@ class Ledger:
     documents_billed: int = 0
     requests: int = 0
     requests_by_route: Counter[str] = field(default_factory=Counter)
+    # By the model version as the URL names it ("live", "staging", "8").
+    requests_by_version: Counter[str] = field(default_factory=Counter)
     responses_by_status: Counter[str] = field(default_factory=Counter)
     faults_injected: int = 0
     faults_by_kind: Counter[str] = field(default_factory=Counter)
     documents_by_comment_id: Counter[str] = field(default_factory=Counter)
 
-    def request(self, route: str) -> None:
+    def request(self, route: str, version: str | None = None) -> None:
         self.requests += 1
         self.requests_by_route[route] += 1
+        if version is not None:
+            self.requests_by_version[version] += 1
 
     def response(self, status: int) -> None:
         self.responses_by_status[str(status)] += 1
@@ -53,6 +57,7 @@ class Ledger:
             "documents_billed": self.documents_billed,
             "requests": self.requests,
             "requests_by_route": dict(self.requests_by_route),
+            "requests_by_version": dict(self.requests_by_version),
             "responses_by_status": dict(self.responses_by_status),
             "faults_injected": self.faults_injected,
             "faults_by_kind": dict(self.faults_by_kind),

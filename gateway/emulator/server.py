@@ -239,8 +239,11 @@ async def _dispatch(
     route: str,
 ) -> tuple[web.StreamResponse, str | None]:
     settings = state.faults.settings
-    if settings.latency_ms > 0:
-        await asyncio.sleep(settings.latency_ms / 1000.0)
+    selector = request.match_info.get("version")
+    resolved = state.model.resolve_version(selector) if selector is not None else None
+    latency = settings.latency_for(selector, resolved)
+    if latency > 0:
+        await asyncio.sleep(latency / 1000.0)
     if request.path.startswith("/api/") and not _authorised(
         state, request.headers.get("Authorization")
     ):
@@ -269,7 +272,7 @@ async def _pipeline(
     route = _route_name(request)
     admin = request.path.startswith("/_emulator/")
     if not admin:
-        state.ledger.request(route)
+        state.ledger.request(route, request.match_info.get("version"))
     fault: str | None = None
     try:
         response, fault = await _dispatch(request, handler, state, route)

@@ -20,7 +20,7 @@ from gateway.pipeline import Pipeline, build_processor
 from gateway.testing import EmulatorHandle
 
 from .downstream_sink import Received, running_sink
-from .pipeline_support import mail, make_config
+from .pipeline_support import RULES, mail, make_config
 from .smtp_front_support import running_server, smtp_config
 
 __all__ = ["Gateway", "emulator_classifier", "header", "numbered_mail", "running_gateway", "sample"]
@@ -107,13 +107,14 @@ async def running_gateway(
     tmp_path: Path,
     *,
     stack: Callable[[Config, GatewayMetrics], Classifier] | None = None,
+    rules_yaml: str = RULES,
     **sections: dict[str, Any],
 ) -> AsyncIterator[Gateway]:
     """build_processor(config) behind a real SMTP listener, delivering to a sink.
     ``sections`` go into the config (``classifier={...}``); ``stack(config, metrics)``
     builds the classifier stack in place of the default one."""
     with running_sink() as sink:
-        config = make_config(tmp_path, downstream=sink.url, **sections)
+        config = make_config(tmp_path, downstream=sink.url, rules_yaml=rules_yaml, **sections)
         metrics = GatewayMetrics()
         built = stack(config, metrics) if stack is not None else None
         pipeline = build_processor(config, metrics=metrics, classifier=built)
