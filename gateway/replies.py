@@ -85,7 +85,7 @@ PROCESSING_TIMEOUT = Reply(451, "4.3.0", "Timed out processing the message, try 
 # aiosmtpd's own wording for these has no enhanced code (server.py rewrites it).
 # RFC 5321 §4.5.3.1.4/§4.5.3.1.6: command lines <= 512 octets, text lines <= 1000.
 COMMAND_TOO_LONG = Reply(500, "5.5.2", "Command line too long")
-DATA_LINE_TOO_LONG = Reply(554, "5.6.0", "Message line too long (limit 1000 octets)")
+DATA_LINE_TOO_LONG = Reply(554, "5.6.0", "Message line too long (limit 1 MiB)")
 # Sent before closing a session idle (or stuck in DATA) for smtp.timeout, as Postfix does.
 IDLE_TIMEOUT = Reply(421, "4.4.2", "Timeout exceeded")
 

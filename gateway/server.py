@@ -10,6 +10,10 @@
 - a connection cap: over ``max_connections`` the client gets ``421 4.7.0`` and is closed;
 - aiosmtpd's own 552 texts are replaced by exactly ``replies.TOO_BIG``, and its
   over-long line replies by ``replies.COMMAND_TOO_LONG`` / ``replies.DATA_LINE_TOO_LONG``;
+- message lines up to ``MAX_LINE_OCTETS`` (1 MiB) are accepted and relayed unchanged, as
+  Postfix accepts them (aiosmtpd stops at 1,000): refusing them would bounce real mail,
+  and splitting them would break DKIM signatures. In ``bare_lf = normalize`` mode a run
+  of bare-LF lines counts as one line for aiosmtpd, so that bound is the message size;
 - an idle (or trickling) session is told ``421 4.4.2`` when ``smtp.timeout`` expires,
   instead of aiosmtpd's silent close;
 - a client that sends more than ``RCPT_OVERSHOOT`` RCPTs past ``max_recipients`` is
@@ -43,6 +47,7 @@ from .policy import RelayPolicy, parse_peer_ip
 
 __all__ = [
     "IDENT",
+    "MAX_LINE_OCTETS",
     "ConnectionTracker",
     "GatewaySMTP",
     "SmtpServer",
@@ -51,6 +56,7 @@ __all__ = [
 ]
 
 IDENT = "cm-gateway ESMTP"
+MAX_LINE_OCTETS = 1 << 20
 log = get_logger("cm-gateway.smtp")
 
 # aiosmtpd writes these two texts with 552; our contract says replies.TOO_BIG.
@@ -127,8 +133,15 @@ class ConnectionTracker:
 class GatewaySMTP(SMTP):
     """aiosmtpd's SMTP protocol with the adjustments listed in the module docstring."""
 
+    # The stream reader's bound on one LF-terminated piece, commands included (aiosmtpd
+    # still refuses a command over its own 512-octet budget once the line is read).
+    line_length_limit = MAX_LINE_OCTETS
+
     def __init__(self, handler: Any, *, tracker: ConnectionTracker, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
+        # aiosmtpd joins the pieces of a line that ends in a bare LF until a CRLF, and
+        # checks the joined line against this instance value: up to the message size.
+        self.line_length_limit = max(MAX_LINE_OCTETS, self.data_size_limit or 0)
         self.tracker = tracker
         self.refused = False
         self.in_data = False

@@ -18,6 +18,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
 
 __all__ = ["ReceivedMessage", "SmtpSink"]
 
@@ -76,6 +77,17 @@ class _Recorder:
         return "250 2.0.0 Ok: recorded"
 
 
+class _PostfixLikeSMTP(SMTP):
+    # Postfix's smtpd accepts lines of any length (it stores them in pieces); aiosmtpd
+    # refuses past 1,000 octets. The sink plays Postfix's reinjection listener.
+    line_length_limit = 1 << 21
+
+
+class _SinkController(Controller):
+    def factory(self) -> SMTP:
+        return _PostfixLikeSMTP(self.handler, **self.SMTP_kwargs)
+
+
 class SmtpSink:
     """A recording SMTP server on ``127.0.0.1:port`` (port 0 picks a free one)."""
 
@@ -95,7 +107,7 @@ class SmtpSink:
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
                 s.bind((self.host, 0))
                 self.port = int(s.getsockname()[1])
-        controller = Controller(
+        controller = _SinkController(
             _Recorder(self),
             hostname=self.host,
             port=self.port,

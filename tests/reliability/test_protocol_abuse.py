@@ -319,21 +319,26 @@ def test_overlong_command_lines_get_500_5_5_2_and_the_session_goes_on(stack: Sta
     assert seen[2:] == [str(replies.COMMAND_TOO_LONG)] * 3 + ["250 OK", "221 Bye"]
 
 
-def test_overlong_data_line_is_refused_554_5_6_0_and_the_next_message_goes_through(
+def test_data_line_over_1_mib_is_refused_554_5_6_0_and_a_5000_octet_line_is_relayed_intact(
     stack: Stack,
 ) -> None:
-    """A DATA line over 1,000 octets refuses that message (554 5.6.0, nothing relayed) and
-    the same session then delivers a normal message."""
+    """A message line over 1 MiB refuses that message (554 5.6.0, nothing relayed); a
+    5,000-octet line (past RFC 5322's 998, accepted by Postfix) is relayed unchanged, and
+    the same session goes on."""
     txn = b"MAIL FROM:<alice@example.net>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n"
+    huge = b"w" * ((1 << 20) + 1024)
     script = (
-        b"EHLO c.test\r\n" + txn + b"Subject: long\r\n\r\n" + b"y" * 5000 + b"\r\n.\r\n"
-        + txn + b"Subject: short\r\nMessage-ID: <after-long@t>\r\n\r\nok\r\n.\r\nQUIT\r\n"
+        b"EHLO c.test\r\n" + txn + b"Subject: huge\r\n\r\n" + huge + b"\r\n.\r\n"
+        + txn + b"Subject: long\r\nMessage-ID: <long-line@t>\r\n\r\n" + b"y" * 5000
+        + b"\r\n.\r\nQUIT\r\n"
     )  # fmt: skip
     seen = _session(stack.gateway.port, script)
     assert seen[4].startswith("354") and seen[5] == str(replies.DATA_LINE_TOO_LONG)
     assert seen[9].startswith("250 2.0.0 Ok: queued as ") and seen[10:] == ["221 Bye"]
-    assert stack.sink.wait_for(1, where=lambda m: b"<after-long@t>" in m.data)
-    assert not any(b"y" * 5000 in m.data for m in stack.sink.messages)
+    assert stack.sink.wait_for(1, where=lambda m: b"<long-line@t>" in m.data)
+    delivered = [m.data for m in stack.sink.messages if b"<long-line@t>" in m.data]
+    assert delivered[0].endswith(b"\r\n\r\n" + b"y" * 5000 + b"\r\n")
+    assert not any(huge in m.data for m in stack.sink.messages)
 
 
 def _send_ignoring_close(sock: socket.socket, data: bytes) -> None:
@@ -480,7 +485,7 @@ def test_memory_stays_bounded_across_repeated_abuse_rounds(stack: Stack) -> None
         for s in socks:
             s.close()
         _wait_for_free_slot(port)
-        long_line = b"Subject: x\r\n\r\n" + b"z" * 1_048_576 + b"\r\n"
+        long_line = b"Subject: x\r\n\r\n" + b"z" * ((1 << 20) + 1024) + b"\r\n"
         for _ in range(3):
             assert send_message(port, long_line) == str(replies.DATA_LINE_TOO_LONG)
         _session(port, b"EHLO c.test\r\n" + b"X" * 100_000 + b"\r\nQUIT\r\n", quiet=0.5)
