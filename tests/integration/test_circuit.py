@@ -13,11 +13,15 @@ from gateway.circuit import circuit_breaker
 from gateway.classifier_stack import build_classifier_stack
 from gateway.config import Config
 from gateway.context import Classifier
+from gateway.errors import CircuitOpenError, ClassifierError
 from gateway.metrics import GatewayMetrics
+from gateway.payload import build_document, parse_message
+from gateway.predictions import PredictionBatch
 from gateway.providers import make_classifier
 from gateway.testing import EmulatorHandle, running_emulator
 
 from .ops_support import Gateway, emulator_classifier, header, numbered_mail, running_gateway
+from .pipeline_support import make_config
 
 STATE = 'cm_gateway_circuit_state{classifier="live"}'
 
@@ -190,3 +194,38 @@ async def test_dedup_still_answers_a_repeated_message_while_the_circuit_is_open(
         await gw.wait_metric(STATE, 1)
         await gw.send(numbered_mail(1))
     assert _statuses(gw) == ["classified", "failed", "classified"]
+
+
+async def test_half_open_lets_one_probe_through_and_refuses_the_calls_beside_it(
+    tmp_path: Path, emu: EmulatorHandle
+):
+    """Two calls at once after the cool-down: one probe reaches the API, the other fails
+    at once with circuit-open; the probe's success closes the circuit."""
+    now = [0.0]
+    config = make_config(
+        tmp_path,
+        downstream="maildir://m",
+        classifier=emulator_classifier(emu, circuit_failures=1, circuit_cooldown=30),
+    )
+    breaker = circuit_breaker(config, make_classifier(config), clock=lambda: now[0])
+    raw = numbered_mail(1)
+    document = build_document(parse_message(raw), raw, user_properties={})
+    try:
+        with pytest.raises(ClassifierError):
+            await breaker.predict_raw_emails([document])
+        state_after_failure = breaker.state
+        emu.set_faults(fail_rate=0.0, latency_ms=500)
+        before = emu.stats()["requests"]
+        now[0] = 31.0
+        results = await asyncio.gather(
+            breaker.predict_raw_emails([document]),
+            breaker.predict_raw_emails([document]),
+            return_exceptions=True,
+        )
+    finally:
+        await breaker.aclose()
+    assert state_after_failure == "open"
+    assert isinstance(results[0], PredictionBatch)
+    assert isinstance(results[1], CircuitOpenError)
+    assert emu.stats()["requests"] == before + 1
+    assert breaker.state == "closed"
