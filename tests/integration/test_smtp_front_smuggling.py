@@ -153,3 +153,23 @@ def test_normalized_content_never_has_bare_endings_and_is_stable(data: bytes):
     once = normalize_line_endings(data)
     assert find_bare_line_ending(once) is None
     assert normalize_line_endings(once) == once
+
+
+async def test_normalize_mode_accepts_a_bare_lf_message_far_past_1000_octets():
+    """bare_lf=normalize: a 200 KB message written with bare LF only (a run aiosmtpd sees as
+    one line) is accepted and handed on with CRLF line endings, its text intact."""
+    lines = [f"line {i:05d} of a Unix-written message".encode() for i in range(5000)]
+    data_reply, _, processor = await _run("normalize", b"\n".join(lines) + b"\n")
+    assert data_reply.startswith("250 2.0.0")
+    content = processor.messages[0].content
+    # _transaction ends a body without a final CRLF with "\r\n.\r\n": one empty line more.
+    assert content == HEAD + b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+async def test_a_5000_octet_line_is_accepted_and_handed_on_unchanged():
+    """A line past RFC 5322's 998 octets (Postfix accepts them) is accepted, not split:
+    splitting would break a DKIM signature over the body."""
+    long_line = b"x" * 5000 + b"\r\n"
+    data_reply, _, processor = await _run("reject", long_line)
+    assert data_reply.startswith("250 2.0.0")
+    assert processor.messages[0].content == HEAD + long_line
