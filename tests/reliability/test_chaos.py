@@ -135,8 +135,12 @@ def chaos(
         restart=lambda: gateway.ensure(spec),
         run_id=uuid.uuid4().hex[:10],
     )
-    faults = emulator.stats()["faults_by_kind"]
-    print(f"\n[{on_error}, {plan.messages} messages] {report.summary()}\n  API faults: {faults}")
+    stats = emulator.stats()
+    faults = stats["faults_by_kind"]
+    print(
+        f"\n[{on_error}, {plan.messages} messages] {report.summary()}\n"
+        f"  API calls {stats['requests']}, faults {faults}, billed {stats['documents_billed']}"
+    )
     assert report.sent == plan.messages
     assert report.missing == [], f"lost {len(report.missing)}: {report.missing[:10]}"
     assert report.bounces == 0 and report.unknown == 0
