@@ -21,6 +21,7 @@ Choices (see also ``mimewalk``):
 
 from __future__ import annotations
 
+import email
 import hashlib
 import itertools
 import json
@@ -202,7 +203,14 @@ def _read_mime(raw: bytes) -> _MimeResult:
         result.defects.append("MailParserRecursionError")
         return result
     except Exception as exc:
-        result.defects.append(_error_name(exc))
+        # mail-parser can fail after the stdlib parse worked (an empty boundary trips its
+        # epilogue search): walk the stdlib tree ourselves, or a sender could hide the
+        # text from the classifier by breaking mail-parser.
+        result.defects.append(f"MailParserError:{type(exc).__name__}")
+        try:
+            result.walk = walk_message(email.message_from_bytes(raw))
+        except Exception as inner:  # RecursionError included: keep headers, lose the body
+            result.defects.append(_error_name(inner))
         return result
     result.defects.extend(sorted(str(name) for name in mail.defects_categories))
     result.from_addresses = _addresses(mail, "from_")
