@@ -2,6 +2,8 @@
 
     DedupClassifier      a retried message reuses its prediction (never billed twice)
     BatchingClassifier   concurrent messages share one predict-raw-emails call
+    CircuitBreaker       after repeated failures, fail at once for a cool-down (circuit.py;
+                         wrapped around the provider by ``pipeline.build_processor``)
     <provider>           make_classifier(config): HTTP client, custom endpoint or emulator
 
 Each layer is a ``context.Classifier``; a test or tool may pass its own inner classifier.
