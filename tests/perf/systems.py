@@ -1,0 +1,174 @@
+"""The systems the throughput benchmark compares, each started as its own process:
+
+- the Communications Mining emulator (``cm-gateway emulate``) with a fixed latency;
+- the plain relay baseline (``tests.perf.baseline_relay``);
+- the gateway (``cm-gateway serve`` with a generated config: the emulator over HTTP as
+  provider ``communications-mining``, ``on_error = "deliver"``, the shipped triage rules);
+- the next hops: Postfix's ``smtp-sink``, or ``tests.perf.tempfail_sink``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .procs import REPO, Proc, free_port, python_module, wait_port
+
+__all__ = [
+    "BENCH_TOKEN",
+    "Emulator",
+    "GatewaySettings",
+    "start_baseline",
+    "start_gateway",
+    "start_tempfail_sink",
+]
+
+# A throwaway token for the local emulator; the gateway reads it from CM_BENCH_TOKEN.
+BENCH_TOKEN = "bench-token-not-a-secret"
+
+
+class Emulator:
+    """``cm-gateway emulate`` in a child process, with its ledger routes."""
+
+    def __init__(self, latency_ms: float, log_dir: Path) -> None:
+        self.proc = Proc(
+            "emulator",
+            python_module(
+                "gateway", "emulate", "--port", "0", "--latency-ms", str(latency_ms),
+                "--token", BENCH_TOKEN,
+            ),
+            log_dir=log_dir,
+            banner=r"listening on (http://\S+)",
+        )  # fmt: skip
+        assert self.proc.banner is not None
+        self.base_url = self.proc.banner.group(1)
+        self._client = httpx.Client(timeout=60.0)
+
+    def stats(self) -> dict[str, Any]:
+        """``GET /_emulator/stats`` (``documents_billed``, ``requests``...)."""
+        response = self._client.get(f"{self.base_url}/_emulator/stats")
+        response.raise_for_status()
+        data: dict[str, Any] = response.json()
+        return data
+
+    def reset(self) -> None:
+        """Clear the ledger and the request counters."""
+        self._client.post(f"{self.base_url}/_emulator/reset").raise_for_status()
+
+    def close(self) -> None:
+        """Stop the process."""
+        self._client.close()
+        self.proc.stop()
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """The knobs of the gateway under test."""
+
+    workers: int = 1
+    max_batch: int = 64
+    max_wait_ms: float = 20.0
+    max_in_flight: int = 4
+    classify_max_size: int = 10_485_760
+    log_level: str = "info"
+
+
+def _gateway_config(port: int, sink_port: int, emulator_url: str, s: GatewaySettings) -> str:
+    rules = REPO / "rules" / "shared-inbox-triage.yaml"
+    return f"""
+[smtp]
+listen = "127.0.0.1:{port}"
+hostname = "gw.bench.example"
+max_connections = 1000
+workers = {s.workers}
+timeout = 300
+
+[downstream]
+url = "smtp://127.0.0.1:{sink_port}"
+timeout = 60
+
+[classifier]
+provider = "communications-mining"
+base_url = "{emulator_url}"
+project = "acme"
+dataset = "inbox"
+token_env = "CM_BENCH_TOKEN"
+on_error = "deliver"
+timeout = 30
+max_batch = {s.max_batch}
+max_wait_ms = {s.max_wait_ms}
+max_in_flight = {s.max_in_flight}
+classify_max_size = {s.classify_max_size}
+
+[rules]
+files = ["{rules}"]
+
+[metrics]
+listen = ""
+
+[log]
+level = "{s.log_level}"
+format = "json"
+"""
+
+
+def _wait_workers(proc: Proc, workers: int, timeout: float = 120.0) -> None:
+    # The parent prints its banner before the workers listen: count their log lines.
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.log_path.read_text("utf-8", "replace").count("smtp_listening") >= workers:
+            return
+        if proc.popen.poll() is not None:
+            break
+        time.sleep(0.1)
+    raise RuntimeError(f"gateway workers did not all listen; see {proc.log_path}")
+
+
+def start_gateway(
+    sink_port: int, emulator_url: str, settings: GatewaySettings, log_dir: Path, name: str
+) -> tuple[Proc, int]:
+    """``cm-gateway serve`` on a free port; returns it once every worker listens."""
+    port = free_port()
+    config = log_dir / f"{name}.toml"
+    config.write_text(_gateway_config(port, sink_port, emulator_url, settings), "utf-8")
+    proc = Proc(
+        name,
+        python_module("gateway", "serve", "--config", str(config)),
+        log_dir=log_dir,
+        env={"CM_BENCH_TOKEN": BENCH_TOKEN},
+        banner=r"cm-gateway listening on",
+    )
+    _wait_workers(proc, settings.workers)
+    wait_port(port)
+    return proc, port
+
+
+def start_baseline(sink_port: int, log_dir: Path) -> tuple[Proc, int]:
+    """The plain aiosmtpd relay on a free port."""
+    proc = Proc(
+        "baseline",
+        python_module(
+            "tests.perf.baseline_relay", "--listen", "127.0.0.1:0",
+            "--next-hop", f"127.0.0.1:{sink_port}",
+        ),
+        log_dir=log_dir,
+        banner=r"listening on \S+:(\d+)",
+    )  # fmt: skip
+    assert proc.banner is not None
+    return proc, int(proc.banner.group(1))
+
+
+def start_tempfail_sink(share: float, log_dir: Path) -> tuple[Proc, int]:
+    """The sink that tempfails the first attempt of ``share`` of the messages."""
+    proc = Proc(
+        "tempfail-sink",
+        python_module("tests.perf.tempfail_sink", "--listen", "127.0.0.1:0", "--share", str(share)),
+        log_dir=log_dir,
+        banner=r"listening on \S+:(\d+)",
+    )
+    assert proc.banner is not None
+    return proc, int(proc.banner.group(1))

@@ -1,0 +1,279 @@
+"""Throughput benchmark (issue 5): the gateway against a plain relay, in one run.
+
+    python -m tests.perf.throughput [--messages 5000 --sessions 50 --latency-ms 100
+                                     --runs 3 --tempfail 0.2 --workers 1,2 --big-mb 25]
+
+One emulator (``--latency-ms`` per API call) serves the whole run. For each run and each
+system (the baseline relay, then the gateway with each ``--workers`` count):
+
+1. peak: Postfix's ``smtp-source`` sends ``--messages`` mails of ``--size`` bytes over
+   ``--sessions`` persistent sessions into ``smtp-sink``; msgs/s = messages / wall time;
+   API requests and documents billed per message come from the emulator's ledger;
+2. half load: our own driver (``loadgen.drive_open``) sends at half that peak rate and
+   times each DATA (p50/p99): ``smtp-source`` cannot time single messages;
+3. peak RSS: VmHWM of the process tree (parent and workers), read before it stops.
+
+Then, per run, billing under retries: the gateway in front of ``tempfail_sink`` (the
+first attempt of ``--tempfail`` of the messages gets 451), driven by ``loadgen`` which
+retries 4xx like a queueing MTA: documents billed per distinct delivered message.
+Once per invocation, the big message (``bigmail``). Figures are medians over runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .bigmail import BigMailResult, big_mail_phase
+from .loadgen import drive_closed, drive_open, make_message
+from .procs import Proc, smtp_source, start_smtp_sink, tree_cpu_seconds, tree_memory_kb
+from .systems import Emulator, GatewaySettings, start_baseline, start_gateway, start_tempfail_sink
+
+__all__ = ["Options", "Report", "SystemFigures", "main", "render", "run_benchmark"]
+
+BASELINE = "baseline"
+
+
+@dataclass(frozen=True)
+class Options:
+    """What one benchmark invocation does."""
+
+    messages: int = 5000
+    sessions: int = 50
+    size: int = 4096
+    latency_ms: float = 100.0
+    runs: int = 3
+    tempfail: float = 0.2
+    billing_messages: int = 1000
+    half_load_messages: int = 1000
+    workers: tuple[int, ...] = (1,)
+    big_mb: float = 25.0
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    log_dir: Path | None = None
+
+
+@dataclass
+class SystemFigures:
+    """One system in one run."""
+
+    name: str
+    msgs_s: float
+    cpu_ms_per_msg: float
+    api_per_msg: float
+    billed_per_msg: float
+    half_rate: float
+    p50_ms: float
+    p99_ms: float
+    peak_rss_mb: float
+    failed: int = 0
+
+
+@dataclass
+class Report:
+    """Every run's figures, and the medians."""
+
+    options: Options
+    runs: list[list[SystemFigures]] = field(default_factory=list)
+    billing: list[dict[str, float]] = field(default_factory=list)
+    big: BigMailResult | None = None
+
+    def median(self, name: str, attr: str) -> float:
+        """The median of one figure of one system over the runs."""
+        values = [getattr(f, attr) for run in self.runs for f in run if f.name == name]
+        return statistics.median(values) if values else float("nan")
+
+    def names(self) -> list[str]:
+        """The systems, in the order they ran."""
+        return [f.name for f in self.runs[0]] if self.runs else []
+
+
+def _measure(
+    name: str, proc: Proc, port: int, emulator: Emulator, opts: Options, tag: str
+) -> SystemFigures:
+    smtp_source(port, messages=min(50, opts.messages), sessions=5, size=opts.size)  # warm-up
+    emulator.reset()
+    cpu = tree_cpu_seconds(proc.pid)
+    elapsed = smtp_source(port, messages=opts.messages, sessions=opts.sessions, size=opts.size)
+    cpu = tree_cpu_seconds(proc.pid) - cpu
+    stats = emulator.stats()
+    peak = opts.messages / elapsed
+    # About 20 s of half load, within bounds: this machine may manage only a few msgs/s.
+    count = max(50, min(opts.half_load_messages, int(peak / 2 * 20)))
+    half = [make_message(tag, i, opts.size) for i in range(count)]
+    result = asyncio.run(drive_open(port, half, rate=peak / 2, sessions=opts.sessions))
+    summary = result.summary()
+    return SystemFigures(
+        name=name,
+        msgs_s=peak,
+        cpu_ms_per_msg=cpu * 1000 / opts.messages,
+        api_per_msg=stats["requests"] / opts.messages,
+        billed_per_msg=stats["documents_billed"] / opts.messages,
+        half_rate=peak / 2,
+        p50_ms=summary["p50_ms"],
+        p99_ms=summary["p99_ms"],
+        peak_rss_mb=tree_memory_kb(proc.pid) / 1024,
+        failed=result.failed,
+    )
+
+
+def _one_system(
+    name: str, workers: int | None, emulator: Emulator, opts: Options, log_dir: Path, tag: str
+) -> SystemFigures:
+    sink, sink_port = start_smtp_sink(log_dir)
+    try:
+        if workers is None:
+            proc, port = start_baseline(sink_port, log_dir)
+        else:
+            settings = GatewaySettings(**{**opts.gateway.__dict__, "workers": workers})
+            proc, port = start_gateway(sink_port, emulator.base_url, settings, log_dir, name)
+        try:
+            return _measure(name, proc, port, emulator, opts, tag)
+        finally:
+            proc.stop()
+    finally:
+        sink.stop()
+
+
+def _billing(emulator: Emulator, opts: Options, log_dir: Path, tag: str) -> dict[str, float]:
+    sink, sink_port = start_tempfail_sink(opts.tempfail, log_dir)
+    try:
+        proc, port = start_gateway(
+            sink_port, emulator.base_url, opts.gateway, log_dir, "gateway-billing"
+        )
+        try:
+            emulator.reset()
+            mails = [make_message(tag, i, opts.size) for i in range(opts.billing_messages)]
+            result = asyncio.run(drive_closed(port, mails, sessions=opts.sessions))
+            stats = emulator.stats()
+        finally:
+            proc.stop()
+    finally:
+        sink.stop()
+    delivered = max(result.delivered, 1)
+    return {
+        "distinct": float(result.distinct),
+        "delivered": float(result.delivered),
+        "attempts": float(result.attempts),
+        "tempfails": float(result.tempfails),
+        "billed_per_distinct": stats["documents_billed"] / delivered,
+        "api_per_attempt": stats["requests"] / max(result.attempts, 1),
+    }
+
+
+def run_benchmark(opts: Options, out: object = sys.stdout) -> Report:
+    """Run every phase; print progress to ``out``; return the report."""
+    log_dir = opts.log_dir or Path(tempfile.mkdtemp(prefix="cm-bench-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    say = getattr(out, "write")  # noqa: B009 - any text stream
+    report = Report(options=opts)
+    emulator = Emulator(opts.latency_ms, log_dir)
+    stamp = f"{int(time.time())}"
+    try:
+        for run in range(opts.runs):
+            figures = [_one_system(BASELINE, None, emulator, opts, log_dir, f"b{stamp}r{run}")]
+            for w in opts.workers:
+                name = "gateway" if w == 1 else f"gateway-w{w}"
+                figures.append(_one_system(name, w, emulator, opts, log_dir, f"g{w}{stamp}r{run}"))
+            report.runs.append(figures)
+            for f in figures:
+                say(f"run {run + 1}: {_row(f)}\n")
+            if opts.tempfail > 0 and opts.billing_messages:
+                billing = _billing(emulator, opts, log_dir, f"t{stamp}r{run}")
+                report.billing.append(billing)
+                say(f"run {run + 1}: billing {billing}\n")
+        if opts.big_mb > 0:
+            report.big = big_mail_phase(emulator.base_url, opts.gateway, opts.big_mb, log_dir)
+    finally:
+        emulator.close()
+    say(f"logs: {log_dir}\n")
+    return report
+
+
+def _row(f: SystemFigures) -> str:
+    return (
+        f"{f.name}: {f.msgs_s:.1f} msgs/s, {f.cpu_ms_per_msg:.1f} CPU ms/msg,"
+        f" {f.api_per_msg:.3f} API req/msg,"
+        f" {f.billed_per_msg:.2f} billed/msg, at {f.half_rate:.0f}/s p50 {f.p50_ms:.0f} ms"
+        f" p99 {f.p99_ms:.0f} ms, peak RSS {f.peak_rss_mb:.0f} MB, failed {f.failed}"
+    )
+
+
+def render(report: Report) -> str:
+    """The report as a Markdown table (medians over runs) plus the ratios and targets."""
+    o = report.options
+    lines = [
+        f"{o.messages} msgs x {o.size} B, {o.sessions} sessions, emulator latency"
+        f" {o.latency_ms:g} ms, median of {len(report.runs)} run(s); max_batch"
+        f" {o.gateway.max_batch}, max_wait_ms {o.gateway.max_wait_ms:g}, max_in_flight"
+        f" {o.gateway.max_in_flight}",
+        "",
+        "| system | msgs/s | x baseline | CPU ms/msg | p50 / p99 ms at half peak | API req/msg"
+        " | billed/msg | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    base = report.median(BASELINE, "msgs_s")
+    for name in report.names():
+        m = {a: report.median(name, a) for a in SystemFigures.__dataclass_fields__ if a != "name"}
+        lines.append(
+            f"| {name} | {m['msgs_s']:.1f} | {m['msgs_s'] / base:.2f} | {m['cpu_ms_per_msg']:.1f}"
+            f" | {m['p50_ms']:.0f} / {m['p99_ms']:.0f} (at {m['half_rate']:.1f}/s)"
+            f" | {m['api_per_msg']:.3f} | {m['billed_per_msg']:.2f} | {m['peak_rss_mb']:.0f} |"
+        )
+    if report.billing:
+        per = statistics.median(b["billed_per_distinct"] for b in report.billing)
+        tf = statistics.median(b["tempfails"] / b["distinct"] for b in report.billing)
+        lines += ["", f"billed per distinct message with {tf:.0%} first attempts tempfailed:"
+                  f" {per:.2f}"]  # fmt: skip
+    if report.big is not None:
+        lines += ["", report.big.describe()]
+    return "\n".join(lines)
+
+
+def _parse(argv: list[str] | None) -> Options:
+    p = argparse.ArgumentParser(description="cm-gateway throughput benchmark (issue 5)")
+    d = Options()
+    g = GatewaySettings()
+    p.add_argument("--messages", type=int, default=d.messages)
+    p.add_argument("--sessions", type=int, default=d.sessions)
+    p.add_argument("--size", type=int, default=d.size)
+    p.add_argument("--latency-ms", type=float, default=d.latency_ms)
+    p.add_argument("--runs", type=int, default=d.runs)
+    p.add_argument("--tempfail", type=float, default=d.tempfail)
+    p.add_argument("--billing-messages", type=int, default=d.billing_messages)
+    p.add_argument("--half-load-messages", type=int, default=d.half_load_messages)
+    p.add_argument("--workers", default="1", help="comma-separated, e.g. 1,2")
+    p.add_argument("--big-mb", type=float, default=d.big_mb, help="0: skip")
+    p.add_argument("--max-batch", type=int, default=g.max_batch)
+    p.add_argument("--max-wait-ms", type=float, default=g.max_wait_ms)
+    p.add_argument("--max-in-flight", type=int, default=g.max_in_flight)
+    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-dir", type=Path, default=None)
+    a = p.parse_args(argv)
+    settings = GatewaySettings(
+        max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, max_in_flight=a.max_in_flight,
+        log_level=a.log_level,
+    )  # fmt: skip
+    return Options(
+        messages=a.messages, sessions=a.sessions, size=a.size, latency_ms=a.latency_ms,
+        runs=a.runs, tempfail=a.tempfail, billing_messages=a.billing_messages,
+        half_load_messages=a.half_load_messages,
+        workers=tuple(int(w) for w in a.workers.split(",")), big_mb=a.big_mb,
+        gateway=settings, log_dir=a.log_dir,
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print the table."""
+    report = run_benchmark(_parse(argv))
+    print(render(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
