@@ -151,6 +151,8 @@ def chaos(
     # The faults hit flowing mail: Postfix had to retry deliveries to the gateway.
     assert report.deferrals["postfix/cmgw/smtp"] > 0, report.deferrals
     assert gateway.running, f"the gateway died:\n{gateway.log_tail()}"
+    # Every failure above was logged somewhere in this log; the token never was.
+    assert spec.token not in gateway.log_path.read_text(errors="replace")
     return report
 
 
