@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterator, Sequence
 from email.header import decode_header, make_header
 
+from .redact import scrub
 from .rules.subject import apply_subject_prefix
 
 __all__ = [
@@ -131,10 +132,13 @@ def safe_header_value(value: str, *, name: str = "X-CM-Labels") -> str:
 
     The result is ASCII; it contains line breaks only as ``CRLF`` + space folds, no line
     (counting ``name: `` on the first) exceeds 998 octets, and the whole field stays under
-    ``MAX_HEADER_BYTES`` (truncated at a ``, `` or word boundary with `` ...``). Applying
-    it twice gives a value that decodes to the same text.
+    ``MAX_HEADER_BYTES`` (truncated at a ``, `` or word boundary with `` ...``), and no
+    registered secret (``redact``). Applying it twice gives a value that decodes to the
+    same text.
     """
-    text = _clean(value)
+    # scrub: an API that echoes the request's credentials into a label name must not get
+    # the token written into the mail.
+    text = _clean(scrub(value))
     budget = len(text)
     while True:
         candidate = _truncate(text, budget)
