@@ -18,6 +18,13 @@ SMTP result mapping (DESIGN.md §7):
   that 5xx (code and enhanced code from the next hop's text);
 - any 4xx, a mix of 4xx and 5xx refusals, connection refused, timeout, disconnect, an
   error in the greeting or EHLO -> ``DOWNSTREAM_TEMPFAIL`` (451).
+
+XFORWARD: when the next hop offers it, each transaction starts with the message's client
+attributes (``InboundMessage.next_hop_xforward``). A 4xx/5xx to XFORWARD does not cost
+the message: it is logged (``xforward_refused``), an RSET clears whatever the next hop
+applied of it (Postfix applies attributes one by one, so a half-forwarded identity could
+otherwise stay), and the message goes on without XFORWARD on the same connection. A 421
+is a closing connection like any other (see ``SmtpDelivery``).
 """
 
 from __future__ import annotations
@@ -40,8 +47,10 @@ from aiosmtplib.response import SMTPResponse
 
 from . import replies
 from .config import Config
+from .logsetup import get_logger
 from .replies import Reply
 from .smtp_pool import Connection, PoolClosedError, SmtpPool, TrackingSMTP
+from .xforward import XForward
 
 __all__ = [
     "Delivery",
@@ -54,6 +63,7 @@ __all__ = [
 
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)")
 _QUEUE_ID = re.compile(r"queued as ([A-Za-z0-9._-]+)", re.IGNORECASE)
+_log = get_logger("cm-gateway.delivery")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +102,10 @@ class Delivery(Protocol):
         content: bytes,
         *,
         smtp_utf8: bool = False,
+        xforward: XForward | None = None,
     ) -> DeliveryResult:
-        """Hand over one message; never raises for a refusal or an unreachable hop."""
+        """Hand over one message; never raises for a refusal or an unreachable hop.
+        ``xforward``: the client attributes to pass on where the next hop takes them."""
         ...
 
     async def aclose(self) -> None: ...
@@ -176,6 +188,7 @@ class SmtpDelivery:
         content: bytes,
         *,
         smtp_utf8: bool = False,
+        xforward: XForward | None = None,
     ) -> DeliveryResult:
         """Send one message; the whole exchange (pool wait included) is bounded by
         ``timeout``."""
@@ -187,7 +200,7 @@ class SmtpDelivery:
                 conn = await self.pool.acquire()
                 try:
                     errors, message = await _send(
-                        conn.client, mail_from, rcpt_tos, content, needs_utf8, smtp_utf8
+                        conn.client, mail_from, rcpt_tos, content, needs_utf8, smtp_utf8, xforward
                     )
                 except _STALE as exc:
                     if not (conn.reused and not conn.client.mail_accepted and _stale(exc)):
@@ -195,7 +208,7 @@ class SmtpDelivery:
                     stale, conn = conn, None
                     conn = await self.pool.replace(stale)
                     errors, message = await _send(
-                        conn.client, mail_from, rcpt_tos, content, needs_utf8, smtp_utf8
+                        conn.client, mail_from, rcpt_tos, content, needs_utf8, smtp_utf8, xforward
                     )
             # A refused recipient is a 5xx/4xx in this session: do not reuse it.
             reusable = not errors
@@ -253,7 +266,14 @@ async def _send(
     content: bytes,
     needs_utf8: bool,
     smtp_utf8: bool,
+    xforward: XForward | None,
 ) -> tuple[dict[str, SMTPResponse], str]:
+    if xforward is not None:
+        refusal = await client.xforward(xforward)
+        if refusal is not None:
+            reply = parse_reply(refusal.code, refusal.message)
+            _log.warning("xforward_refused", next_hop_reply=f"{reply.code} {reply.enhanced}")
+            await client.rset()
     options = []
     if client.supports_extension("8bitmime"):
         options.append("BODY=8BITMIME")
@@ -349,8 +369,10 @@ class MaildirDelivery:
         content: bytes,
         *,
         smtp_utf8: bool = False,
+        xforward: XForward | None = None,
     ) -> DeliveryResult:
-        """Store the message; a failing disk is a temporary failure."""
+        """Store the message (``xforward`` has no meaning here); a failing disk is a
+        temporary failure."""
         try:
             name = await asyncio.to_thread(self._write, content)
         except OSError as exc:

@@ -35,6 +35,7 @@ from .logsetup import get_logger
 from .policy import RelayPolicy, parse_peer_ip
 from .redact import scrub
 from .replies import Reply
+from .xforward import EHLO_KEYWORD, XForwardState
 
 __all__ = [
     "RCPT_OVERSHOOT",
@@ -146,7 +147,11 @@ class GatewayHandler:
     ) -> list[str]:
         session.host_name = hostname
         # With no mechanism left (no users file) aiosmtpd would still print "AUTH ".
-        return [r for r in responses if r.strip() not in ("250-AUTH", "250 AUTH")]
+        kept = [r for r in responses if r.strip() not in ("250-AUTH", "250 AUTH")]
+        if getattr(server, "xforward_allowed", False):
+            # server.py decides (trusted_networks); the last line stays "250 HELP".
+            kept.insert(len(kept) - 1, f"250-{EHLO_KEYWORD}")
+        return kept
 
     async def handle_MAIL(
         self,
@@ -237,6 +242,7 @@ class GatewayHandler:
             content = normalize_line_endings(content)
             log.info("bare_line_ending_normalized", kind=bare)
         ip = parse_peer_ip(_peer_host(session))
+        xforward = getattr(server, "xforward", None)
         msg = InboundMessage(
             mail_from="" if envelope.mail_from in (None, "<>") else envelope.mail_from,
             rcpt_tos=tuple(envelope.rcpt_tos),
@@ -254,6 +260,9 @@ class GatewayHandler:
             trusted_peer=self.policy.is_trusted(ip),
             queue_id=queue_id,
             received_at=time.time(),
+            forwarded=xforward.current if isinstance(xforward, XForwardState) else None,
+            peer_port=_peer_port(session),
+            esmtp=bool(session.extended_smtp),
         )
         reply = await self._process(msg)
         log.info(
@@ -368,6 +377,13 @@ def _encodable(address: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def _peer_port(session: Session) -> int | None:
+    peer: Any = session.peer
+    if isinstance(peer, tuple) and len(peer) > 1 and isinstance(peer[1], int):
+        return peer[1]
+    return None
 
 
 def _peer_host(session: Session) -> str | None:

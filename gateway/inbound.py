@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from .replies import Reply
+from .xforward import XForward, from_session
 
 __all__ = ["InboundMessage", "MessageProcessor"]
 
@@ -24,7 +25,9 @@ class InboundMessage:
     ``mail_from`` is ``""`` for the null sender. ``trusted_peer`` is True when the client's
     address is in ``smtp.trusted_networks``: only then may its ``X-CM-*`` headers stay.
     ``queue_id`` is the short id of this transaction (also in ``250 ... queued as``).
-    ``received_at`` is ``time.time()`` when DATA ended.
+    ``received_at`` is ``time.time()`` when DATA ended. ``forwarded`` holds the XFORWARD
+    attributes a trusted peer sent for this transaction (None when it sent none);
+    ``peer_port`` and ``esmtp`` (EHLO rather than HELO) describe our own peer.
     """
 
     mail_from: str
@@ -39,6 +42,24 @@ class InboundMessage:
     trusted_peer: bool
     queue_id: str
     received_at: float
+    forwarded: XForward | None = None
+    peer_port: int | None = None
+    esmtp: bool = True
+
+    def next_hop_xforward(self) -> XForward:
+        """What to XFORWARD to the next hop: the attributes that came in, else our own
+        client's, with our queue id as IDENT (what Postfix's smtp client sends a content
+        filter). Never a mix of the two (XFORWARD_README note 4)."""
+        if self.forwarded is not None:
+            return self.forwarded
+        return from_session(
+            addr=self.peer_ip or None,
+            port=self.peer_port,
+            proto="ESMTP" if self.esmtp else "SMTP",
+            helo=self.helo or None,
+            ident=self.queue_id or None,
+            source="REMOTE",
+        )
 
 
 @runtime_checkable

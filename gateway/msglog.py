@@ -1,6 +1,8 @@
 """The one structured log line per message (event ``message``).
 
-It carries who and what (queue id, Message-ID, peer, size), what the model said (label
+It carries who and what (queue id, Message-ID, peer, size; with XFORWARD also the
+original client and the upstream queue id, so one Postfix queue id can be followed
+through Postfix's log and ours), what the model said (label
 summary, status), what the rules did (rules hit, verdict, recipient count), what the next
 hop answered, the reply we gave, and the time spent per stage. Never the body, never
 addresses in bulk, never the token (``logsetup`` scrubs registered secrets anyway).
@@ -51,6 +53,16 @@ class MessageLog:
             "size": len(msg.content),
             "rcpts_in": len(msg.rcpt_tos),
         }
+        forwarded = msg.forwarded
+        if forwarded is not None:
+            # Validated printable ASCII of at most 255 characters (gateway.xforward).
+            for key, value in (
+                ("client_addr", forwarded.addr),
+                ("client_name", forwarded.name),
+                ("upstream_queue_id", forwarded.ident),
+            ):
+                if value is not None:
+                    self.fields[key] = value
 
     def set(self, **fields: Any) -> None:
         """Add or replace fields (strings are capped: they may come from the message)."""

@@ -329,7 +329,11 @@ class Pipeline:
         log.set(recipients=len(recipients))
         with log.stage("relay"):
             result = await self.delivery.deliver(
-                msg.mail_from, recipients, outgoing, smtp_utf8=msg.smtp_utf8
+                msg.mail_from,
+                recipients,
+                outgoing,
+                smtp_utf8=msg.smtp_utf8,
+                xforward=msg.next_hop_xforward(),
             )
         log.next_hop(result.next_hop, result.queue_id)
         if result.error:

@@ -32,10 +32,15 @@ __all__ = [
     "TOO_MANY_CONNECTIONS",
     "TOO_MANY_RECIPIENTS",
     "TOO_MANY_RECIPIENTS_CLOSING",
+    "XFORWARD_BAD_ATTRIBUTE",
+    "XFORWARD_IN_TRANSACTION",
+    "XFORWARD_NOT_PERMITTED",
+    "XFORWARD_SYNTAX",
     "Reply",
     "queued",
     "rule_defer",
     "rule_reject",
+    "xforward_bad_value",
 ]
 
 _ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
@@ -88,11 +93,22 @@ COMMAND_TOO_LONG = Reply(500, "5.5.2", "Command line too long")
 DATA_LINE_TOO_LONG = Reply(554, "5.6.0", "Message line too long (limit 1 MiB)")
 # Sent before closing a session idle (or stuck in DATA) for smtp.timeout, as Postfix does.
 IDLE_TIMEOUT = Reply(421, "4.4.2", "Timeout exceeded")
+# XFORWARD (trusted peers only; Postfix's smtpd wording). Success is OK.
+XFORWARD_SYNTAX = Reply(501, "5.5.4", "Syntax: XFORWARD attribute=value...")
+XFORWARD_BAD_ATTRIBUTE = Reply(501, "5.5.4", "Bad XFORWARD attribute name")
+XFORWARD_IN_TRANSACTION = Reply(503, "5.5.1", "Error: MAIL transaction in progress")
+XFORWARD_NOT_PERMITTED = Reply(550, "5.7.0", "Error: insufficient authorization")
 
 
 def queued(queue_id: str) -> Reply:
     """The reply to DATA once the next hop has the message."""
     return Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
+
+
+def xforward_bad_value(attribute: str) -> Reply:
+    """An XFORWARD value that does not validate; ``attribute`` is one of the names we
+    advertise (never client text)."""
+    return Reply(501, "5.5.4", f"Bad XFORWARD {attribute} syntax")
 
 
 def _one_line(text: str, default: str) -> str:

@@ -21,7 +21,10 @@
 - structlog context (``session_id``, ``peer``) bound per connection task;
 - the idle timer restarted when DATA ends, so that processing gets a full window;
 - a drain mode for shutdown: idle sessions get ``421 4.3.2`` at once, a session inside
-  DATA gets its reply first and then ``421 4.3.2``.
+  DATA gets its reply first and then ``421 4.3.2``;
+- XFORWARD (``gateway.xforward``) for peers in ``trusted_networks`` only: advertised in
+  their EHLO (handler.py), reset with every transaction; for anyone else the verb does not
+  exist (aiosmtpd's own "not recognized", also absent from HELP).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from .handler import RCPT_OVERSHOOT, GatewayEnvelope, GatewayHandler
 from .inbound import MessageProcessor
 from .logsetup import get_logger
 from .policy import RelayPolicy, parse_peer_ip
+from .xforward import XForwardError, XForwardState
 
 __all__ = [
     "IDENT",
@@ -79,6 +83,8 @@ def command_call_limits(smtp: SmtpConfig) -> dict[str, int]:
         "RCPT": max(per_connection_messages, smtp.max_recipients * 100),
         "DATA": per_connection_messages,
         "RSET": per_connection_messages,
+        # Postfix sends up to two XFORWARD commands per message.
+        "XFORWARD": per_connection_messages * 2,
         "NOOP": 1_000,
         "AUTH": 5,
         "*": 200,  # EHLO, HELO, STARTTLS, HELP, VRFY, EXPN, QUIT
@@ -138,6 +144,9 @@ class GatewaySMTP(SMTP):
     line_length_limit = MAX_LINE_OCTETS
 
     def __init__(self, handler: Any, *, tracker: ConnectionTracker, **kwargs: Any) -> None:
+        # Before aiosmtpd's __init__: its state resets call _set_post_data_state.
+        self.xforward = XForwardState()
+        self.xforward_allowed = False
         super().__init__(handler, **kwargs)
         # aiosmtpd joins the pieces of a line that ends in a bare LF until a CRLF, and
         # checks the joined line against this instance value: up to the message size.
@@ -170,6 +179,11 @@ class GatewaySMTP(SMTP):
         host = peer[0] if isinstance(peer, tuple) and peer else None
         ip = parse_peer_ip(host)
         self.peer_ip = str(ip) if ip is not None else str(host or "")
+        policy: RelayPolicy | None = getattr(self.event_handler, "policy", None)
+        self.xforward_allowed = policy is not None and policy.is_trusted(ip)
+        if not self.xforward_allowed:
+            # XFORWARD rewrites our audit trail: to anyone else the verb does not exist.
+            self._smtp_methods.pop("XFORWARD", None)
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
@@ -214,6 +228,28 @@ class GatewaySMTP(SMTP):
             log.info("session_timeout", in_data=self.in_data)
             transport.write(f"{replies.IDLE_TIMEOUT}\r\n".encode("ascii"))
         super()._timeout_cb()  # type: ignore[no-untyped-call]
+
+    def _set_post_data_state(self) -> None:
+        # aiosmtpd calls this at the end of DATA and from its RSET/HELO/EHLO reset:
+        # exactly where Postfix's smtpd forgets XFORWARD attributes (mail_reset).
+        super()._set_post_data_state()  # type: ignore[no-untyped-call]
+        self.xforward.reset()
+
+    @syntax("XFORWARD attribute=value ...")
+    async def smtp_XFORWARD(self, arg: str | None) -> None:
+        if not self.xforward_allowed:  # defensive: the verb was removed at connect
+            await self.push(str(replies.XFORWARD_NOT_PERMITTED))
+            return
+        if self.envelope is not None and self.envelope.mail_from is not None:
+            await self.push(str(replies.XFORWARD_IN_TRANSACTION))
+            return
+        try:
+            self.xforward.update(arg)
+        except XForwardError as exc:
+            log.info("xforward_refused", reply=exc.reply.enhanced, reason=exc.reply.text)
+            await self.push(str(exc.reply))
+            return
+        await self.push(str(replies.OK))
 
     def note_rcpt_overshoot(self) -> int:
         """Count one RCPT refused for too many recipients; the session's total so far.

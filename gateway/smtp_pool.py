@@ -32,6 +32,8 @@ import aiosmtplib
 from aiosmtplib.response import SMTPResponse
 from aiosmtplib.typing import Default
 
+from .xforward import XForward, commands
+
 __all__ = ["Connection", "PoolClosedError", "SmtpPool", "TrackingSMTP"]
 
 _QUIT_TIMEOUT = 5.0
@@ -62,6 +64,22 @@ class TrackingSMTP(aiosmtplib.SMTP):
         response = await super().mail(sender, options=options, encoding=encoding, timeout=timeout)
         self.mail_accepted = True
         return response
+
+    async def xforward(self, forwarded: XForward) -> SMTPResponse | None:
+        """Send ``forwarded`` as XFORWARD, only the attributes the server offered in its
+        EHLO (nothing when it offered no XFORWARD). None when every command was
+        accepted, else the first refusal (the rest are not sent). A 421 raises
+        ``SMTPResponseException``: the server is closing the connection."""
+        offered = self.esmtp_extensions.get("xforward")
+        if offered is None:
+            return None
+        for line in commands(forwarded, offered.split()):
+            response = await self.execute_command(line.encode("ascii"))
+            if response.code == 421:
+                raise aiosmtplib.SMTPResponseException(response.code, response.message)
+            if response.code // 100 != 2:
+                return response
+        return None
 
 
 @dataclass(eq=False)

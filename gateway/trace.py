@@ -25,7 +25,13 @@ def count_hops(raw: bytes) -> int:
 def received_header(msg: InboundMessage, hostname: str) -> str:
     """Our trace field (RFC 5321 §4.4), e.g. ``from mx.example ([192.0.2.1]) by gw
     (cm-gateway) with ESMTPS id 4Xq2; <date>``. No ``for`` clause: it would disclose
-    Bcc recipients."""
+    Bcc recipients.
+
+    The ``from`` part is always our real peer, also when it sent XFORWARD: a trace field
+    records who handed us the message, and the original client is already in the
+    upstream MTA's own Received line. Postfix's smtpd and amavis do the same (XFORWARD
+    only changes what they log); we add no "forwarded for" comment either, which would
+    repeat it on the word of the peer."""
     helo = _HELO_UNSAFE.sub("?", msg.helo)[:100] or "unknown"
     protocol = ("UTF8SMTP" if msg.smtp_utf8 else "ESMTP") + ("S" if msg.tls else "")
     if msg.authenticated_user:

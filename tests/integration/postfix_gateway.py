@@ -37,6 +37,8 @@ class GatewaySpec:
     classifier_timeout: float = 3.0
     extra_toml: str = ""
     env: tuple[tuple[str, str], ...] = field(default=())
+    # Trusting loopback also makes the gateway accept Postfix's XFORWARD (test_postfix_xforward).
+    trusted_networks: tuple[str, ...] = ()
 
 
 def _toml_str(value: str) -> str:
@@ -79,7 +81,7 @@ class GatewayRunner:
                 'relay_networks = ["127.0.0.0/8"]',
                 # Behind Postfix every peer is 127.0.0.1: trusting it would keep X-CM-*
                 # headers forged by any sender (deploy/postfix/README.md).
-                "trusted_networks = []",
+                f"trusted_networks = [{', '.join(_toml_str(n) for n in spec.trusted_networks)}]",
                 "",
                 "[downstream]",
                 f'url = "smtp://127.0.0.1:{self.downstream_port}"',
