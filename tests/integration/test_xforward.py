@@ -275,3 +275,37 @@ async def test_a_refused_xforward_is_logged_reset_and_the_message_delivered_with
     assert verbs[verbs.index("XFORWARD") + 1 : verbs.index("MAIL")] == ["RSET"]
     (warning,) = [e for e in logs if e.get("event") == "xforward_refused"]
     assert warning["next_hop_reply"] == "501 5.5.4"
+
+
+async def test_a_421_to_xforward_on_a_reused_connection_sends_the_message_on_a_fresh_one():
+    """The next hop closes (421) at the second message's XFORWARD: nothing of it was
+    delivered, so it goes again on a new connection, with its XFORWARD, and arrives."""
+    with running_forward_sink(hang_up_on_reuse=True) as sink:
+        d = _delivery(sink)
+        first = await d.deliver("a@example.net", ["b@example.com"], MESSAGE, xforward=FORWARDED)
+        second = await d.deliver("a@example.net", ["c@example.com"], MESSAGE, xforward=FORWARDED)
+        stats = d.pool.stats()
+        await d.aclose()
+        messages = list(sink.messages)
+    assert first.delivered and second.delivered
+    assert len(messages) == 2 and stats["created"] == 2
+    assert messages[1].forwarded["IDENT"] == "4QFRONT7"
+
+
+async def test_hundreds_of_xforward_commands_in_one_session_stay_within_the_call_budget():
+    """A content filter connection carries many messages, each with XFORWARD: 300
+    commands on one connection are all answered 250 (aiosmtpd's default budget would
+    have closed it with 421 after 200)."""
+    async with running_server(RecordingProcessor(), TRUSTED) as srv:
+
+        def session() -> set[str]:
+            raw = RawClient(srv.port)
+            try:
+                raw.reply()
+                _ehlo_lines(raw)
+                return {raw.cmd(f"XFORWARD IDENT=Q{i}") for i in range(300)}
+            finally:
+                raw.close()
+
+        answers = await asyncio.to_thread(session)
+    assert answers == {str(replies.OK)}

@@ -41,6 +41,7 @@ class ForwardSink:
     port: int
     offer: str | None = ALL  # the EHLO keyword's attribute list; None: no XFORWARD
     refuse_with: str | None = None  # e.g. "501 5.5.4 Bad NAME syntax"
+    hang_up_on_reuse: bool = False  # 421 and close at a connection's 2nd transaction
     lines: list[str] = field(default_factory=list)  # every command line, in order
     messages: list[SinkMessage] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -62,6 +63,7 @@ def _decode(value: str) -> str:
 class _ForwardSMTP(SMTP):
     def __init__(self, sink: ForwardSink, *args: Any, **kwargs: Any) -> None:
         self.attrs: dict[str, str] = {}
+        self.transactions = 0  # counted at the first XFORWARD of each
         super().__init__(*args, **kwargs)
         self.sink = sink
 
@@ -84,6 +86,12 @@ class _ForwardSMTP(SMTP):
             return
         if self.sink.refuse_with is not None:
             await self.push(self.sink.refuse_with)
+            return
+        self.transactions += 0 if self.attrs else 1
+        if self.sink.hang_up_on_reuse and self.transactions == 2:
+            await self.push("421 4.3.2 sink.test shutting down")
+            assert self.transport is not None
+            self.transport.close()
             return
         for word in (arg or "").split():
             name, _, value = word.partition("=")
@@ -148,10 +156,12 @@ class _Controller(Controller):
 
 @contextmanager
 def running_forward_sink(
-    offer: str | None = ALL, refuse_with: str | None = None
+    offer: str | None = ALL, refuse_with: str | None = None, hang_up_on_reuse: bool = False
 ) -> Iterator[ForwardSink]:
     """The sink on a free loopback port for the duration of the block."""
-    sink = ForwardSink(free_port(), offer=offer, refuse_with=refuse_with)
+    sink = ForwardSink(
+        free_port(), offer=offer, refuse_with=refuse_with, hang_up_on_reuse=hang_up_on_reuse
+    )
     controller = _Controller(
         sink,
         _Handler(sink),

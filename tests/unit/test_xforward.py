@@ -1,0 +1,43 @@
+"""XFORWARD encoding and command building (gateway.xforward), without sockets."""
+
+from __future__ import annotations
+
+from gateway.xforward import ATTRIBUTES, XForward, XForwardState, commands, xtext_decode
+
+LONG = XForward(
+    name="n" * 255,
+    addr="2001:db8::7",
+    port=65535,
+    proto="P" * 64,
+    helo="h" * 255,
+    ident="i" * 255,
+    source="LOCAL",
+)
+
+
+def test_long_attributes_are_split_over_lines_within_the_smtp_command_limit() -> None:
+    """Every attribute is sent, each line stays <= 510 octets (512 with CRLF)."""
+    lines = commands(LONG, ATTRIBUTES)
+    assert len(lines) > 1
+    assert all(len(line) <= 510 and line.startswith("XFORWARD ") for line in lines)
+    sent = [word.split("=", 1)[0] for line in lines for word in line.split()[1:]]
+    assert sent == list(ATTRIBUTES)
+
+
+def test_sent_values_decode_back_to_what_was_forwarded() -> None:
+    """xtext: '+' and '=' are escaped on the way out and come back unchanged through
+    the receiving side's parser."""
+    forwarded = XForward(helo="a+b=c", ident="Q+1")
+    (line,) = commands(forwarded, ATTRIBUTES)
+    assert line == "XFORWARD HELO=a+2Bb+3Dc IDENT=Q+2B1"
+    state = XForwardState()
+    state.update(line.split(" ", 1)[1])
+    assert state.current == forwarded
+    assert xtext_decode("a+2Bb") == "a+b"
+
+
+def test_an_attribute_the_next_hop_did_not_offer_is_never_sent() -> None:
+    """Only offered names (case-insensitive) go out; nothing offered, no command."""
+    assert commands(LONG, ["addr", "PORT"]) == ["XFORWARD ADDR=2001:db8::7 PORT=65535"]
+    assert commands(LONG, []) == []
+    assert commands(XForward(), ATTRIBUTES) == []
