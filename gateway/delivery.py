@@ -49,6 +49,7 @@ from . import replies
 from .config import Config
 from .logsetup import get_logger
 from .replies import Reply
+from .smtp_data import sendmail
 from .smtp_pool import Connection, PoolClosedError, SmtpPool, TrackingSMTP
 from .xforward import XForward
 
@@ -278,9 +279,10 @@ async def _send(
     if client.supports_extension("8bitmime"):
         options.append("BODY=8BITMIME")
     if needs_utf8 or (smtp_utf8 and client.supports_extension("smtputf8")):
-        # aiosmtplib raises SMTPNotSupported itself when the server lacks it.
+        # smtp_data.sendmail raises SMTPNotSupported when the server lacks it.
         options.append("SMTPUTF8")
-    return await client.sendmail(mail_from, list(rcpt_tos), content, mail_options=options)
+    # Not client.sendmail: its whole-message passes would stall the loop (smtp_data).
+    return await sendmail(client, mail_from, rcpt_tos, content, options)
 
 
 def _describe(exc: BaseException) -> str:
