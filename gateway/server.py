@@ -246,7 +246,7 @@ class GatewaySMTP(SMTP):
         try:
             self.xforward.update(arg)
         except XForwardError as exc:
-            log.info("xforward_refused", reply=exc.reply.enhanced, reason=exc.reply.text)
+            log.info("xforward_command_refused", reply=exc.reply.enhanced, reason=exc.reply.text)
             await self.push(str(exc.reply))
             return
         await self.push(str(replies.OK))

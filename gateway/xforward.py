@@ -54,7 +54,7 @@ _UNAVAILABLE = frozenset({"[UNAVAILABLE]", "[TEMPUNAVAIL]"})
 # After decoding: no control characters, whitespace or non-ASCII (README note 1).
 _PRINTABLE = re.compile(r"[\x21-\x7e]+")
 _HOSTNAME = re.compile(r"[A-Za-z0-9._-]+")
-_XTEXT_ESCAPE = re.compile(r"\+([0-9A-F]{2})")
+_XTEXT_ESCAPE = re.compile(r"\+([0-9A-Fa-f]{2})")  # RFC 3461 says upper case; be lenient
 
 
 class XForwardError(ValueError):

@@ -72,7 +72,7 @@ async def test_ehlo_offers_xforward_to_trusted_peers_and_the_verb_is_unknown_to_
 
 
 async def test_malformed_xforward_gets_501_and_none_of_it_is_applied():
-    """Bad syntax, unknown attributes, bad values, CR-free control characters and
+    """Bad syntax, unknown attributes, bad values, control characters (CR, NUL) and
     over-long values are refused 501 as a whole; the message then carries nothing."""
     bad = [
         "XFORWARD",
