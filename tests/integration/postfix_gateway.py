@@ -112,8 +112,8 @@ class GatewayRunner:
         (self.workdir / "rules.yaml").write_text(spec.rules, encoding="utf-8")
         config = self.workdir / "gateway.toml"
         config.write_text(self.config_toml(spec), encoding="utf-8")
-        # The test run's own CM_GATEWAY_* switches (CM_GATEWAY_SOAK=1, ...) are not config
-        # overrides: the gateway would refuse them as unknown sections.
+        # A CM_GATEWAY_* variable of the test run's environment would override this
+        # test's config (the test switches are CMGW_*, outside that namespace).
         env = {k: v for k, v in os.environ.items() if not k.startswith("CM_GATEWAY_")}
         env[TOKEN_ENV] = spec.token
         env.update(dict(spec.env))

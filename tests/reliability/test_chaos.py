@@ -7,7 +7,7 @@ hop (Postfix's reinjection listener) closed for 30 s and the final hop (the sink
 for a while, all while mail flows. After Postfix's queue drains, every Message-ID that
 Postfix accepted has arrived, and duplicates stay at or under 1 %.
 
-The default run sends ``CM_GATEWAY_CHAOS_MESSAGES`` messages (300); the soak
+The default run sends ``CMGW_CHAOS_MESSAGES`` messages (300); the soak
 (``-m soak``) sends the issue's 2,000 and a 10,000-message run with more faults::
 
     ./scripts/test tests/reliability/test_chaos.py -s
@@ -31,7 +31,7 @@ from .chaos_support import ChaosGateway, ChaosPostfix, MessageIdSink
 
 pytestmark = pytest.mark.postfix
 
-DEFAULT_MESSAGES = int(os.environ.get("CM_GATEWAY_CHAOS_MESSAGES", "300"))
+DEFAULT_MESSAGES = int(os.environ.get("CMGW_CHAOS_MESSAGES", "300"))
 
 # Every action that changes routing or headers, none that refuses mail: each message
 # must arrive, so a bounce or a missing Message-ID is a loss.

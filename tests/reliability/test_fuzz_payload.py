@@ -26,7 +26,7 @@ from gateway.documents import RawEmailDocument
 from gateway.emulator.validate import validate_predict_raw_emails
 from gateway.payload import build_document, document_hash, parse_message
 
-SOAK = bool(os.environ.get("CM_GATEWAY_SOAK"))
+SOAK = bool(os.environ.get("CMGW_SOAK"))
 # Internal errors parse_message may report as a defect: the deep-nesting guard only.
 # (mail-parser's own failures are "MailParserError:<type>", and the stdlib tree is then
 # walked instead: see the evasion test below.)

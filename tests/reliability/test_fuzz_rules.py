@@ -24,7 +24,7 @@ from gateway.rules import RuleSet, load_rules
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((ROOT / "rules").glob("*.yaml"))
-SOAK = bool(os.environ.get("CM_GATEWAY_SOAK"))
+SOAK = bool(os.environ.get("CMGW_SOAK"))
 _WHERE = re.compile(r"^([0-9]+):([0-9]+)$")
 # The line breaks of YAML 1.1 (and of PyYAML's marks): NEL, LS and PS included.
 _BREAK = re.compile("\r\n|[\r\n\x85\u2028\u2029]")

@@ -19,7 +19,7 @@ inside DATA) and keeps a model of the RFC 5321 state. After every command:
   delivered; nothing smuggled after a bare-LF "end of data" ever becomes a message.
 
 One server per test function (a thread with its own loop), one connection per example.
-``CM_GATEWAY_SOAK=1`` or ``-m soak`` runs the long profile.
+``CMGW_SOAK=1`` or ``-m soak`` runs the long profile.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from gateway.inbound import InboundMessage
 from gateway.replies import Reply
 from gateway.server import SmtpServer
 
-SOAK = bool(os.environ.get("CM_GATEWAY_SOAK"))
+SOAK = bool(os.environ.get("CMGW_SOAK"))
 MAX_SIZE = 4000
 MAX_RCPTS = 3
 ALLOWED = "allowed.test"
