@@ -95,6 +95,10 @@ class SmtpConfig(_Section):
     # Empty by default (DESIGN.md said 127.0.0.0/8): behind Postfix every message comes
     # from loopback, so trusting it would keep X-CM-* verdicts forged by any sender.
     trusted_networks: list[str] = Field(default_factory=list)
+    # Peers offered XFORWARD (Postfix's smtpd_authorized_xforward_hosts): a separate list,
+    # so that Postfix in front may name the original client without its senders' X-CM-*
+    # headers being trusted.
+    xforward_networks: list[str] = Field(default_factory=list)
 
     @field_validator("listen")
     @classmethod
@@ -102,7 +106,7 @@ class SmtpConfig(_Section):
         parse_listen(v)
         return v
 
-    @field_validator("relay_networks", "trusted_networks")
+    @field_validator("relay_networks", "trusted_networks", "xforward_networks")
     @classmethod
     def _nets(cls, v: list[str]) -> list[str]:
         return _networks(v)

@@ -149,7 +149,7 @@ class GatewayHandler:
         # With no mechanism left (no users file) aiosmtpd would still print "AUTH ".
         kept = [r for r in responses if r.strip() not in ("250-AUTH", "250 AUTH")]
         if getattr(server, "xforward_allowed", False):
-            # server.py decides (trusted_networks); the last line stays "250 HELP".
+            # server.py decides (xforward_networks); the last line stays "250 HELP".
             kept.insert(len(kept) - 1, f"250-{EHLO_KEYWORD}")
         return kept
 

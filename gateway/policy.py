@@ -3,6 +3,7 @@
     RelayPolicy.from_config(config.smtp)
     policy.peer_may_relay(ip)          relay_networks: may send to any domain
     policy.is_trusted(ip)              trusted_networks: their X-CM-* headers are kept
+    policy.may_xforward(ip)            xforward_networks: offered XFORWARD
     policy.check_recipient(address, relay_allowed=..., accepted=...) -> Reply | None
 
 Domains in ``relay_domains`` match exactly (case-insensitive, trailing dot and IDNA
@@ -84,6 +85,7 @@ class RelayPolicy:
 
     relay_networks: tuple[_Network, ...]
     trusted_networks: tuple[_Network, ...]
+    xforward_networks: tuple[_Network, ...]
     exact_domains: frozenset[str]
     parent_domains: tuple[str, ...]  # ".example.com": subdomains of example.com
     max_recipients: int
@@ -100,6 +102,7 @@ class RelayPolicy:
         return cls(
             relay_networks=_networks(smtp.relay_networks),
             trusted_networks=_networks(smtp.trusted_networks),
+            xforward_networks=_networks(smtp.xforward_networks),
             exact_domains=frozenset(exact),
             parent_domains=tuple(parents),
             max_recipients=smtp.max_recipients,
@@ -112,6 +115,10 @@ class RelayPolicy:
     def is_trusted(self, ip: _Address | None) -> bool:
         """True when the peer is in ``trusted_networks`` (its X-CM-* headers are kept)."""
         return _in(ip, self.trusted_networks)
+
+    def may_xforward(self, ip: _Address | None) -> bool:
+        """True when the peer is in ``xforward_networks`` (is offered XFORWARD)."""
+        return _in(ip, self.xforward_networks)
 
     def is_relay_domain(self, domain: str | None) -> bool:
         """True when mail for ``domain`` is accepted from anyone."""

@@ -22,7 +22,7 @@
 - the idle timer restarted when DATA ends, so that processing gets a full window;
 - a drain mode for shutdown: idle sessions get ``421 4.3.2`` at once, a session inside
   DATA gets its reply first and then ``421 4.3.2``;
-- XFORWARD (``gateway.xforward``) for peers in ``trusted_networks`` only: advertised in
+- XFORWARD (``gateway.xforward``) for peers in ``xforward_networks`` only: advertised in
   their EHLO (handler.py), reset with every transaction; for anyone else the verb does not
   exist (aiosmtpd's own "not recognized", also absent from HELP).
 """
@@ -30,6 +30,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import secrets
 import socket
@@ -151,11 +152,21 @@ class GatewaySMTP(SMTP):
         # aiosmtpd joins the pieces of a line that ends in a bare LF until a CRLF, and
         # checks the joined line against this instance value: up to the message size.
         self.line_length_limit = max(MAX_LINE_OCTETS, self.data_size_limit or 0)
+        # aiosmtpd keeps the per-verb command budgets in one dict shared by every
+        # connection (a class attribute) and raises MAIL's by 36 octets on every EHLO:
+        # one session's EHLOs would lift it for all. Ours is per connection, and reset
+        # on each EHLO (smtp_EHLO below).
+        self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
         self.tracker = tracker
         self.refused = False
         self.in_data = False
         self.peer_ip = ""
         self.rcpt_overshoot = 0
+
+    @syntax("EHLO hostname")
+    async def smtp_EHLO(self, hostname: str) -> None:
+        self.command_size_limits.pop("MAIL", None)
+        await super().smtp_EHLO(hostname)
 
     def _create_envelope(self) -> GatewayEnvelope:
         return GatewayEnvelope()
@@ -180,7 +191,7 @@ class GatewaySMTP(SMTP):
         ip = parse_peer_ip(host)
         self.peer_ip = str(ip) if ip is not None else str(host or "")
         policy: RelayPolicy | None = getattr(self.event_handler, "policy", None)
-        self.xforward_allowed = policy is not None and policy.is_trusted(ip)
+        self.xforward_allowed = policy is not None and policy.may_xforward(ip)
         if not self.xforward_allowed:
             # XFORWARD rewrites our audit trail: to anyone else the verb does not exist.
             self._smtp_methods.pop("XFORWARD", None)

@@ -82,6 +82,9 @@ class GatewayRunner:
                 # Behind Postfix every peer is 127.0.0.1: trusting it would keep X-CM-*
                 # headers forged by any sender (deploy/postfix/README.md).
                 f"trusted_networks = [{', '.join(_toml_str(n) for n in spec.trusted_networks)}]",
+                # As deploy/postfix/README.md recommends: Postfix may name the original
+                # client (XFORWARD) without its senders' X-CM-* headers being trusted.
+                'xforward_networks = ["127.0.0.0/8"]',
                 "",
                 "[downstream]",
                 f'url = "smtp://127.0.0.1:{self.downstream_port}"',

@@ -1,5 +1,5 @@
 """XFORWARD with real Postfix: client (from 127.0.0.2) -> Postfix front smtpd -> the
-gateway (``trusted_networks = ["127.0.0.0/8"]``, so Postfix's smtp-cmgw client gets
+gateway (``xforward_networks = ["127.0.0.0/8"]``, so Postfix's smtp-cmgw client gets
 XFORWARD offered) -> Postfix reinjection smtpd (which logs ``orig_queue_id=`` and
 ``orig_client=`` for XFORWARDed sessions) -> sink. One queue id can be followed from
 Postfix's front line through the gateway's message line to the reinjection line."""
@@ -38,7 +38,7 @@ rules:
     actions:
       - add_header: { X-Triage-Queue: accounts-payable }
 """
-SPEC = GatewaySpec(rules=RULES, trusted_networks=("127.0.0.0/8",))
+SPEC = GatewaySpec(rules=RULES)  # trusted_networks = [], xforward_networks = loopback
 
 
 @pytest.fixture(scope="module")

@@ -456,3 +456,31 @@ async def test_abort_drain_cuts_a_long_shutdown_short():
         assert time.monotonic() - start < 5
         assert await busy == "closed"
     assert processor.closed
+
+
+async def test_repeated_ehlo_does_not_raise_the_mail_command_line_limit():
+    """aiosmtpd adds 36 octets to MAIL's line budget on every EHLO (in a dict shared by all
+    connections); ours stays at 512 + SIZE + SMTPUTF8, however many EHLOs came before."""
+    async with running_server(RecordingProcessor()) as srv:
+
+        def talk() -> tuple[str, str]:
+            raw = RawClient(srv.port)
+            try:
+                raw.reply()
+                for _ in range(5):
+                    raw.cmd("EHLO client.test")
+                long_mail = raw.cmd("MAIL FROM:<" + "a" * 560 + "@example.net>")
+                other = RawClient(srv.port)
+                try:
+                    other.reply()
+                    other.cmd("EHLO other.test")
+                    ok_mail = other.cmd("MAIL FROM:<" + "b" * 480 + "@example.net>")
+                finally:
+                    other.close()
+                return long_mail, ok_mail
+            finally:
+                raw.close()
+
+        long_mail, ok_mail = await asyncio.to_thread(talk)
+    assert long_mail == str(replies.COMMAND_TOO_LONG)
+    assert ok_mail.startswith("250")

@@ -21,7 +21,7 @@ from .smtp_front_support import RawClient, RecordingProcessor, running_server, s
 from .xforward_support import ForwardSink, running_forward_sink
 
 MESSAGE = b"From: a@example.net\r\nTo: b@example.com\r\nSubject: hello\r\n\r\nHi.\r\n"
-TRUSTED = smtp_config(trusted_networks=["127.0.0.0/8"])
+TRUSTED = smtp_config(xforward_networks=["127.0.0.0/8"])
 OFFER = "250-XFORWARD NAME ADDR PORT PROTO HELO IDENT SOURCE"
 ORIGIN = "XFORWARD NAME=mx.origin.example ADDR=192.0.2.7 PORT=40512 PROTO=ESMTP"
 ORIGIN_2 = "XFORWARD HELO=mx.origin.example IDENT=4QFRONT7 SOURCE=REMOTE"
@@ -69,6 +69,31 @@ async def test_ehlo_offers_xforward_to_trusted_peers_and_the_verb_is_unknown_to_
     assert not [line for line in u_ehlo if "XFORWARD" in line]
     assert "XFORWARD" not in u_help
     assert u_reply.startswith("500") and u_reply == u_bogus.replace("XBOGUS", "XFORWARD")
+
+
+async def test_xforward_networks_and_trusted_networks_are_separate_lists():
+    """A peer in xforward_networks only (the Postfix-in-front setup) is offered XFORWARD
+    and its attributes are used, while its message is not from a trusted peer (so the
+    X-CM-* headers its senders wrote are stripped by the pipeline)."""
+    processor = RecordingProcessor()
+    async with running_server(processor, TRUSTED) as srv:
+
+        def session() -> list[str]:
+            raw = RawClient(srv.port)
+            try:
+                raw.reply()
+                lines = _ehlo_lines(raw)
+                assert raw.cmd(ORIGIN) == str(replies.OK)
+                assert _transaction(raw).startswith("250")
+                return lines
+            finally:
+                raw.close()
+
+        lines = await asyncio.to_thread(session)
+    assert OFFER in lines
+    msg = processor.messages[0]
+    assert msg.forwarded is not None and msg.forwarded.addr == "192.0.2.7"
+    assert msg.trusted_peer is False
 
 
 async def test_malformed_xforward_gets_501_and_none_of_it_is_applied():
@@ -184,7 +209,7 @@ async def test_forwarded_client_is_logged_and_relayed_and_a_pooled_next_message_
         config = make_config(
             tmp_path,
             downstream=sink.url,
-            smtp={"trusted_networks": ["127.0.0.0/8"], "listen": "127.0.0.1:0", "timeout": 60},
+            smtp={"xforward_networks": ["127.0.0.0/8"], "listen": "127.0.0.1:0", "timeout": 60},
         )
         pipeline = build_processor(config)
         with capture_logs() as logs:
