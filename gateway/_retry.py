@@ -54,10 +54,15 @@ class RetryPolicy:
 
 
 async def call_with_retries(
-    call: Callable[[], Awaitable[T]], *, policy: RetryPolicy, budget: float
+    call: Callable[[], Awaitable[T]],
+    *,
+    policy: RetryPolicy,
+    budget: float,
+    on_retry: Callable[[ClassifierError], None] | None = None,
 ) -> T:
     """``await call()``, retried by ``policy``, all within ``budget`` seconds.
 
+    ``on_retry(error)`` is called before each retry (for the retries metric).
     Raises the last ``ClassifierError``, or ``ClassifierTimeout`` when the budget runs out
     while a call or a backoff is under way.
     """
@@ -83,6 +88,8 @@ async def call_with_retries(
     async def attempt() -> T:
         nonlocal attempts, last
         attempts += 1
+        if attempts > 1 and last is not None and on_retry is not None:
+            on_retry(last)  # a retry really made, with the error that caused it
         try:
             return await call()
         except ClassifierError as exc:

@@ -19,7 +19,7 @@ import functools
 import ssl
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -31,7 +31,7 @@ from ._responses import parse_comment_predictions, parse_prediction_batch, parse
 from ._retry import RetryPolicy, call_with_retries
 from .config import ClassifierConfig
 from .documents import MAX_DOCUMENTS, RawEmailDocument
-from .errors import ClassifierRequestError, ConfigError, InvalidRequestError
+from .errors import ClassifierError, ClassifierRequestError, ConfigError, InvalidRequestError
 from .logsetup import get_logger
 from .predictions import CommentPrediction, PredictionBatch, ValidationSummary, split_label
 from .redact import register_secret
@@ -182,6 +182,8 @@ class CommunicationsMiningClient:
         self.labels = label_thresholds(labels)
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
+        # Set by the pipeline to count retries (cm_gateway_api_retries_total).
+        self.on_retry: Callable[[ClassifierError], None] | None = None
         for value in endpoint.auth_headers().values():
             register_secret(value.removeprefix("Bearer "))
         self._semaphore = asyncio.Semaphore(max_in_flight)
@@ -344,7 +346,9 @@ class CommunicationsMiningClient:
                 raise error_from_response(response)
             return json_object(response)
 
-        return await call_with_retries(once, policy=self.retry, budget=self.timeout)
+        return await call_with_retries(
+            once, policy=self.retry, budget=self.timeout, on_retry=self.on_retry
+        )
 
 
 def _check_count(count: int) -> None:

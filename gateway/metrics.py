@@ -123,6 +123,24 @@ class GatewayMetrics:
             ["classifier", "state"],
             registry=r,
         )
+        self.api_retries = Counter(
+            "cm_gateway_api_retries",
+            "Predict requests retried, by the kind of error that caused the retry",
+            ["kind"],
+            registry=r,
+        )
+        self.downstream_connections = Gauge(
+            "cm_gateway_downstream_connections",
+            "Pooled next-hop SMTP connections, by state (idle, in_use; size = the cap)",
+            ["state"],
+            registry=r,
+        )
+        self.downstream_connection_events = Gauge(
+            "cm_gateway_downstream_connection_events",
+            "Next-hop connections created, reused, discarded, expired since start",
+            ["event"],
+            registry=r,
+        )
         self.shadow_messages = Counter(
             "cm_gateway_shadow_messages",
             "Sampled messages classified by the shadow model, by outcome",
@@ -181,6 +199,22 @@ class GatewayMetrics:
     def track_sessions(self, count: Callable[[], int]) -> None:
         """Read the open-session count from ``count`` at every scrape."""
         self.sessions_in_flight.set_function(lambda: float(count()))
+
+    def api_retry(self, error: BaseException) -> None:
+        """One predict request retried after ``error``."""
+        self.api_retries.labels(getattr(error, "kind", type(error).__name__)).inc()
+
+    def track_pool(self, stats: Callable[[], Mapping[str, int]]) -> None:
+        """Read the downstream pool's state from ``stats`` (``SmtpPool.stats``) at every
+        scrape."""
+
+        def reader(key: str) -> Callable[[], float]:
+            return lambda: float(stats()[key])
+
+        for state in ("idle", "in_use", "size"):
+            self.downstream_connections.labels(state).set_function(reader(state))
+        for event in ("created", "reused", "discarded", "expired"):
+            self.downstream_connection_events.labels(event).set_function(reader(event))
 
     def render(self) -> bytes:
         """The text exposition format."""

@@ -365,11 +365,17 @@ def build_processor(
     if classifier is None:
         # Between the batcher and the provider: a failed batch counts once, and the
         # dedup cache above still answers repeated messages while the circuit is open.
-        circuit = circuit_breaker(config, make_classifier(config), metrics)
+        provider = make_classifier(config)
+        if metrics is not None and hasattr(provider, "on_retry"):
+            provider.on_retry = metrics.api_retry
+        circuit = circuit_breaker(config, provider, metrics)
         classifier = build_classifier_stack(config, circuit, metrics)
     shadow = ShadowRunner.from_config(config, metrics)
     if delivery is None:
         delivery = make_delivery(config)
+    pool = getattr(delivery, "pool", None)
+    if metrics is not None and pool is not None:
+        metrics.track_pool(pool.stats)
     _log.info(
         "pipeline_ready",
         classifier=classifier.description,

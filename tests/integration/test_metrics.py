@@ -271,3 +271,46 @@ async def test_an_empty_listen_disables_the_metrics_listener(tmp_path: Path):
 
     config = make_config(tmp_path, downstream="maildir://m", metrics={"listen": ""})
     assert await _start_metrics(config, GatewayMetrics(), reuse_port=False) is None
+
+
+async def test_metrics_show_the_downstream_pool_and_classifier_retries(tmp_path: Path):
+    """Two mails over one pooled next-hop connection (created 1, reused 1, idle 1); with
+    the API answering 503, /metrics counts the retries by the error that caused them."""
+    from gateway.testing import running_emulator
+
+    os.environ["CM_TEST_METRICS_TOKEN"] = "test-token"
+    with running_sink() as sink, running_emulator(fail_rate=1.0, fail_status="503") as emu:
+        config = _config(
+            tmp_path,
+            sink.url,
+            classifier={
+                "provider": "communications-mining",
+                "base_url": emu.base_url,
+                "project": emu.project,
+                "dataset": emu.dataset,
+                "token_env": "CM_TEST_METRICS_TOKEN",
+                "timeout": 5.0,
+            },
+        )
+        metrics = GatewayMetrics()
+        processor = build_processor(config, metrics=metrics)
+        async with running_server(processor, smtp_config()) as server:
+            for n in range(2):
+                await aiosmtplib.send(
+                    INVOICE.replace(b"INV-12345", f"INV-{n}".encode()),
+                    sender="alice@example.com",
+                    recipients=["support@example.com"],
+                    hostname="127.0.0.1",
+                    port=server.port,
+                    start_tls=False,
+                )
+            text = metrics.render().decode()
+        api_calls = emu.stats()["requests"]
+    assert len(sink.received) == 2
+    assert _sample(text, 'cm_gateway_downstream_connection_events{event="created"}') == 1
+    assert _sample(text, 'cm_gateway_downstream_connection_events{event="reused"}') == 1
+    assert _sample(text, 'cm_gateway_downstream_connections{state="idle"}') == 1
+    assert _sample(text, 'cm_gateway_downstream_connections{state="in_use"}') == 0
+    retries = _sample(text, 'cm_gateway_api_retries_total{kind="server-error"}')
+    assert retries >= 1
+    assert retries == api_calls - _sample(text, "cm_gateway_api_requests_total")
