@@ -184,6 +184,15 @@ class _Builder:
                 out.append(self.build(item, (*path, index)))
             return out
 
+    def _key(self, node: yaml.Node) -> tuple[Any, str | None]:
+        try:
+            return self.constructor.construct_object(node), None
+        except yaml.YAMLError as exc:
+            # A tag the safe loader refuses (`!!python/object:os.system x:`) or cannot
+            # decode (`!!binary x:`), on a key.
+            detail = str(getattr(exc, "problem", None) or "cannot be read")
+            return None, f"bad key: {detail.splitlines()[0]}"
+
     def _mapping(self, node: yaml.MappingNode, path: Path) -> dict[str, Any]:
         out: dict[str, Any] = {}
         first: dict[str, int] = {}
@@ -196,10 +205,10 @@ class _Builder:
             elif not isinstance(key_node, yaml.ScalarNode):
                 problem = "a key must be a plain string"
             else:
-                key = self.constructor.construct_object(key_node)
-                if not isinstance(key, str):
+                key, problem = self._key(key_node)
+                if problem is None and not isinstance(key, str):
                     problem = f"a key must be a string, got {key!r} (quote it)"
-                elif key in first:
+                elif problem is None and key in first:
                     problem = f"duplicate key {key!r} (first at line {first[key]})"
             if problem is not None:
                 self.doc.problems.append((path, problem, key_line, key_column))
