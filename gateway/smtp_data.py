@@ -6,10 +6,10 @@ message never stalls the other sessions.
 aiosmtplib's ``SMTP.sendmail`` runs a regular expression over the whole message for the
 SIZE parameter, and ``SMTP.data`` two more (line endings, then dot-stuffing), each in
 one go on the event loop: about 8 s for 25 MB on a slow machine, during which no other
-session gets a byte. Here the message is cut at
-line ends into pieces of ``CHUNK`` octets, each piece is dot-stuffed (and its line
-endings repaired, which our own SMTP front already guarantees) with ``bytes`` methods,
-written, and the loop gets a turn between pieces.
+session gets a byte. Here the message is cut at line ends into pieces of ``CHUNK``
+octets; each piece is dot-stuffed (and its line endings repaired, though our own SMTP
+front already guarantees them) with ``bytes`` methods and written, and the loop gets a
+turn between pieces.
 """
 
 from __future__ import annotations
