@@ -31,6 +31,7 @@ from .auth import Authenticator
 from .config import SmtpConfig
 from .errors import SmtpOutcome
 from .inbound import InboundMessage, MessageProcessor
+from .lineends import find_bare_line_ending, line_pieces
 from .logsetup import get_logger
 from .policy import RelayPolicy, parse_peer_ip
 from .redact import scrub
@@ -64,17 +65,6 @@ def new_queue_id() -> str:
     return secrets.token_hex(6).upper()
 
 
-def find_bare_line_ending(content: bytes) -> str | None:
-    """``"LF"`` or ``"CR"`` when ``content`` has a line ending that is not CRLF, else None."""
-    crlf = content.count(b"\r\n")
-    # Counting is cheap and copies nothing; only a mismatch needs a closer look.
-    if content.count(b"\n") != crlf:
-        return "LF"
-    if content.count(b"\r") != crlf:
-        return "CR"
-    return None
-
-
 SCAN_PIECE = 1 << 20
 
 
@@ -82,19 +72,14 @@ async def scan_bare_line_ending(content: bytes, piece: int = SCAN_PIECE) -> str 
     """``find_bare_line_ending`` over pieces of about ``piece`` octets cut after a LF, the
     loop getting a turn between them: three passes over 25 MB take about a second on a
     slow machine, and every other session would wait for them."""
-    if len(content) <= piece:
-        return find_bare_line_ending(content)
     found: str | None = None
-    start = 0
-    while start < len(content):
-        cut = content.find(b"\n", start + piece - 1)
-        end = len(content) if cut == -1 else cut + 1
-        kind = find_bare_line_ending(content[start:end])
+    for part in line_pieces(content, piece):
+        kind = find_bare_line_ending(part)
         if kind == "LF":
             return kind
         found = found or kind
-        start = end
-        await asyncio.sleep(0)
+        if len(part) < len(content):
+            await asyncio.sleep(0)
     return found
 
 

@@ -30,6 +30,8 @@ from aiosmtplib import (
     SMTPServerDisconnected,
 )
 
+from .lineends import find_bare_line_ending, line_pieces
+
 __all__ = ["CHUNK", "send_data", "sendmail", "stuffed_pieces"]
 
 CHUNK = 256 * 1024
@@ -38,8 +40,7 @@ _LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
 
 def _crlf_only(piece: bytes) -> bytes:
     # Counting is cheap C; the regular expression runs only on a piece that needs it.
-    crlf = piece.count(b"\r\n")
-    if piece.count(b"\n") == crlf and piece.count(b"\r") == crlf:
+    if find_bare_line_ending(piece) is None:
         return piece
     return _LINE_ENDINGS.sub(b"\r\n", piece)
 
@@ -48,21 +49,14 @@ def stuffed_pieces(content: bytes, size: int = CHUNK) -> Iterator[bytes]:
     """``content`` as it goes on the wire after DATA: CRLF line endings, a leading dot
     doubled on every line (RFC 5321 §4.5.2), a final CRLF, then ``.\\r\\n``; in pieces
     of about ``size`` octets, each ending at a line end."""
-    start = 0
-    total = len(content)
     ends_with_line_end = False
-    while start < total:
-        end = min(start + size, total)
-        if end < total:
-            # Cut after a LF so that no CRLF (nor a line's leading dot) is split.
-            cut = content.find(b"\n", end - 1)
-            end = total if cut == -1 else cut + 1
-        piece = _crlf_only(content[start:end])
+    # Cut after a LF: no CRLF is split, and each piece starts a line (its leading dot).
+    for part in line_pieces(content, size):
+        piece = _crlf_only(part)
         if piece.startswith(b"."):
             piece = b"." + piece
         ends_with_line_end = piece.endswith(b"\r\n")
         yield piece.replace(b"\r\n.", b"\r\n..")
-        start = end
     if not ends_with_line_end:
         yield b"\r\n"
     yield b".\r\n"

@@ -1,0 +1,35 @@
+"""Line endings of a message held as bytes: is it CRLF-only, and pieces cut at line ends.
+
+Shared by the SMTP front (the bare-LF/CR check of DATA) and delivery (DATA sent in
+pieces): both walk large messages a piece at a time so that the event loop gets turns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+__all__ = ["find_bare_line_ending", "line_pieces"]
+
+
+def find_bare_line_ending(content: bytes) -> str | None:
+    """``"LF"`` or ``"CR"`` when ``content`` has a line ending that is not CRLF, else None."""
+    crlf = content.count(b"\r\n")
+    # Counting is cheap and copies nothing; only a mismatch needs a closer look.
+    if content.count(b"\n") != crlf:
+        return "LF"
+    if content.count(b"\r") != crlf:
+        return "CR"
+    return None
+
+
+def line_pieces(content: bytes, size: int) -> Iterator[bytes]:
+    """``content`` in consecutive pieces of at least ``size`` octets (the last may be
+    shorter), each cut just after a LF: no CRLF is split, and every piece but the first
+    starts at the start of a line."""
+    start = 0
+    total = len(content)
+    while start < total:
+        cut = content.find(b"\n", start + size - 1) if start + size < total else -1
+        end = total if cut == -1 else cut + 1
+        yield content[start:end]
+        start = end
