@@ -484,3 +484,27 @@ async def test_repeated_ehlo_does_not_raise_the_mail_command_line_limit():
         long_mail, ok_mail = await asyncio.to_thread(talk)
     assert long_mail == str(replies.COMMAND_TOO_LONG)
     assert ok_mail.startswith("250")
+
+
+async def test_unparseable_mail_and_rcpt_paths_are_malformed_addresses_not_internal_errors():
+    """Paths the stdlib address parser crashes on ("<", "a@[") get the malformed-address
+    reply (553 5.1.3), not 451 and an error log; the session goes on."""
+    async with running_server(RecordingProcessor()) as srv:
+
+        def talk() -> list[str]:
+            raw = RawClient(srv.port)
+            try:
+                raw.reply()
+                raw.cmd("EHLO client.test")
+                out = [raw.cmd("MAIL FROM:<"), raw.cmd("MAIL FROM:a@[")]
+                out.append(raw.cmd("MAIL FROM:<alice@example.com> SIZE=100"))
+                out += [raw.cmd("RCPT TO:<"), raw.cmd("RCPT TO:<bob@example.com>")]
+                return out
+            finally:
+                raw.close()
+
+        replies_seen = await asyncio.to_thread(talk)
+    assert [r[:9] for r in replies_seen] == ["553 5.1.3"] * 2 + ["250 2.1.0"] + [
+        "553 5.1.3",
+        "250 2.1.5",
+    ]
