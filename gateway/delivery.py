@@ -23,8 +23,11 @@ XFORWARD: when the next hop offers it, each transaction starts with the message'
 attributes (``InboundMessage.next_hop_xforward``). A 4xx/5xx to XFORWARD does not cost
 the message: it is logged (``xforward_refused``), an RSET clears whatever the next hop
 applied of it (Postfix applies attributes one by one, so a half-forwarded identity could
-otherwise stay), and the message goes on without XFORWARD on the same connection. A 421
-is a closing connection like any other (see ``SmtpDelivery``).
+otherwise stay), and the message goes on without XFORWARD on the same connection. To a
+next hop that pipelines, XFORWARD goes out in the same write as MAIL FROM, so the
+transaction after a refused one is already under way: that connection is aborted before
+the final dot (nothing delivered) and the message goes on without XFORWARD on a fresh
+one. A 421 is a closing connection like any other (see ``SmtpDelivery``).
 """
 
 from __future__ import annotations
@@ -49,8 +52,9 @@ from . import replies
 from .config import Config
 from .logsetup import get_logger
 from .replies import Reply
-from .smtp_data import sendmail
-from .smtp_pool import Connection, PoolClosedError, SmtpPool, TrackingSMTP
+from .smtp_client import SmtpClient
+from .smtp_data import XForwardRefused, sendmail
+from .smtp_pool import Connection, PoolClosedError, SmtpPool
 from .xforward import XForward
 
 __all__ = [
@@ -138,8 +142,8 @@ def _needs_smtputf8(mail_from: str, rcpt_tos: Sequence[str]) -> bool:
 
 
 class SmtpDelivery:
-    """Relay over SMTP with aiosmtplib, through a pool of at most ``pool_size``
-    connections reused across messages (``smtp_pool``).
+    """Relay over SMTP (``smtp_client``, pipelined where the next hop allows), through a
+    pool of at most ``pool_size`` connections reused across messages (``smtp_pool``).
 
     A message is sent again on a fresh connection only when a reused connection turns
     out stale before the next hop accepted its MAIL FROM (disconnected, 421): nothing of
@@ -170,16 +174,12 @@ class SmtpDelivery:
     def description(self) -> str:
         return f"smtp://{self._host}:{self._port}"
 
-    def _client(self) -> TrackingSMTP:
+    def _client(self) -> SmtpClient:
         # Plain SMTP: the next hop is Postfix's reinjection port on the same host or a
         # private network; smtp:// never upgrades (a self-signed certificate there
         # would otherwise fail every delivery).
-        return TrackingSMTP(
-            hostname=self._host,
-            port=self._port,
-            timeout=self._timeout,
-            local_hostname=self._local_hostname,
-            start_tls=False,
+        return SmtpClient(
+            self._host, self._port, timeout=self._timeout, local_hostname=self._local_hostname
         )
 
     async def deliver(
@@ -199,18 +199,27 @@ class SmtpDelivery:
         try:
             async with asyncio.timeout(self._timeout):
                 conn = await self.pool.acquire()
-                try:
-                    errors, message = await _send(
-                        conn.client, mail_from, rcpt_tos, content, needs_utf8, smtp_utf8, xforward
-                    )
-                except _STALE as exc:
-                    if not (conn.reused and not conn.client.mail_accepted and _stale(exc)):
-                        raise
+                while True:
+                    try:
+                        errors, message = await _send(
+                            conn.client,
+                            mail_from,
+                            rcpt_tos,
+                            content,
+                            needs_utf8,
+                            smtp_utf8,
+                            xforward,
+                        )
+                        break
+                    except XForwardRefused as exc:
+                        _xforward_refused(exc.response)
+                        xforward = None  # so this happens once
+                    except _STALE as exc:
+                        if not (conn.reused and not conn.client.mail_accepted and _stale(exc)):
+                            raise
+                    # Nothing of the message was delivered: again, on a fresh connection.
                     stale, conn = conn, None
                     conn = await self.pool.replace(stale)
-                    errors, message = await _send(
-                        conn.client, mail_from, rcpt_tos, content, needs_utf8, smtp_utf8, xforward
-                    )
             # A refused recipient is a 5xx/4xx in this session: do not reuse it.
             reusable = not errors
             polite = True
@@ -261,7 +270,7 @@ def _stale(exc: BaseException) -> bool:
 
 
 async def _send(
-    client: TrackingSMTP,
+    client: SmtpClient,
     mail_from: str,
     rcpt_tos: Sequence[str],
     content: bytes,
@@ -269,20 +278,24 @@ async def _send(
     smtp_utf8: bool,
     xforward: XForward | None,
 ) -> tuple[dict[str, SMTPResponse], str]:
-    if xforward is not None:
-        refusal = await client.xforward(xforward)
-        if refusal is not None:
-            reply = parse_reply(refusal.code, refusal.message)
-            _log.warning("xforward_refused", next_hop_reply=f"{reply.code} {reply.enhanced}")
-            await client.rset()
+    pipelined: list[bytes] = []
+    if xforward is not None and client.pipelining:
+        pipelined = client.xforward_lines(xforward)  # sendmail raises XForwardRefused
+    elif xforward is not None and (refusal := await client.xforward(xforward)) is not None:
+        _xforward_refused(refusal)
+        await client.rset()
     options = []
-    if client.supports_extension("8bitmime"):
+    if client.supports("8bitmime"):
         options.append("BODY=8BITMIME")
-    if needs_utf8 or (smtp_utf8 and client.supports_extension("smtputf8")):
+    if needs_utf8 or (smtp_utf8 and client.supports("smtputf8")):
         # smtp_data.sendmail raises SMTPNotSupported when the server lacks it.
         options.append("SMTPUTF8")
-    # Not client.sendmail: its whole-message passes would stall the loop (smtp_data).
-    return await sendmail(client, mail_from, rcpt_tos, content, options)
+    return await sendmail(client, mail_from, rcpt_tos, content, options, pipelined)
+
+
+def _xforward_refused(refusal: SMTPResponse) -> None:
+    reply = parse_reply(refusal.code, refusal.message)
+    _log.warning("xforward_refused", next_hop_reply=f"{reply.code} {reply.enhanced}")
 
 
 def _describe(exc: BaseException) -> str:

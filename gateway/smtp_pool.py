@@ -6,7 +6,9 @@ Postfix reinjection port. So at most ``size`` connections stay open and each car
 many messages, one at a time:
 
 - between two messages the connection gets ``RSET`` (a clean transaction state), and a
-  ``NOOP`` first when it sat idle longer than ``check_after`` seconds;
+  ``NOOP`` first when it sat idle longer than ``check_after`` seconds; to a next hop
+  that pipelines, the RSET goes out in the same write as the next MAIL FROM (a failed
+  one there is handled like a failed one here: the message goes on a fresh connection);
 - a connection idle longer than ``idle_timeout`` is closed with ``QUIT`` (the next hop
   would drop it anyway: Postfix's smtpd times out idle clients), as is one the next hop
   closed or answered 421;
@@ -24,17 +26,14 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
 
 import aiosmtplib
-from aiosmtplib.response import SMTPResponse
-from aiosmtplib.typing import Default
 
-from .xforward import XForward, commands
+from .smtp_client import SmtpClient
 
-__all__ = ["Connection", "PoolClosedError", "SmtpPool", "TrackingSMTP"]
+__all__ = ["Connection", "PoolClosedError", "SmtpPool"]
 
 _QUIT_TIMEOUT = 5.0
 _FAILURES = (aiosmtplib.SMTPException, OSError, TimeoutError)
@@ -44,49 +43,11 @@ class PoolClosedError(RuntimeError):
     """``acquire`` after ``aclose``: the gateway is shutting down."""
 
 
-class TrackingSMTP(aiosmtplib.SMTP):
-    """``aiosmtplib.SMTP`` that remembers whether the next hop accepted MAIL FROM in the
-    current transaction: before that, a failure has delivered nothing and the message
-    may be sent again on another connection; after it, never."""
-
-    mail_accepted: bool = False
-
-    async def mail(
-        self,
-        sender: str,
-        /,
-        *,
-        options: Iterable[str] | None = None,
-        encoding: str = "ascii",
-        timeout: float | Literal[Default.token] | None = Default.token,  # noqa: ASYNC109 (the overridden signature)
-    ) -> SMTPResponse:
-        """MAIL FROM, noting its acceptance."""
-        response = await super().mail(sender, options=options, encoding=encoding, timeout=timeout)
-        self.mail_accepted = True
-        return response
-
-    async def xforward(self, forwarded: XForward) -> SMTPResponse | None:
-        """Send ``forwarded`` as XFORWARD, only the attributes the server offered in its
-        EHLO (nothing when it offered no XFORWARD). None when every command was
-        accepted, else the first refusal (the rest are not sent). A 421 raises
-        ``SMTPResponseException``: the server is closing the connection."""
-        offered = self.esmtp_extensions.get("xforward")
-        if offered is None:
-            return None
-        for line in commands(forwarded, offered.split()):
-            response = await self.execute_command(line.encode("ascii"))
-            if response.code == 421:
-                raise aiosmtplib.SMTPResponseException(response.code, response.message)
-            if response.code // 100 != 2:
-                return response
-        return None
-
-
 @dataclass(eq=False)
 class Connection:
     """One pooled connection; ``reused`` is False for a connection opened for this use."""
 
-    client: TrackingSMTP
+    client: SmtpClient
     last_used: float = field(default_factory=time.monotonic)
     uses: int = 0
     reused: bool = False
@@ -97,7 +58,7 @@ class SmtpPool:
 
     def __init__(
         self,
-        factory: Callable[[], TrackingSMTP],
+        factory: Callable[[], SmtpClient],
         *,
         size: int,
         idle_timeout: float = 30.0,
@@ -213,7 +174,10 @@ class SmtpPool:
             try:
                 if idle_for > self._check_after:
                     await client.noop()
-                await client.rset()
+                if client.pipelining:
+                    client.rset_due = True  # sent in the same write as MAIL FROM
+                else:
+                    await client.rset()
             except _FAILURES:
                 self._close(client)
                 self.discarded += 1
@@ -231,10 +195,7 @@ class SmtpPool:
     async def _open(self) -> Connection:
         client = self._factory()
         try:
-            await client.connect()
-            if client.last_ehlo_response is None:
-                # EHLO now, so the extensions are known before MAIL options are chosen.
-                await client.ehlo()
+            await client.connect()  # EHLO included: MAIL options follow its extensions
         except BaseException:
             self._close(client)
             raise
@@ -257,7 +218,7 @@ class SmtpPool:
                 self.expired += 1
                 self._quit_later(conn.client)
 
-    def _quit_later(self, client: aiosmtplib.SMTP) -> None:
+    def _quit_later(self, client: SmtpClient) -> None:
         if not client.is_connected:
             self._close(client)
             return
@@ -266,7 +227,7 @@ class SmtpPool:
         task.add_done_callback(self._quitting.discard)
 
     @staticmethod
-    async def _quit(client: aiosmtplib.SMTP) -> None:
+    async def _quit(client: SmtpClient) -> None:
         try:
             async with asyncio.timeout(_QUIT_TIMEOUT):
                 await client.quit()
@@ -276,6 +237,6 @@ class SmtpPool:
             client.close()
 
     @staticmethod
-    def _close(client: aiosmtplib.SMTP) -> None:
+    def _close(client: SmtpClient) -> None:
         with contextlib.suppress(*_FAILURES):
             client.close()

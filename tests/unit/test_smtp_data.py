@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,11 +28,18 @@ def test_pieces_join_to_exactly_what_aiosmtplib_would_send(content: bytes, size:
 
 def test_a_large_message_is_cut_into_pieces_that_end_at_line_ends() -> None:
     """A 3 MB message goes out in pieces of about 256 KB, each ending with CRLF, the last
-    being the terminator."""
+    carrying the terminator."""
     content = b"".join(b".line %07d\r\n" % i for i in range(200_000))
     pieces = list(stuffed_pieces(content))
     assert len(pieces) > 10
     assert all(p.endswith(b"\r\n") for p in pieces)
     assert max(len(p) for p in pieces) < 300 * 1024
-    assert pieces[-1] == b".\r\n"
+    assert pieces[-1].endswith(b"\r\n.\r\n") and len(pieces[-1]) > 3
     assert b"".join(pieces) == _reference(content)
+
+
+@pytest.mark.parametrize("content", [b"", b"x", b"Subject: a\r\n\r\nbody\r\n", b"a\n.b"])
+def test_a_small_message_is_one_piece_with_its_terminator(content: bytes) -> None:
+    """Under the piece size the whole DATA, final dot included, is one write."""
+    (piece,) = stuffed_pieces(content)
+    assert piece == _reference(content)
