@@ -296,7 +296,9 @@ def _targets(report: Report, base: float) -> list[str]:
             if name == BASELINE:
                 continue
             v = report.median(name, attr)
-            shown = f"{v / base:.2f} x" if attr == "msgs_s" else f"{v:.3g}"
+            shown = {"msgs_s": f"{v / base:.2f} x", "api_per_msg": f"{v:.3f}"}.get(
+                attr, f"{v:.0f} ms"
+            )
             cells.append(f"{shown} {'met' if ok(v) else 'MISSED'}")
         out.append(f"| {label} | " + " | ".join(cells) + " |")
     return out
