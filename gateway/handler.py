@@ -274,7 +274,10 @@ class GatewayHandler:
             esmtp=bool(session.extended_smtp),
         )
         reply = await self._process(msg)
-        log.info(
+        # Debug: the pipeline's info line ("message", msglog) already carries the reply,
+        # size and time of every message it answers, and an error or timeout has its own
+        # warning/error line; a second info line per message cost ~4% of the CPU.
+        log.debug(
             "message_done",
             size=len(content),
             recipients=len(msg.rcpt_tos),
