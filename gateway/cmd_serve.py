@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from . import eventloop
 from .config import Config, load_config, parse_listen
 from .errors import ConfigError
 from .logsetup import configure_logging, get_logger
@@ -54,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     _register_secrets(config)
     if config.smtp.workers > 1:
         return _run_workers(config, args.config)
-    return asyncio.run(serve(config, embedded=args.config is None))
+    return eventloop.run(serve(config, embedded=args.config is None), config.smtp.event_loop)
 
 
 def _register_secrets(config: Config) -> None:
@@ -210,7 +211,9 @@ def _worker_main(config_path: str | None, index: int) -> None:
     # The parent prints the banner; workers stay quiet on stdout.
     with open(os.devnull, "w", encoding="utf-8") as devnull:
         try:
-            status = asyncio.run(serve(config, out=devnull, reuse_port=True))
+            status = eventloop.run(
+                serve(config, out=devnull, reuse_port=True), config.smtp.event_loop
+            )
         except ConfigError as exc:
             print(f"cm-gateway: worker {index}: {exc}", file=sys.stderr)
             status = 2

@@ -84,6 +84,8 @@ class SmtpConfig(_Section):
     max_recipients: int = Field(1000, ge=1)
     max_hops: int = Field(30, ge=1)
     workers: int = Field(1, ge=1, le=64)
+    # uvloop does aiosmtpd's socket work in C (gateway/eventloop.py); "asyncio": stdlib.
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     timeout: float = Field(300.0, gt=0)
     relay_networks: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
     relay_domains: list[str] = Field(default_factory=list)

@@ -49,6 +49,7 @@ from .handler import RCPT_OVERSHOOT, GatewayEnvelope, GatewayHandler
 from .inbound import MessageProcessor
 from .logsetup import get_logger
 from .policy import RelayPolicy, parse_peer_ip
+from .transports import stream_transport
 from .xforward import XForwardError, XForwardState
 
 __all__ = [
@@ -207,9 +208,10 @@ class GatewaySMTP(SMTP):
             self.refused = True
             tracker.refused += 1
             reply = replies.SHUTTING_DOWN if tracker.draining else replies.TOO_MANY_CONNECTIONS
-            assert isinstance(transport, asyncio.WriteTransport)
-            transport.write(f"{reply}\r\n".encode("ascii"))
-            transport.close()
+            writer = stream_transport(transport)
+            assert writer is not None
+            writer.write(f"{reply}\r\n".encode("ascii"))
+            writer.close()
             log.warning("connection_refused", reply=reply.enhanced, live=len(tracker.live))
             return
         tracker.add(self)
@@ -261,8 +263,8 @@ class GatewaySMTP(SMTP):
     def _timeout_cb(self) -> None:
         # RFC 5321 §4.2.2: 421 before closing, so the client knows to retry later
         # (aiosmtpd just closes); a slowloris DATA ends here too.
-        transport = self.transport
-        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+        transport = stream_transport(self.transport)
+        if transport is not None and not transport.is_closing():
             log.info("session_timeout", in_data=self.in_data)
             transport.write(f"{replies.IDLE_TIMEOUT}\r\n".encode("ascii"))
         super()._timeout_cb()  # type: ignore[no-untyped-call]
@@ -317,10 +319,9 @@ class GatewaySMTP(SMTP):
 
     def close_for_shutdown(self) -> None:
         """Tell the client we are going away (421 4.3.2) and close."""
-        transport = self.transport
+        transport = stream_transport(self.transport)
         if transport is None or transport.is_closing():
             return
-        assert isinstance(transport, asyncio.WriteTransport)
         transport.write(f"{replies.SHUTTING_DOWN}\r\n".encode("ascii"))
         transport.close()
 
@@ -398,6 +399,7 @@ class SmtpServer:
             require_tls=self.config.require_tls,
             auth=self._auth is not None,
             bare_lf=self.config.bare_lf,
+            event_loop=type(asyncio.get_running_loop()).__module__.partition(".")[0],
         )
 
     @property
@@ -442,8 +444,9 @@ class SmtpServer:
         if left:
             log.warning("smtp_drain_cut_short", aborted=len(left))
             for conn in left:
-                if isinstance(conn.transport, asyncio.Transport):
-                    conn.transport.abort()
+                transport = stream_transport(conn.transport)
+                if transport is not None:
+                    transport.abort()
         closer = getattr(self.processor, "aclose", None)
         if closer is not None:
             await closer()

@@ -29,6 +29,7 @@ from aiosmtplib import (
     SMTPServerDisconnected,
 )
 
+from .transports import stream_transport
 from .xforward import XForward, commands
 
 __all__ = ["SmtpClient", "mailbox"]
@@ -76,8 +77,9 @@ class SmtpClient(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        stream = stream_transport(transport)
+        assert stream is not None
+        self._transport = stream
 
     def data_received(self, data: bytes) -> None:
         buffer = self._buffer

@@ -17,6 +17,9 @@ from gateway.errors import Defer, Reject
 
 from .smtp_front_support import RawClient, RecordingProcessor, running_server, smtp_config
 
+# The front's behaviour on both loops `[smtp] event_loop` offers (tests/conftest.py).
+pytestmark = pytest.mark.both_loops
+
 MESSAGE = (
     b"From: Alice <alice@example.net>\r\n"
     b"To: Triage <triage@example.com>\r\n"

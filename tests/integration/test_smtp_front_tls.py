@@ -30,6 +30,11 @@ USERS = {
 }
 
 
+# Every test here runs on both loops `[smtp] event_loop` offers (tests/conftest.py):
+# aiosmtpd swaps the transport's protocol for STARTTLS, uvloop's transports included.
+pytestmark = pytest.mark.both_loops
+
+
 @pytest.fixture(scope="module")
 def cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return make_self_signed_cert(tmp_path_factory.mktemp("tls"))
