@@ -24,8 +24,9 @@ if _profile:
 
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
-) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]] | None:
-    """Tests marked ``both_loops`` run once per ``[smtp] event_loop`` choice."""
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Tests marked ``both_loops`` run once per ``[smtp] event_loop`` choice; the rest on
+    the stdlib loop (pytest-asyncio refuses None from this hook)."""
     if item.get_closest_marker("both_loops") is None:
-        return None
+        return {"asyncio": asyncio.new_event_loop}
     return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
