@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 
+from . import eventloop
 from .emulator.faults import FaultInjector, FaultSettings
 from .emulator.model import KeywordModel
 from .emulator.server import EmulatorState, start_server
@@ -84,4 +85,6 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of ``cm-gateway emulate``."""
     configure_logging("info", "auto")
     state = _state(args)
-    return asyncio.run(_serve(state, args.host, args.port))
+    # uvloop: the emulator shares the machine with the gateway in tests and benchmarks,
+    # where the real API would cost the gateway's host nothing.
+    return eventloop.run(_serve(state, args.host, args.port), "uvloop")
