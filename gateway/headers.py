@@ -15,6 +15,7 @@ whole value capped at ``MAX_HEADER_BYTES``.
 from __future__ import annotations
 
 import base64
+import functools
 import re
 from collections.abc import Iterator, Sequence
 from email.header import decode_header, make_header
@@ -51,8 +52,13 @@ _FIELD_NAME = re.compile(rb"^[\x21-\x39\x3b-\x7e]{1,76}$")
 # decoder might treat any of them as a line break.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _SPACES = re.compile(r"\s+")
+# Printable ASCII words separated by single spaces: a value ``_clean`` leaves as it is.
+_PLAIN = re.compile(r"[!-~]+(?: [!-~]+)*")
 
 
+# Cached: the names written are a handful (ours and those of the rule files), checked
+# for every field of every message.
+@functools.lru_cache(maxsize=1024)
 def valid_header_name(name: str) -> bool:
     """True for an RFC 5322 field name (printable ASCII, no colon, at most 76 characters)."""
     try:
@@ -69,6 +75,31 @@ def _clean(value: str) -> str:
 
 def _fold_ascii(text: str, first_width: int) -> str:
     """Fold at existing spaces so that lines stay within 78 columns when possible."""
+    if "  " in text or text[:1] == " " or text[-1:] == " ":
+        return _fold_words(text, first_width)
+    # Single-spaced text (what _clean makes): the same greedy fold, found with rfind
+    # instead of a Python loop over every word (tests/unit/test_headers.py compares them).
+    width = _FOLD_WIDTH - first_width
+    lines: list[str] = []
+    start = 0
+    while len(text) - start > width:
+        # The last space that keeps text[start:cut] within the width; none: the first
+        # word is longer than a line and stands alone on it. max(): a name longer than
+        # 78 columns leaves a negative width, and a negative end counts from the end.
+        cut = text.rfind(" ", start + 1, start + max(width, 0) + 1)
+        if cut < 0:
+            cut = text.find(" ", start + 1)
+            if cut < 0:
+                break
+        lines.append(text[start:cut])
+        start = cut + 1
+        width = _FOLD_WIDTH - 1  # continuation lines start with one space
+    lines.append(text[start:])
+    return "\r\n ".join(lines)
+
+
+def _fold_words(text: str, first_width: int) -> str:
+    """``_fold_ascii`` for any text, one word at a time."""
     lines: list[str] = []
     current = ""
     width = _FOLD_WIDTH - first_width
@@ -108,7 +139,9 @@ def _encoded_words(text: str, first_width: int) -> str:
 
 
 def _encode(text: str, name: str) -> str:
-    needs_encoding = not text.isascii() or any(len(w) > _MAX_TOKEN for w in text.split(" "))
+    needs_encoding = not text.isascii() or (
+        len(text) > _MAX_TOKEN and any(len(w) > _MAX_TOKEN for w in text.split(" "))
+    )
     if not needs_encoding:
         return _fold_ascii(text, len(name) + 2)
     return _encoded_words(text, len(name) + 2)
@@ -138,7 +171,18 @@ def safe_header_value(value: str, *, name: str = "X-CM-Labels") -> str:
     """
     # scrub: an API that echoes the request's credentials into a label name must not get
     # the token written into the mail.
-    text = _clean(scrub(value))
+    text = scrub(value)
+    if _PLAIN.fullmatch(text) is None:
+        text = _clean(text)
+    elif len(name) + 2 + len(text) <= _FOLD_WIDTH:
+        # Plain ASCII that fits on the first line (most values): the steps below would
+        # return it unchanged (tests/unit/test_headers.py checks that they do).
+        return text
+    return _fit(text, name)
+
+
+def _fit(text: str, name: str) -> str:
+    """Cleaned ``text`` encoded, folded and cut to fit (``safe_header_value``)."""
     budget = len(text)
     while True:
         candidate = _truncate(text, budget)
@@ -147,7 +191,9 @@ def safe_header_value(value: str, *, name: str = "X-CM-Labels") -> str:
             break
         # Shrink proportionally to the overshoot (encoded-words can take ~2x the text).
         budget = int(budget * MAX_HEADER_BYTES / (len(name) + 2 + len(encoded)) * 0.95)
-    assert all(len(line) <= _HARD_LIMIT for line in f"{name}: {encoded}".split("\r\n"))
+    assert len(name) + 2 + len(encoded) <= _HARD_LIMIT or all(
+        len(line) <= _HARD_LIMIT for line in f"{name}: {encoded}".split("\r\n")
+    )
     return encoded
 
 

@@ -5,11 +5,16 @@ from __future__ import annotations
 from email.header import decode_header, make_header
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from gateway import redact
 from gateway.headers import (
     MAX_HEADER_BYTES,
+    _clean,
+    _fit,
+    _fold_ascii,
+    _fold_words,
     decode_header_value,
     header_block,
     header_fields,
@@ -145,6 +150,47 @@ def test_safe_header_value_is_always_wire_safe(text: str, name: str) -> None:
     assert all(len(line) <= 998 for line in lines)
     assert all(line.startswith(" ") for line in lines[1:])
     assert all("\r" not in line and "\n" not in line for line in lines)
+
+
+# Texts the fast paths see: plain ASCII words (some long), single or double spaces, and
+# now and then a control character, a non-ASCII letter or a registered secret.
+_WORDISH = st.text(alphabet=st.sampled_from("ab,;>()0.9 \t\u00e9\x00"), max_size=200)
+_PLAINISH = st.lists(
+    st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=95),
+    max_size=30,
+).map(" ".join)
+_NAMES = st.sampled_from(["X-CM-Labels", "X", "Received", "X-" + "N" * 74, "Y" * 90])
+_SECRET = "hdr-secret-0123456789"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(_PLAINISH, _WORDISH, st.text(max_size=300)), _NAMES)
+@example("Finance > Invoice (0.92), Urgent (0.66)", "X-CM-Labels")
+@example("x" * 64, "X-CM-Labels")  # exactly 78 columns with "X-CM-Labels: "
+@example("x" * 65, "X-CM-Labels")
+@example(f"label {_SECRET}", "X-CM-Labels")
+@example("", "X")
+def test_safe_header_value_fast_path_equals_the_full_path(text: str, name: str) -> None:
+    """A short plain ASCII value is returned before cleaning, encoding and folding: the
+    full path gives the same string for every value."""
+    saved = set(redact._SECRETS)
+    redact.register_secret(_SECRET)
+    try:
+        assert safe_header_value(text, name=name) == _fit(_clean(redact.scrub(text)), name)
+        assert _SECRET not in safe_header_value(text, name=name)
+    finally:
+        redact._SECRETS.clear()
+        redact._SECRETS.update(saved)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(_PLAINISH, _WORDISH), st.integers(min_value=0, max_value=100))
+@example("a " * 40 + "b", 13)
+@example("x" * 100 + " y", 10)
+@example("y " + "x" * 100, 80)
+def test_fold_by_rfind_equals_folding_word_by_word(text: str, first_width: int) -> None:
+    """The rfind fold gives the lines the word-by-word greedy fold gives."""
+    assert _fold_ascii(text, first_width) == _fold_words(text, first_width)
 
 
 @pytest.mark.parametrize("name", ["X-CM-Labels", "X-Triage-Queue", "Subject"])
