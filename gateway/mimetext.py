@@ -129,7 +129,9 @@ def fix_surrogates(text: str) -> str:
     The escaped bytes are decoded as UTF-8, else windows-1252, else latin-1; any other
     lone surrogate becomes U+FFFD.
     """
-    if not _SURROGATE.search(text):
+    # isascii() is O(1) on str (CPython keeps the flag), and an ASCII string has no
+    # surrogates: most headers and bodies skip the regex scan.
+    if text.isascii() or not _SURROGATE.search(text):
         return text
     try:
         data = text.encode("utf-8", "surrogateescape")
@@ -156,6 +158,10 @@ def unfold(value: str) -> str:
 
 def one_line(value: str) -> str:
     """Unfold, then turn any other control character (stray CR/LF, NUL...) into a space."""
+    # Printable ASCII has no line break, surrogate or control character: nothing to do.
+    # (A tab is not printable, so it takes the full path, which keeps it.)
+    if value.isascii() and value.isprintable():
+        return value
     return _CONTROL.sub(" ", fix_surrogates(unfold(value)))
 
 
