@@ -13,7 +13,13 @@ from email.policy import compat32
 
 from .mimetext import one_line
 
-__all__ = ["header_block_end", "header_items", "raw_headers", "trim_header_block"]
+__all__ = [
+    "block_header_items",
+    "header_block_end",
+    "header_items",
+    "raw_headers",
+    "trim_header_block",
+]
 
 # The first empty line, with the stdlib's idea of a line ending (CRLF, CR or LF);
 # atomic groups so that "a\r\nb" is never read as CR + LF = two line endings.
@@ -51,7 +57,11 @@ def header_block_end(raw: bytes) -> int:
 
 def header_items(raw: bytes) -> list[tuple[str, str]]:
     """The top-level header fields as (name, raw value), folding kept, in message order."""
-    block = raw[: header_block_end(raw)]
+    return block_header_items(raw[: header_block_end(raw)])
+
+
+def block_header_items(block: bytes) -> list[tuple[str, str]]:
+    """``header_items`` of a header block already cut at ``header_block_end``."""
     try:
         message = BytesParser(policy=compat32).parsebytes(block, headersonly=True)
     except Exception:

@@ -21,7 +21,6 @@ Choices (see also ``mimewalk``):
 
 from __future__ import annotations
 
-import email
 import hashlib
 import itertools
 import json
@@ -29,13 +28,8 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from email.message import Message
 from email.utils import getaddresses
 from types import MappingProxyType
-from typing import Any
-
-import mailparser
-from mailparser.exceptions import MailParserRecursionError
 
 from .context import Attachment
 from .documents import (
@@ -49,25 +43,15 @@ from .documents import (
     RawEmailDocument,
     UserProperties,
 )
-from .mimeheaders import header_items, raw_headers, trim_header_block
+from .mimeheaders import block_header_items, header_block_end, header_items, raw_headers
+from .mimeparser import MimeResult, read_mime
 from .mimetext import clean_text, decode_header_value, fix_surrogates, one_line, truncate_text
-from .mimewalk import WalkResult, walk_message
 
 __all__ = ["ParsedMessage", "build_document", "document_hash", "parse_message"]
 
 _NO_PROPERTIES: Mapping[str, str | float] = MappingProxyType({})
 
 _COMMENT_ID = re.compile(r"[\w\x21-\x2e\x3a-\x40\x5b-\x60\x7b-\x7e]{1,1024}", re.ASCII)
-_MAILPARSER_HEADERS = frozenset(
-    {
-        "from",
-        "to",
-        "content-type",
-        "content-transfer-encoding",
-        "content-disposition",
-        "mime-version",
-    }
-)
 # Real mail nests a few dozen containers at most (a thread forwarded as attachments).
 _MAX_CONTAINERS = 256
 _CONTAINER = re.compile(rb"boundary\s*\*?[0-9]*\*?\s*=|message/")
@@ -97,6 +81,10 @@ class ParsedMessage:
     attachments: tuple[Attachment, ...]
     size: int
     defects: tuple[str, ...]
+    # The header block parse_message read and its header_items, so that build_document
+    # given the same bytes does not parse the header block a second time.
+    header_block: bytes = field(default=b"", repr=False, compare=False)
+    header_items: tuple[tuple[str, str], ...] = field(default=(), repr=False, compare=False)
 
 
 def parse_message(raw: bytes) -> ParsedMessage:
@@ -136,18 +124,19 @@ def document_hash(doc: RawEmailDocument) -> str:
 
 def _parse(raw: bytes) -> ParsedMessage:
     defects: list[str] = []
-    raw_headers = header_items(raw)
+    block = raw[: header_block_end(raw)]
+    raw_headers = block_header_items(block)
     headers = tuple(
         (name, decode_header_value(one_line(value)).strip()) for name, value in raw_headers
     )
 
-    mime = _MimeResult()
+    mime = MimeResult()
     if _too_many_containers(raw):
         # The stdlib parser's cost grows with the square of the nesting depth (and it
         # ends in a RecursionError): such a message keeps its headers, not its body.
         defects.append("MimeContainerLimitDefect")
     else:
-        mime = _read_mime(raw)
+        mime = read_mime(raw)
     walk = mime.walk
     defects.extend(mime.defects)
     defects.extend(walk.defects)
@@ -169,15 +158,9 @@ def _parse(raw: bytes) -> ParsedMessage:
         attachments=tuple(walk.attachments),
         size=len(raw),
         defects=tuple(dict.fromkeys(defects)),
+        header_block=block,
+        header_items=tuple(raw_headers),
     )
-
-
-@dataclass(slots=True)
-class _MimeResult:
-    walk: WalkResult = field(default_factory=WalkResult)
-    from_addresses: tuple[str, ...] | None = None
-    to_addresses: tuple[str, ...] | None = None
-    defects: list[str] = field(default_factory=list)
 
 
 def _too_many_containers(raw: bytes) -> bool:
@@ -189,55 +172,6 @@ def _too_many_containers(raw: bytes) -> bool:
         return False
     found = _CONTAINER.finditer(lowered)
     return sum(1 for _ in itertools.islice(found, _MAX_CONTAINERS + 1)) > _MAX_CONTAINERS
-
-
-def _read_mime(raw: bytes) -> _MimeResult:
-    """mail-parser's parse (addresses, defects) and our walk of its MIME tree."""
-    result = _MimeResult()
-    try:
-        # mail-parser reads every top-level header (Received lines character by
-        # character); it gets only those we use it for, so a message with thousands of
-        # trace headers costs no more than one without.
-        mail = mailparser.parse_from_bytes(trim_header_block(raw, _MAILPARSER_HEADERS))
-    except MailParserRecursionError:
-        result.defects.append("MailParserRecursionError")
-        return result
-    except Exception as exc:
-        # mail-parser can fail after the stdlib parse worked (an empty boundary trips its
-        # epilogue search): walk the stdlib tree ourselves, or a sender could hide the
-        # text from the classifier by breaking mail-parser.
-        result.defects.append(f"MailParserError:{type(exc).__name__}")
-        try:
-            result.walk = walk_message(email.message_from_bytes(raw))
-        except Exception as inner:  # RecursionError included: keep headers, lose the body
-            result.defects.append(_error_name(inner))
-        return result
-    result.defects.extend(sorted(str(name) for name in mail.defects_categories))
-    result.from_addresses = _addresses(mail, "from_")
-    result.to_addresses = _addresses(mail, "to")
-    message = mail.message
-    if isinstance(message, Message):
-        try:
-            result.walk = walk_message(message)
-        except Exception as exc:  # RecursionError included: keep headers, lose the body
-            result.defects.append(_error_name(exc))
-    return result
-
-
-def _addresses(mail: Any, attribute: str) -> tuple[str, ...] | None:
-    try:
-        pairs = getattr(mail, attribute)
-    except Exception:
-        return None
-    if not isinstance(pairs, list):
-        return ()
-    out: list[str] = []
-    for pair in pairs:
-        if isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[1], str):
-            address = one_line(pair[1]).strip()
-            if address:
-                out.append(address)
-    return tuple(out)
 
 
 def _fallback_addresses(headers: Iterable[tuple[str, str]], name: str) -> tuple[str, ...]:
@@ -284,7 +218,7 @@ def _build(
     user_properties: Mapping[str, str | float],
     mailbox: str | None,
 ) -> RawEmailDocument:
-    items: list[tuple[str, str]] = header_items(bytes(raw)) if raw else []
+    items = _header_items(parsed, raw)
     if not items:
         items = list(parsed.headers)
     body: RawEmailBody = {}
@@ -306,6 +240,17 @@ def _build(
     if comment_id is not None:
         document["comment_id"] = comment_id
     return document
+
+
+def _header_items(parsed: ParsedMessage, raw: bytes) -> list[tuple[str, str]]:
+    """``header_items(raw)``, taken from ``parsed`` when it read the same header block."""
+    if not raw:
+        return []
+    raw = bytes(raw)
+    block = parsed.header_block
+    if block and raw.startswith(block) and header_block_end(raw) == len(block):
+        return list(parsed.header_items)
+    return header_items(raw)
 
 
 def _attachment(attachment: Attachment) -> AttachmentMeta:

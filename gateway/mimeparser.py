@@ -1,0 +1,176 @@
+"""mail-parser, asked only for what the gateway reads of it: defects and From/To.
+
+``payload`` takes three things from mail-parser (pinned, see pyproject.toml): its defect
+categories, the first From and To addresses, and the stdlib tree that ``mimewalk``
+walks. mail-parser computes much more for every message, so this module calls it so
+that the answers stay the same while the unused work is skipped:
+
+* It gets only the top-level headers it needs (``trim_header_block``): a message with
+  thousands of Received lines costs no more than one without.
+* The address headers are parsed here, with mail-parser's own ``get_addresses`` and in
+  the order its ``_reset`` uses, and the results are remembered per header value: a
+  gateway sees the same From and To values again and again. The headers are then
+  removed from the tree before mail-parser reads it, so it does not parse them again.
+* ``_LeanMailParser`` skips the ``mail``/``mail_partial`` dictionaries mail-parser builds
+  twice per message for its own JSON output, keeping the one step of them that can
+  raise (decoding the remaining header values), so a message that made mail-parser
+  fail still does.
+
+``tests/unit/test_payload_golden.py`` pins the resulting documents and defects.
+"""
+
+from __future__ import annotations
+
+import email
+import functools
+from dataclasses import dataclass, field
+from email.message import Message
+from typing import Any
+
+import mailparser
+from mailparser.const import ADDRESSES_HEADERS, COMPUTED_PARTS
+from mailparser.core import _RESERVED_MAIL_KEYS
+from mailparser.utils import decode_headers, get_addresses
+
+from .mimeheaders import trim_header_block
+from .mimetext import one_line
+from .mimewalk import WalkResult, walk_message
+
+__all__ = ["MimeResult", "read_mime"]
+
+_MAILPARSER_HEADERS = frozenset(
+    {
+        "from",
+        "to",
+        "content-type",
+        "content-transfer-encoding",
+        "content-disposition",
+        "mime-version",
+    }
+)
+# mail-parser's _reset walks ADDRESSES_HEADERS in sorted order; the first failure wins.
+_ADDRESS_ORDER = tuple(sorted(ADDRESSES_HEADERS))
+# Header values longer than this are parsed every time: the cache stays small (at most
+# _CACHE_ENTRIES * _MAX_CACHED_VALUE characters) whatever senders write.
+_MAX_CACHED_VALUE = 512
+_CACHE_ENTRIES = 2048
+
+# Names _make_mail does not decode: address lists, computed parts, its own reserved keys.
+_SKIPPED_BY_MAKE_MAIL = frozenset(ADDRESSES_HEADERS | COMPUTED_PARTS | _RESERVED_MAIL_KEYS)
+
+_Pairs = tuple[tuple[str, str], ...]
+
+
+@dataclass(slots=True)
+class MimeResult:
+    """What ``read_mime`` found: the walk, the addresses (None: unknown) and defects."""
+
+    walk: WalkResult = field(default_factory=WalkResult)
+    from_addresses: tuple[str, ...] | None = None
+    to_addresses: tuple[str, ...] | None = None
+    defects: list[str] = field(default_factory=list)
+
+
+class _LeanMailParser(mailparser.MailParser):  # type: ignore[misc]  # untyped package
+    """mail-parser without the ``mail`` dictionaries nobody here reads."""
+
+    def _make_mail(self, complete: bool = True) -> dict[str, Any]:
+        # mail-parser's _make_mail reads every header through decode_headers, which
+        # raises for some values (ValueError for a NUL in an encoded word's charset);
+        # the rest (address lists, computed parts) cannot raise. Only the complete call
+        # (the first) can fail first, so the partial one is skipped outright.
+        if complete:
+            for name, values in self._header_index.items():
+                if name not in _SKIPPED_BY_MAKE_MAIL:
+                    decode_headers(values)
+        return {}
+
+
+def read_mime(raw: bytes) -> MimeResult:
+    """mail-parser's parse (addresses, defects) and our walk of its MIME tree."""
+    result = MimeResult()
+    try:
+        message = email.message_from_bytes(trim_header_block(raw, _MAILPARSER_HEADERS))
+        addresses, address_defect = _address_headers(message)
+        for name in ADDRESSES_HEADERS:
+            del message[name]
+        mail = _LeanMailParser(message)
+    except RecursionError:  # what mail-parser raises as MailParserRecursionError
+        result.defects.append("MailParserRecursionError")
+        return result
+    except Exception as exc:
+        # mail-parser can fail after the stdlib parse worked (an empty boundary trips its
+        # epilogue search): walk the stdlib tree ourselves, or a sender could hide the
+        # text from the classifier by breaking mail-parser.
+        result.defects.append(f"MailParserError:{type(exc).__name__}")
+        try:
+            result.walk = walk_message(email.message_from_bytes(raw))
+        except Exception as inner:  # RecursionError included: keep headers, lose the body
+            result.defects.append(_error_name(inner))
+        return result
+    categories = {str(name) for name in mail.defects_categories}
+    if address_defect:
+        categories.add("AddressHeaderDefect")
+    result.defects.extend(sorted(categories))
+    result.from_addresses = _addresses(addresses.get("from", ()))
+    result.to_addresses = _addresses(addresses.get("to", ()))
+    root = mail.message
+    if isinstance(root, Message):
+        try:
+            result.walk = walk_message(root)
+        except Exception as exc:  # RecursionError included: keep headers, lose the body
+            result.defects.append(_error_name(exc))
+    return result
+
+
+def _address_headers(message: Message) -> tuple[dict[str, _Pairs], bool]:
+    """mail-parser's address step: the first occurrence of each address header, and
+    whether any occurrence needed recovery (its AddressHeaderDefect)."""
+    index: dict[str, list[Any]] = {}
+    for name, value in message.items():
+        lowered = name.lower()
+        if lowered in ADDRESSES_HEADERS:
+            index.setdefault(lowered, []).append(value)
+    first: dict[str, _Pairs] = {}
+    defect = False
+    for header in _ADDRESS_ORDER:
+        for occurrence, value in enumerate(index.get(header, ())):
+            if isinstance(value, str) and len(value) <= _MAX_CACHED_VALUE:
+                pairs, recovered = _cached_addresses(value)
+            else:  # an email.header.Header (8-bit bytes) or a long value
+                pairs, recovered = _parse_addresses(value)
+            defect = defect or recovered
+            if occurrence == 0:
+                first[header] = pairs
+    return first, defect
+
+
+def _parse_addresses(value: object) -> tuple[_Pairs, bool]:
+    diagnostics: list[object] = []
+    pairs = get_addresses(value, defects=diagnostics, decode_names=True)
+    return tuple(pairs), bool(diagnostics)
+
+
+# A pure function of the value; lru_cache is thread-safe (parse runs in worker threads
+# for large messages), and exceptions are not cached.
+_cached_addresses = functools.lru_cache(maxsize=_CACHE_ENTRIES)(_parse_addresses)
+
+
+def _addresses(parsed: _Pairs) -> tuple[str, ...] | None:
+    """The addresses of mail-parser's ``from_``/``to`` attribute, cleaned."""
+    try:
+        # What MailParser._header_value returns for an address header.
+        pairs = [("" if name == address else name, address) for name, address in parsed if address]
+    except Exception:  # not 2-tuples: mail-parser's attribute would have raised
+        return None
+    out: list[str] = []
+    for pair in pairs:
+        if isinstance(pair[1], str):
+            address = one_line(pair[1]).strip()
+            if address:
+                out.append(address)
+    return tuple(out)
+
+
+def _error_name(exc: BaseException) -> str:
+    return f"ParseError:{type(exc).__name__}"
