@@ -3,8 +3,9 @@
 ``parse_message`` reads a message with mail-parser (tolerant, and guarded against deep
 nesting) and our own iterative MIME walk (``mimewalk``); ``build_document`` turns the
 result into a document that is always within the API's limits; ``document_hash`` is the
-dedup key's digest. None of them raises on any input, and none keeps global state, so
-large messages can be parsed in a worker thread.
+dedup key's digest. None of them raises on any input, and none keeps state between
+calls other than ``mimeparser``'s thread-safe cache of parsed From/To values, so large
+messages can be parsed in a worker thread.
 
 Choices (see also ``mimewalk``):
 

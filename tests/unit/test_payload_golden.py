@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from gateway import mimeparser
 from gateway.payload import build_document, document_hash, parse_message
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "mail"
@@ -116,6 +117,18 @@ def test_the_golden_file_covers_every_message() -> None:
 def test_payload_output_is_unchanged(name: str) -> None:
     """Same documents (by canonical hash), defects and addresses as the frozen output."""
     assert outcome(MESSAGES[name]) == golden()[name]
+
+
+def test_cached_address_values_give_the_same_output_as_fresh_ones() -> None:
+    """From/To values are parsed once per value: a cache hit must answer as a miss did."""
+    names = [n for n in sorted(MESSAGES) if n.startswith(("from-", "to-", "repeated-"))]
+    mimeparser._cached_addresses.cache_clear()
+    fresh = {n: outcome(MESSAGES[n]) for n in names}
+    hits = mimeparser._cached_addresses.cache_info().hits
+    again = {n: outcome(MESSAGES[n]) for n in names}
+    assert mimeparser._cached_addresses.cache_info().hits > hits
+    expected = golden()
+    assert fresh == again == {n: expected[n] for n in names}
 
 
 if __name__ == "__main__":  # regenerate: python -m tests.unit.test_payload_golden
