@@ -31,11 +31,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import re
 import secrets
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 from typing import Any, AnyStr
 
 import structlog
@@ -145,6 +147,27 @@ class ConnectionTracker:
 
     async def wait_empty(self) -> None:
         await self._empty.wait()
+
+
+DATA_YIELD_OCTETS = 64 * 1024
+
+
+def _yielding(
+    readuntil: Callable[[bytes], Awaitable[bytes]],
+) -> Callable[[bytes], Awaitable[bytes]]:
+    """``readuntil`` that lets the loop run other sessions every ``DATA_YIELD_OCTETS``."""
+    budget = DATA_YIELD_OCTETS
+
+    async def readuntil_yielding(separator: bytes = b"\n") -> bytes:
+        nonlocal budget
+        line = await readuntil(separator)
+        budget -= len(line)
+        if budget <= 0:
+            budget = DATA_YIELD_OCTETS
+            await asyncio.sleep(0)
+        return line
+
+    return readuntil_yielding
 
 
 class GatewaySMTP(SMTP):
@@ -310,9 +333,17 @@ class GatewaySMTP(SMTP):
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
         self.in_data = True
+        reader = self._reader
+        # aiosmtpd's DATA loop never yields while the reader holds complete lines, and the
+        # reader buffers up to 2 MiB (twice our line limit) before it pauses the socket:
+        # a big message held the loop for whole seconds and stalled every other session.
+        # The instance attribute shadows StreamReader.readuntil for this DATA only.
+        setattr(reader, "readuntil", _yielding(reader.readuntil))  # noqa: B010
         try:
             await super().smtp_DATA(arg)
         finally:
+            with contextlib.suppress(AttributeError):
+                delattr(reader, "readuntil")
             self.in_data = False
         if self.tracker.draining:
             self.close_for_shutdown()
