@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -258,12 +257,13 @@ async def test_postfix_smtp_sink_receives_every_message_once() -> None:
     sink_bin = _smtp_sink()
     assert sink_bin is not None
     port = free_port()
-    dump_dir = Path(tempfile.mkdtemp(prefix="cmgw-smtp-sink-"))
-    dump_dir.chmod(0o777)  # smtp-sink runs as nobody when started as root
+    dump_dir = await asyncio.to_thread(_dump_dir)
     argv = [sink_bin, "-d", f"{dump_dir}/%M.", f"127.0.0.1:{port}", "16"]
     if os.geteuid() == 0:
         argv[1:1] = ["-u", "nobody"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+    )
     try:
         deadline = time.monotonic() + 10
         d = SmtpDelivery("127.0.0.1", port, timeout=20.0, local_hostname="gw.test", pool_size=2)
@@ -271,17 +271,29 @@ async def test_postfix_smtp_sink_receives_every_message_once() -> None:
             first = await d.deliver("a@example.com", ["r0@x.test"], CONTENT)
             if first.delivered or time.monotonic() > deadline:
                 break
-            time.sleep(0.1)
+            await asyncio.sleep(0.1)
         results = [
             await d.deliver("a@example.com", [f"r{i}@x.test"], CONTENT) for i in range(1, 30)
         ]
         await d.aclose()
     finally:
         proc.terminate()
-        _, stderr = proc.communicate(timeout=10)
-    assert first.delivered, stderr and all(r.delivered for r in results)
-    dumps = [p.read_bytes() for p in dump_dir.iterdir()]
-    shutil.rmtree(dump_dir)
+        _, stderr = await asyncio.wait_for(proc.communicate(), timeout=10)
+    assert first.delivered, stderr
+    assert all(r.delivered for r in results), stderr
+    dumps = await asyncio.to_thread(_read_and_remove, dump_dir)
     assert len(dumps) == 30
     for i in range(30):
         assert sum(f"<r{i}@x.test>".encode() in dump for dump in dumps) == 1
+
+
+def _dump_dir() -> Path:
+    dump_dir = Path(tempfile.mkdtemp(prefix="cmgw-smtp-sink-"))
+    dump_dir.chmod(0o777)  # smtp-sink runs as nobody when started as root
+    return dump_dir
+
+
+def _read_and_remove(dump_dir: Path) -> list[bytes]:
+    dumps = [p.read_bytes() for p in dump_dir.iterdir()]
+    shutil.rmtree(dump_dir)
+    return dumps

@@ -175,7 +175,7 @@ def test_loggers_are_cached_per_name_and_follow_reconfiguration() -> None:
     assert '"logger": "cm-gateway.same"' in second.getvalue()
 
 
-_SCRUBBABLE = st.recursive(
+_SCRUBBABLE: st.SearchStrategy[Any] = st.recursive(
     _SCALARS | st.builds(OrderedDict, st.dictionaries(st.text(max_size=3), _SCALARS)),
     lambda inner: (
         st.lists(inner, max_size=3)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 import pytest
+from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
