@@ -259,7 +259,12 @@ class GatewaySMTP(SMTP):
     def eof_received(self) -> bool | None:
         if self.refused:
             return False
-        return super().eof_received()
+        super().eof_received()  # cancels the session's task: nothing more is answered
+        # So close our side too (False). aiosmtpd keeps the connection half-open and
+        # leaves the close to that task; under uvloop a client that hangs up at once
+        # can cancel it before it ever runs, and the connection (and its slot under
+        # max_connections) then stayed open for good.
+        return False
 
     async def _handle_client(self) -> None:
         # This coroutine is the connection's own task (created in connection_made), so

@@ -511,3 +511,23 @@ async def test_unparseable_mail_and_rcpt_paths_are_malformed_addresses_not_inter
         "553 5.1.3",
         "250 2.1.5",
     ]
+
+
+async def test_connections_the_client_drops_at_once_free_their_slots():
+    """40 connections opened and closed at once (before or while the banner is written):
+    every slot is released, so the next client is greeted, not told 421 4.7.0."""
+    async with running_server(RecordingProcessor(), smtp_config(max_connections=20)) as srv:
+
+        def flood() -> None:
+            socks = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(40)]
+            for s in socks:
+                s.close()
+
+        await asyncio.to_thread(flood)
+        for _ in range(200):  # up to 10 s: the closes are seen asynchronously
+            if not srv.tracker.live:
+                break
+            await asyncio.sleep(0.05)
+        assert not srv.tracker.live
+        banner = await asyncio.to_thread(lambda: RawClient(srv.port).reply())
+    assert banner.startswith("220")
