@@ -6,9 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.config import ClassifierConfig, LabelThreshold
 from gateway.documents import RawEmailDocument
+from gateway.emulator import entities as entities_module
 from gateway.emulator.entities import find_entities, luhn_ok
 from gateway.emulator.inputs import raw_email_docs
 from gateway.emulator.model import DocText, KeywordModel, Selection, TextPart
@@ -467,3 +470,22 @@ def test_keywords_match_word_sequences_across_case_and_hyphens() -> None:
     for text in ("Auto: Out-of-Office", "I AM OUT OF OFFICE", "out of\noffice"):
         assert "Notification > Out of Office" in labels_of(text), text
     assert "Notification > Out of Office" not in labels_of("stout offices")
+
+
+_ENTITY_BITS = [
+    "ORD-123456", "ord-654321", "INV-20240", "inv-1234", "ınv-1234", "İNV-12345", "a@b.co",
+    "x.y+z@mail.example.org", "DE89 3704 0044 0532 0130 00", "GB82WEST12345698765432",
+    "4111 1111 1111 1111", "4012-8888-8888-1881", "٤١١١١١١١١١١١١١١١", "€1,200.00", "$50",
+    "120 EUR", "99.5 CHF", "£3", " ", "\n", "-", ".", ",", "0", "7", "é", "text", "Ord-",
+]  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(_ENTITY_BITS), max_size=25).map("".join))
+def test_entity_prefilters_never_change_what_is_found(text: str) -> None:
+    """The substring checks that skip a pattern only skip patterns that find nothing."""
+    with_filters = find_entities(text, "body")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(entities_module, "_may_match", lambda kind, text: True)
+        without = find_entities(text, "body")
+    assert with_filters == without
