@@ -75,6 +75,7 @@ class GatewaySettings:
     max_in_flight: int = 4
     classify_max_size: int = 10_485_760
     log_level: str = "info"
+    pool_size: int = 16
 
 
 def _gateway_config(port: int, sink_port: int, emulator_url: str, s: GatewaySettings) -> str:
@@ -90,6 +91,7 @@ timeout = 300
 [downstream]
 url = "smtp://127.0.0.1:{sink_port}"
 timeout = 60
+pool_size = {s.pool_size}
 
 [classifier]
 provider = "communications-mining"
