@@ -12,8 +12,10 @@
   over-long line replies by ``replies.COMMAND_TOO_LONG`` / ``replies.DATA_LINE_TOO_LONG``;
 - message lines up to ``MAX_LINE_OCTETS`` (1 MiB) are accepted and relayed unchanged, as
   Postfix accepts them (aiosmtpd stops at 1,000): refusing them would bounce real mail,
-  and splitting them would break DKIM signatures. In ``bare_lf = normalize`` mode a run
-  of bare-LF lines counts as one line for aiosmtpd, so that bound is the message size;
+  and splitting them would break DKIM signatures. A line ends at CRLF only, so a run of
+  bare-LF "lines" counts as one line for that bound (``bare_lf = normalize`` included);
+- DATA is read in large pieces by ``gateway.data_reader`` (same outcomes as aiosmtpd's
+  line-by-line loop, which held the loop for seconds on a big message);
 - an idle (or trickling) session is told ``421 4.4.2`` when ``smtp.timeout`` expires,
   instead of aiosmtpd's silent close;
 - a client that sends more than ``RCPT_OVERSHOOT`` RCPTs past ``max_recipients`` is
@@ -69,7 +71,6 @@ log = get_logger("cm-gateway.smtp")
 
 # aiosmtpd writes these two texts with 552; our contract says replies.TOO_BIG.
 _AIOSMTPD_552 = (b"552 Error: message size exceeds", b"552 Error: Too much mail data")
-# aiosmtpd's over-long line replies carry no enhanced code; ours are in replies.py.
 # An address aiosmtpd's stdlib header parser would return unchanged: a dot-atom local
 # part and a plain dot-separated domain, in angle brackets. That parser costs about a
 # tenth of the gateway's CPU per message; anything else (quoted local parts, domain
@@ -78,6 +79,7 @@ _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _SIMPLE_PATH = re.compile(
     rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>", re.ASCII
 )
+# aiosmtpd's over-long line replies carry no enhanced code; ours are in replies.py.
 _AIOSMTPD_LONG = {
     b"500 Command line too long": replies.COMMAND_TOO_LONG,
     b"500 Line too long": replies.DATA_LINE_TOO_LONG,
@@ -151,8 +153,9 @@ class ConnectionTracker:
 class GatewaySMTP(SMTP):
     """aiosmtpd's SMTP protocol with the adjustments listed in the module docstring."""
 
-    # The stream reader's bound on one LF-terminated piece, commands included (aiosmtpd
-    # still refuses a command over its own 512-octet budget once the line is read).
+    # The stream reader's limit (aiosmtpd builds the reader with it): the longest DATA
+    # line, and the longest command line read (aiosmtpd then refuses a command over its
+    # own 512-octet budget).
     line_length_limit = MAX_LINE_OCTETS
 
     def __init__(self, handler: Any, *, tracker: ConnectionTracker, **kwargs: Any) -> None:
@@ -160,9 +163,6 @@ class GatewaySMTP(SMTP):
         self.xforward = XForwardState()
         self.xforward_allowed = False
         super().__init__(handler, **kwargs)
-        # aiosmtpd joins the pieces of a line that ends in a bare LF until a CRLF, and
-        # checks the joined line against this instance value: up to the message size.
-        self.line_length_limit = max(MAX_LINE_OCTETS, self.data_size_limit or 0)
         # aiosmtpd keeps the per-verb command budgets in one dict shared by every
         # connection (a class attribute) and raises MAIL's by 36 octets on every EHLO:
         # one session's EHLOs would lift it for all. Ours is per connection, and reset
@@ -188,8 +188,8 @@ class GatewaySMTP(SMTP):
                 return super()._getaddr(arg)
             except Exception:
                 # The stdlib parser crashes on some garbage ("<" alone: IndexError;
-                # "a@[": AttributeError). Client input it cannot read is a syntax
-                # error (501), not an internal one (451).
+                # "a@[": AttributeError). Client input it cannot read is a malformed
+                # address (553 5.1.3), not an internal error (451).
                 return None, None
         address = match.group(1)
         local = address.rpartition("@")[0]
@@ -340,7 +340,7 @@ class GatewaySMTP(SMTP):
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
             result = await read_data(
-                self._reader, line_limit=MAX_LINE_OCTETS, max_size=self.data_size_limit
+                self._reader, line_limit=self.line_length_limit, max_size=self.data_size_limit
             )
         except asyncio.CancelledError:
             self._writer.close()  # the connection went away during DATA
