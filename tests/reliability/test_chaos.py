@@ -32,6 +32,8 @@ from .chaos_support import ChaosGateway, ChaosPostfix, MessageIdSink
 pytestmark = pytest.mark.postfix
 
 DEFAULT_MESSAGES = int(os.environ.get("CMGW_CHAOS_MESSAGES", "300"))
+# Seen: 0-2 per kill; 4 over two kills once, with a kill 4 s after the next hop reopened.
+DUPLICATES_PER_KILL = 3
 
 # Every action that changes routing or headers, none that refuses mail: each message
 # must arrive, so a bounce or a missing Message-ID is a loss.
@@ -144,7 +146,13 @@ def chaos(
     assert report.sent == plan.messages
     assert report.missing == [], f"lost {len(report.missing)}: {report.missing[:10]}"
     assert report.bounces == 0 and report.unknown == 0
-    assert report.duplicate_rate <= 0.01, report.summary()
+    # Duplicates come only from a SIGKILL landing after the next hop's 250 and before
+    # ours reached Postfix: how many depends on how many transactions are in that window
+    # at the kill (a kill just after the next hop reopens hits the queue flush's burst).
+    # The bound is 1 % of 2,000 messages (the soak); the 300-message default run
+    # allows that or DUPLICATES_PER_KILL per kill, whichever is larger.
+    allowed = max(0.01 * plan.messages, DUPLICATES_PER_KILL * report.kills)
+    assert report.duplicates <= allowed, report.summary()
     assert report.kills == len(plan.kills_at)
     assert faults.get("503", 0) > 0 and faults.get("timeout", 0) > 0, faults
     assert set(report.statuses) <= {"classified", "unclassified"}, report.statuses
