@@ -5,11 +5,13 @@ plus ``/_emulator/*`` to read the billing ledger and change faults at run time.
     POST .../predict            POST .../predict-comments          GET .../validation
     GET  /_emulator/stats       POST /_emulator/faults              POST /_emulator/reset
 
-Every ``/api/`` call: latency first, then ``Authorization: Bearer`` (401), then a fault
-draw, then the route (unknown route or version -> 404, bad body -> 400/422, see
-``validate``). Every error body is ``{"status": "error", "message": ...}`` (except the
-deliberate HTML 502 fault); every success carries ``"status": "ok"``. ``/_emulator/*``
-needs no token: it is a test tool, bind it to loopback.
+Every ``/api/`` call: ``Authorization: Bearer`` (401), then a fault draw, then the
+route (unknown route or version -> 404, bad body -> 400/422, see ``validate``). The answer
+leaves no sooner than the configured latency after the call arrived: the emulator's own
+work counts toward it, as a remote API's would. Every error body is ``{"status":
+"error", "message": ...}`` (except the deliberate HTML 502 fault); every success carries
+``"status": "ok"``. ``/_emulator/*`` needs no token: it is a test tool, bind it to
+loopback.
 """
 
 from __future__ import annotations
@@ -241,9 +243,36 @@ async def _dispatch(
     settings = state.faults.settings
     selector = request.match_info.get("version")
     resolved = state.model.resolve_version(selector) if selector is not None else None
-    latency = settings.latency_for(selector, resolved)
-    if latency > 0:
-        await asyncio.sleep(latency / 1000.0)
+    latency = settings.latency_for(selector, resolved) / 1000.0
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    # The answer (an error raised as an exception too) leaves ``latency`` after the call
+    # arrived, the emulator's own work included, as a remote API's would: on a shared
+    # machine the model's CPU must not stretch the latency asked for. A cancelled call
+    # (the client went away) does not wait.
+    try:
+        answer = await _answer(request, handler, state, route)
+    except asyncio.CancelledError:
+        raise
+    except BaseException:
+        await _rest_of(latency, started)
+        raise
+    await _rest_of(latency, started)
+    return answer
+
+
+async def _rest_of(latency: float, started: float) -> None:
+    remaining = latency - (asyncio.get_running_loop().time() - started)
+    if remaining > 0:
+        await asyncio.sleep(remaining)
+
+
+async def _answer(
+    request: web.Request,
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    state: EmulatorState,
+    route: str,
+) -> tuple[web.StreamResponse, str | None]:
     if request.path.startswith("/api/") and not _authorised(
         state, request.headers.get("Authorization")
     ):
