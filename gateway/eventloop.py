@@ -12,24 +12,23 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["loop_factory", "run"]
+__all__ = ["run"]
 
 T = TypeVar("T")
 
 
-def loop_factory(kind: str) -> tuple[Callable[[], asyncio.AbstractEventLoop], str]:
-    """The factory for ``kind`` and the name of the loop it really makes."""
+def _loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    # The loop actually running is named in the smtp_listening log line (server.py).
     if kind == "uvloop":
         try:
             import uvloop
         except ImportError:  # a platform without uvloop wheels: the stdlib loop still works
-            return asyncio.new_event_loop, "asyncio"
-        return uvloop.new_event_loop, "uvloop"
-    return asyncio.new_event_loop, "asyncio"
+            return asyncio.new_event_loop
+        return uvloop.new_event_loop
+    return asyncio.new_event_loop
 
 
 def run(main: Coroutine[Any, Any, T], kind: str) -> T:
     """``asyncio.run(main)`` on the loop ``kind`` names."""
-    factory, _ = loop_factory(kind)
-    with asyncio.Runner(loop_factory=factory) as runner:
+    with asyncio.Runner(loop_factory=_loop_factory(kind)) as runner:
         return runner.run(main)

@@ -69,8 +69,9 @@ IDENT = "cm-gateway ESMTP"
 MAX_LINE_OCTETS = 1 << 20
 log = get_logger("cm-gateway.smtp")
 
-# aiosmtpd writes these two texts with 552; our contract says replies.TOO_BIG.
-_AIOSMTPD_552 = (b"552 Error: message size exceeds", b"552 Error: Too much mail data")
+# aiosmtpd writes this text with 552 (MAIL ... SIZE=); our contract says replies.TOO_BIG.
+# (DATA is ours, see _data: it writes replies.TOO_BIG / DATA_LINE_TOO_LONG itself.)
+_AIOSMTPD_552 = b"552 Error: message size exceeds"
 # An address aiosmtpd's stdlib header parser would return unchanged: a dot-atom local
 # part and a plain dot-separated domain, in angle brackets. That parser costs about a
 # tenth of the gateway's CPU per message; anything else (quoted local parts, domain
@@ -79,11 +80,8 @@ _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _SIMPLE_PATH = re.compile(
     rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>", re.ASCII
 )
-# aiosmtpd's over-long line replies carry no enhanced code; ours are in replies.py.
-_AIOSMTPD_LONG = {
-    b"500 Command line too long": replies.COMMAND_TOO_LONG,
-    b"500 Line too long": replies.DATA_LINE_TOO_LONG,
-}
+# aiosmtpd's over-long command reply carries no enhanced code; ours is in replies.py.
+_AIOSMTPD_LONG = b"500 Command line too long"
 
 
 def command_call_limits(smtp: SmtpConfig) -> dict[str, int]:
@@ -259,12 +257,10 @@ class GatewaySMTP(SMTP):
         raw = status.encode("utf-8") if isinstance(status, str) else status
         if raw.startswith(_AIOSMTPD_552):
             await super().push(str(replies.TOO_BIG))
-            return
-        for prefix, reply in _AIOSMTPD_LONG.items():
-            if raw.startswith(prefix):
-                await super().push(str(reply))
-                return
-        await super().push(status)
+        elif raw.startswith(_AIOSMTPD_LONG):
+            await super().push(str(replies.COMMAND_TOO_LONG))
+        else:
+            await super().push(status)
 
     def _timeout_cb(self) -> None:
         # RFC 5321 §4.2.2: 421 before closing, so the client knows to retry later
