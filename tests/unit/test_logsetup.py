@@ -8,7 +8,6 @@ import io
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,18 +22,8 @@ SECRET = "tok-3f9a8b7c6d5e"
 _TIMESTAMP = re.compile(r'"timestamp": "[^"]*"|^\S+Z ', re.MULTILINE)
 
 
-@pytest.fixture(autouse=True)
-def _isolated() -> Iterator[None]:
-    """Each test gets the registry and the logging set-up back as it found them."""
-    secrets = set(redact._SECRETS)
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    redact._SECRETS.clear()
-    redact._SECRETS.update(secrets)
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    structlog.reset_defaults()
+# Each test gets the registry and the logging set-up back as it found them.
+pytestmark = pytest.mark.usefixtures("isolated_logging")
 
 
 def _stdlib_route(level: str, fmt: str, stream: io.StringIO) -> None:

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import time
-from collections.abc import Iterator
 
 import pytest
-import structlog
 from structlog.testing import capture_logs
 
 from gateway import redact
@@ -41,19 +38,6 @@ def _msg() -> InboundMessage:
     )
 
 
-@pytest.fixture
-def restore() -> Iterator[None]:
-    secrets = set(redact._SECRETS)
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    redact._SECRETS.clear()
-    redact._SECRETS.update(secrets)
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    structlog.reset_defaults()
-
-
 @pytest.mark.parametrize(("code", "level"), [(250, "info"), (451, "warning"), (554, "warning")])
 def test_one_message_event_at_the_level_of_the_reply(code: int, level: str) -> None:
     log = MessageLog(_msg())
@@ -72,7 +56,7 @@ def test_one_message_event_at_the_level_of_the_reply(code: int, level: str) -> N
     assert isinstance(event["rules_ms"], float) and isinstance(event["total_ms"], float)
 
 
-def test_the_written_line_is_json_without_the_token(restore: None) -> None:
+def test_the_written_line_is_json_without_the_token(isolated_logging: None) -> None:
     stream = io.StringIO()
     configure_logging("info", "json", stream)
     redact.register_secret(TOKEN)
