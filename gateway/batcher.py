@@ -10,6 +10,12 @@ load instead of requests queueing up: when ``max_wait_ms`` passes and every slot
 the batch stays open until a slot frees (it could not start earlier anyway, and whatever
 joins it meanwhile costs no extra request). ``max_batch`` and ``max_bytes`` still close a
 batch at once. A failed request fails only its own documents.
+
+With ``send_when_idle`` (group commit, as in Nagle's algorithm), ``max_wait_ms`` is only
+a ceiling: when no request is running, documents go at once, and what gathers while one
+runs goes as soon as the last running request ends. Light load then adds no wait at all,
+and under load the batch is whatever arrived during one request: batches still grow with
+the load, and the wait is one request's time rather than a fixed ``max_wait_ms``.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ class BatchingClassifier:
         max_wait_ms: float = 20.0,
         max_in_flight: int = 4,
         max_bytes: int = 16 * 1024 * 1024,
+        send_when_idle: bool = False,
     ) -> None:
         if not 1 <= max_batch <= MAX_DOCUMENTS:
             raise ValueError(f"max_batch must be 1..{MAX_DOCUMENTS}")
@@ -68,6 +75,7 @@ class BatchingClassifier:
         self._pending = _Pending()
         self._timer: asyncio.TimerHandle | None = None
         self._max_in_flight = max_in_flight
+        self._send_when_idle = send_when_idle
         # Batches holding or waiting for a slot; at max_in_flight, a due batch stays open.
         self._queued = 0
         self._overdue = False
@@ -84,6 +92,9 @@ class BatchingClassifier:
 
     async def predict_raw_emails(self, documents: Sequence[RawEmailDocument]) -> PredictionBatch:
         futures = [self._submit(doc) for doc in documents]
+        if self._send_when_idle and self._queued == 0 and self._pending.documents:
+            # After the whole call's documents joined: one caller's batch stays whole.
+            self._flush()
         try:
             results = await asyncio.gather(*futures)
         except BaseException:
@@ -135,7 +146,9 @@ class BatchingClassifier:
             await self._run_in_slot(batch)
         finally:
             self._queued -= 1
-            if self._overdue:
+            if self._overdue or (
+                self._send_when_idle and self._queued == 0 and self._pending.documents
+            ):
                 self._flush()
 
     async def _run_in_slot(self, batch: _Pending) -> None:

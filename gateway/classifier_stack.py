@@ -36,6 +36,7 @@ def build_classifier_stack(
         inner,
         max_batch=settings.max_batch,
         max_wait_ms=settings.max_wait_ms,
+        send_when_idle=config.classifier.send_when_idle,
         max_in_flight=settings.max_in_flight,
     )
     batched.metrics = metrics

@@ -187,6 +187,7 @@ class ClassifierConfig(_Section):
     max_batch: int = Field(64, ge=1, le=4096)
     max_wait_ms: float = Field(20.0, ge=0)
     max_in_flight: int = Field(4, ge=1)
+    send_when_idle: bool = True
     on_error: Literal["deliver", "defer"] = "deliver"
     classify_max_size: int = Field(10_485_760, ge=0)
     skip_bounces: bool = True

@@ -148,6 +148,7 @@ def build_shadow_classifier(config: Config, metrics: GatewayMetrics | None = Non
         circuit,
         max_batch=settings.max_batch,
         max_wait_ms=settings.max_wait_ms,
+        send_when_idle=config.classifier.send_when_idle,
         max_in_flight=_SHADOW_REQUESTS,
     )
     cache = MemoryCache(

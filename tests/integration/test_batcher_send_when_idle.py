@@ -1,0 +1,123 @@
+"""Group commit: with ``send_when_idle`` a batch goes as soon as no request is running,
+and what gathers while one runs goes when it ends; ``max_wait_ms`` is only a ceiling
+(real HTTP, emulator). Each test's ``max_wait_ms`` is far longer than its timeout, so a
+batch that waited for it would fail the test rather than slow it down."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway._retry import RetryPolicy
+from gateway.batcher import BatchingClassifier
+from gateway.client import CommunicationsMiningClient, TenantEndpoint
+from gateway.documents import RawEmailDocument
+from gateway.testing import EmulatorHandle, running_emulator
+
+from .ops_support import emulator_classifier, numbered_mail, running_gateway
+
+FOREVER_MS = 600_000.0
+PATIENCE_S = 20.0
+
+
+def doc(i: int) -> RawEmailDocument:
+    document: RawEmailDocument = {
+        "raw_email": {
+            "headers": {"raw": f"Subject: invoice {i}\r\nFrom: a{i}@example.org"},
+            "body": {"plain": f"Please pay the invoice number {i}."},
+        },
+        "comment_id": f"idle-{i}",
+    }
+    return document
+
+
+@pytest.fixture
+def emulator() -> Iterator[EmulatorHandle]:
+    with running_emulator(latency_ms=500) as emu:
+        yield emu
+
+
+def batcher_for(emu: EmulatorHandle, *, max_in_flight: int = 4) -> BatchingClassifier:
+    endpoint = TenantEndpoint(emu.base_url, emu.project, emu.dataset, emu.token or "x")
+    inner = CommunicationsMiningClient(endpoint, retry=RetryPolicy(attempts=1), timeout=30.0)
+    return BatchingClassifier(
+        inner,
+        max_batch=64,
+        max_wait_ms=FOREVER_MS,
+        max_in_flight=max_in_flight,
+        send_when_idle=True,
+    )
+
+
+async def test_a_lone_document_goes_at_once_when_no_request_is_running(
+    emulator: EmulatorHandle,
+) -> None:
+    batcher = batcher_for(emulator)
+    result = await asyncio.wait_for(batcher.predict_raw_emails([doc(1)]), PATIENCE_S)
+    await batcher.aclose()
+    assert len(result.predictions) == 1
+    assert batcher.batch_sizes == [1]
+
+
+async def test_documents_arriving_during_a_request_go_together_when_it_ends(
+    emulator: EmulatorHandle,
+) -> None:
+    """The first goes alone; five arriving 40 ms apart while it runs (500 ms) share the
+    next request, sent when the first ends, not after max_wait_ms."""
+    batcher = batcher_for(emulator)
+    calls = []
+    for i in range(6):
+        calls.append(asyncio.create_task(batcher.predict_raw_emails([doc(i)])))
+        await asyncio.sleep(0.04)
+    await asyncio.wait_for(asyncio.gather(*calls), PATIENCE_S)
+    await batcher.aclose()
+    assert batcher.batch_sizes == [1, 5]
+    assert batcher.peak_in_flight == 1
+    assert emulator.stats()["requests"] == 2
+
+
+async def test_one_callers_documents_stay_in_one_request(emulator: EmulatorHandle) -> None:
+    """A caller with several documents (``cm-gateway classify``) is not split by the
+    idle dispatch of its first document."""
+    batcher = batcher_for(emulator)
+    result = await asyncio.wait_for(
+        batcher.predict_raw_emails([doc(i) for i in range(7)]), PATIENCE_S
+    )
+    await batcher.aclose()
+    assert len(result.predictions) == 7
+    assert batcher.batch_sizes == [7]
+
+
+async def test_max_batch_still_closes_a_batch_while_a_request_runs(
+    emulator: EmulatorHandle,
+) -> None:
+    endpoint = TenantEndpoint(
+        emulator.base_url, emulator.project, emulator.dataset, emulator.token or "x"
+    )
+    inner = CommunicationsMiningClient(endpoint, retry=RetryPolicy(attempts=1), timeout=30.0)
+    batcher = BatchingClassifier(
+        inner, max_batch=3, max_wait_ms=FOREVER_MS, max_in_flight=4, send_when_idle=True
+    )
+    first = asyncio.create_task(batcher.predict_raw_emails([doc(0)]))
+    await asyncio.sleep(0.05)
+    rest = [asyncio.create_task(batcher.predict_raw_emails([doc(i)])) for i in range(1, 7)]
+    await asyncio.wait_for(asyncio.gather(first, *rest), PATIENCE_S)
+    await batcher.aclose()
+    assert batcher.batch_sizes == [1, 3, 3]
+    assert batcher.peak_in_flight == 3
+
+
+async def test_the_gateway_answers_at_light_load_without_waiting_max_wait_ms(
+    tmp_path: Path, emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through SMTP: ``send_when_idle`` is on by default, so with ``max_wait_ms`` at ten
+    minutes a lone message is still classified and relayed within seconds."""
+    monkeypatch.setenv("REINFER_TOKEN", emulator.token or "")
+    classifier = emulator_classifier(emulator, max_wait_ms=FOREVER_MS, timeout=30.0)
+    async with running_gateway(tmp_path, classifier=classifier) as gw:
+        code, _ = await asyncio.wait_for(gw.send(numbered_mail(1)), PATIENCE_S)
+        assert code == 250
+        assert gw.metric("cm_gateway_batch_size_count") == 1
