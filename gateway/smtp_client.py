@@ -73,6 +73,8 @@ class SmtpClient(asyncio.Protocol):
         self._replies: deque[SMTPResponse] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._error: Exception | None = None  # why no more replies will come
+        self._paused = False  # the transport's write buffer is over its high-water mark
+        self._resumed: asyncio.Future[None] | None = None
 
     # -- asyncio.Protocol ---------------------------------------------------------------
 
@@ -117,6 +119,14 @@ class SmtpClient(asyncio.Protocol):
         self._fail(error)
         self._transport = None
 
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._resumed is not None and not self._resumed.done():
+            self._resumed.set_result(None)
+
     def _fail(self, error: Exception) -> None:
         if self._error is None:
             self._error = error
@@ -124,6 +134,8 @@ class SmtpClient(asyncio.Protocol):
             self._transport.close()
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
+        if self._resumed is not None and not self._resumed.done():
+            self._resumed.set_result(None)
 
     # -- commands -----------------------------------------------------------------------
 
@@ -144,6 +156,19 @@ class SmtpClient(asyncio.Protocol):
         if self._transport is None or self._transport.is_closing():
             raise self._error or SMTPServerDisconnected("Connection lost")
         self._transport.write(data)
+
+    async def drain(self) -> None:
+        """A turn for the other tasks, and, while the transport holds more unsent bytes
+        than its high-water mark, a wait until the next hop has taken them: a large
+        message is written in pieces, and without this wait every piece would pile up
+        in the transport's buffer (a second copy of the message) as fast as we cut it."""
+        if not self._paused:
+            await asyncio.sleep(0)
+            return
+        self._resumed = asyncio.get_running_loop().create_future()
+        await self._resumed
+        if self._error is not None:
+            raise self._error
 
     async def reply(self) -> SMTPResponse:
         """The next reply, in the order the commands were written."""
