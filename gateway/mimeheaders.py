@@ -27,6 +27,10 @@ _HEADER_END = re.compile(rb"(?>\r\n|\n|\r)(?>\r\n|\n|\r)")
 _LINE = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n|$)")
 # A header field's first line as the stdlib feedparser recognises it.
 _FIELD = re.compile(rb"([\x21-\x39\x3b-\x7e]*):")
+# One line of a header block decoded as the stdlib decodes it (ASCII, surrogateescape):
+# a field's first line (group 1: a non-empty name), or a continuation line (group 1
+# None), or a line that is neither (no match). Line endings as in _LINE.
+_TEXT_LINE = re.compile(r"(?:([\x21-\x39\x3b-\x7e]+):|[ \t])[^\r\n]*(?:\r\n|\r|\n|\Z)")
 
 _DROPPED = frozenset({"content-type", "content-transfer-encoding"})
 # Kept longest when the header block is over the limit: what identifies the message.
@@ -62,6 +66,57 @@ def header_items(raw: bytes) -> list[tuple[str, str]]:
 
 def block_header_items(block: bytes) -> list[tuple[str, str]]:
     """``header_items`` of a header block already cut at ``header_block_end``."""
+    items = _simple_header_items(block)
+    if items is not None:
+        return items
+    return _parsed_header_items(block)
+
+
+def _simple_header_items(block: bytes) -> list[tuple[str, str]] | None:
+    """``_parsed_header_items`` without the stdlib parser, for the usual block: only
+    "Name: value" lines and their continuations, ended by an empty line or the end.
+
+    None for anything else (a leading continuation, a "From " line, an empty name, a
+    line that is no header...): the stdlib's defect handling decides those. The
+    feedparser costs ~10 x more for the common five-header block it would parse the same
+    way (tests/unit/test_mimeheaders.py compares the two).
+    """
+    text = block.decode("ascii", "surrogateescape")
+    items: list[tuple[str, str]] = []
+    match_line = _TEXT_LINE.match
+    position = 0
+    end = len(text)
+    name: str | None = None
+    lines: list[str] = []
+    while position < end:
+        match = match_line(text, position)
+        if match is None:
+            if text[position] not in "\r\n":
+                return None
+            break  # the empty line that ends the block
+        line = match.group()
+        position = match.end()
+        field = match.group(1)
+        if field is None:
+            if name is None:
+                return None
+            lines.append(line)
+            continue
+        if name is not None:
+            items.append(_source_item(name, lines))
+        name = field
+        lines = [line[len(field) + 1 :].lstrip(" \t")]
+    if name is not None:
+        items.append(_source_item(name, lines))
+    return items
+
+
+def _source_item(name: str, lines: list[str]) -> tuple[str, str]:
+    # compat32's header_source_parse: the value with its folding, last line ending cut.
+    return name, "".join(lines).rstrip("\r\n")
+
+
+def _parsed_header_items(block: bytes) -> list[tuple[str, str]]:
     try:
         message = BytesParser(policy=compat32).parsebytes(block, headersonly=True)
     except Exception:
