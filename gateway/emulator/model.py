@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from .taxonomy import Keyword, LabelDef, PropertyDef, Taxonomy, load_taxonomy
 __all__ = ["DEFAULT_THRESHOLD", "DocText", "KeywordModel", "Selection", "TextPart"]
 
 DEFAULT_THRESHOLD = 0.25
+MEMO_ENTRIES = 4096  # scored texts kept (a few MB at most)
 _ROUND = 6
 
 
@@ -115,6 +117,10 @@ class KeywordModel:
             )
             for lb in taxonomy.labels
         }
+        # The emulator shares the machine with the gateway it serves, while the real
+        # service runs elsewhere: repeated texts (load generators send the same body over
+        # and over) are scored once, so its CPU does not crowd the system under test.
+        self._memo: OrderedDict[tuple[DocText, int], _Scored] = OrderedDict()
 
     @classmethod
     def default(cls) -> KeywordModel:
@@ -148,6 +154,17 @@ class KeywordModel:
             return round(0.02 + 0.06 * mixed / 2**64, _ROUND)
         p = s.base + s.step * (1.0 - s.decay ** (hits - 1)) + jitter + boost
         return round(min(s.cap, max(0.0, p)), _ROUND)
+
+    def _scored(self, doc: DocText, version: int) -> _Scored:
+        key = (doc, version)
+        scored = self._memo.get(key)
+        if scored is None:
+            scored = self._memo[key] = self._score(doc, version)
+            if len(self._memo) > MEMO_ENTRIES:
+                self._memo.popitem(last=False)
+        else:
+            self._memo.move_to_end(key)
+        return scored
 
     def _score(self, doc: DocText, version: int) -> _Scored:
         text = doc.searchable
@@ -206,11 +223,11 @@ class KeywordModel:
         """The ``predict`` / ``predict-raw-emails`` response (without ``comments``)."""
         predictions, entities, properties, sentiments = [], [], [], []
         for doc in docs:
-            scored = self._score(doc, version)
+            scored = self._scored(doc, version)
             label_sentiment = scored.sentiment if scored.has_sentiment else None
             predictions.append(self._select(scored.probabilities, selection, label_sentiment))
             entities.append([e.to_json() for e in _ordered(scored.entities)])
-            properties.append(scored.properties)
+            properties.append([dict(prop) for prop in scored.properties])
             sentiments.append({"total": scored.sentiment})
         return {
             "status": "ok",

@@ -489,3 +489,42 @@ def test_entity_prefilters_never_change_what_is_found(text: str) -> None:
         patch.setattr(entities_module, "_may_match", lambda kind, text: True)
         without = find_entities(text, "body")
     assert with_filters == without
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    bodies=st.lists(
+        st.sampled_from(
+            [
+                "invoice INV-123456 overdue, refund please",
+                "angry customer: unacceptable outage, card 4111 1111 1111 1111",
+                "out of office until monday",
+                "thank you, great service",
+                "plain words",
+            ]
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    version=st.sampled_from([7, 8]),
+)
+def test_repeated_texts_answer_exactly_as_a_fresh_model_does(
+    bodies: list[str], version: int
+) -> None:
+    """The emulator's memo of scored texts changes no byte of any answer."""
+    warm = KeywordModel.default()
+    docs = [doc(body, "Subject") for body in bodies]
+    for _ in range(2):
+        answer = warm.predict_texts(docs, version=version, selection=Selection(0.0))
+    fresh = KeywordModel.default().predict_texts(docs, version=version, selection=Selection(0.0))
+    assert answer == fresh
+
+
+def test_the_memo_of_scored_texts_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.emulator import model as model_module
+
+    monkeypatch.setattr(model_module, "MEMO_ENTRIES", 3)
+    warm = KeywordModel.default()
+    for i in range(10):
+        warm.predict_texts([doc(f"invoice {i}")], version=7, selection=Selection(0.0))
+    assert len(warm._memo) == 3
