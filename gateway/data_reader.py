@@ -23,9 +23,10 @@ import asyncio
 import enum
 from dataclasses import dataclass
 
-__all__ = ["JOIN_IN_THREAD", "DataOutcome", "DataResult", "read_data"]
+__all__ = ["JOIN_IN_THREAD", "SLICE", "DataOutcome", "DataResult", "read_data"]
 
 JOIN_IN_THREAD = 2 << 20  # octets: a larger section is joined off the event loop
+SLICE = 256 * 1024  # octets handled per step of the event loop, at most
 _END = b"\r\n.\r\n"
 _CR = 13
 
@@ -152,11 +153,29 @@ async def _take(reader: asyncio.StreamReader, exc: asyncio.LimitOverrunError) ->
     return await reader.readexactly(count)
 
 
+async def _more(reader: asyncio.StreamReader) -> None:
+    """Wait until more bytes are buffered; at the end of the stream raise what
+    ``readuntil`` raises there (``IncompleteReadError``)."""
+    if reader._eof:  # type: ignore[attr-defined]
+        await reader.readuntil(_END)  # no terminator is buffered: this raises
+    # The stream's private wait: no public call waits without consuming, and readuntil
+    # would search all that is buffered again (up to 2 MB in one step) on each wake-up.
+    await reader._wait_for_data("read_data")  # type: ignore[attr-defined]
+
+
 async def read_data(
-    reader: asyncio.StreamReader, *, line_limit: int, max_size: int | None
+    reader: asyncio.StreamReader,
+    *,
+    line_limit: int,
+    max_size: int | None,
+    step_size: int = SLICE,
 ) -> DataResult:
-    """Read one DATA section (after the 354) up to and including its terminator."""
+    """Read one DATA section (after the 354) up to and including its terminator,
+    handling at most ``step_size`` octets (at least 8) per step of the event loop."""
+    if step_size < 8:
+        raise ValueError("step_size must be at least 8 octets")
     section = _Section(line_limit, max_size)
+    buffer = _peek(reader)
     while True:
         if section.at_line_start and _may_be_end(reader):
             # The terminator may be this very line, where "\r\n.\r\n" cannot see the
@@ -169,11 +188,24 @@ async def read_data(
                 return await section.result()
             section.add(line)
             continue
-        try:
-            piece = await reader.readuntil(_END)
-        except asyncio.LimitOverrunError as exc:
-            section.add(await _take(reader, exc))
-            await asyncio.sleep(0)  # other sessions run between big pieces
+        # At most step_size octets are searched, copied and unstuffed per step: the stream
+        # buffers up to twice its limit (2 MB) while the loop is busy, and handling all
+        # of it at once held the loop for ~60 ms on this project's VM.
+        window = min(len(buffer), step_size)
+        end = buffer.find(_END, 0, window)
+        if end >= 0:
+            piece = await reader.readexactly(end + 2)  # up to the CRLF ending the last line
+            await reader.readexactly(3)  # the terminator line
+            section.add(piece)
+            return await section.result()
+        if window < step_size:
+            await _more(reader)  # a terminator may yet come within the window
             continue
-        section.add(piece[:-3])  # up to the CRLF that ends the last line
-        return await section.result()
+        # No terminator starts before the window's last four octets (one may start there
+        # and end beyond it): what comes before is safe to take, never ending in a CR
+        # whose LF is still to come.
+        take = window - len(_END) + 1
+        if buffer[take - 1] == _CR:
+            take -= 1
+        section.add(await reader.readexactly(take))
+        await asyncio.sleep(0)  # other sessions run between pieces

@@ -31,7 +31,7 @@ from .auth import Authenticator
 from .config import SmtpConfig
 from .errors import SmtpOutcome
 from .inbound import InboundMessage, MessageProcessor
-from .lineends import find_bare_line_ending, line_pieces
+from .lineends import find_bare_line_ending, line_windows
 from .logsetup import get_logger
 from .policy import RelayPolicy, parse_peer_ip
 from .redact import scrub
@@ -65,7 +65,7 @@ def new_queue_id() -> str:
     return secrets.token_hex(6).upper()
 
 
-SCAN_PIECE = 1 << 20
+SCAN_PIECE = 256 * 1024
 
 
 async def scan_bare_line_ending(content: bytes, piece: int = SCAN_PIECE) -> str | None:
@@ -73,12 +73,12 @@ async def scan_bare_line_ending(content: bytes, piece: int = SCAN_PIECE) -> str 
     loop getting a turn between them: three passes over 25 MB take about a second on a
     slow machine, and every other session would wait for them."""
     found: str | None = None
-    for part in line_pieces(content, piece):
-        kind = find_bare_line_ending(part)
+    for start, end in line_windows(content, piece):
+        kind = find_bare_line_ending(content, start, end)
         if kind == "LF":
             return kind
         found = found or kind
-        if len(part) < len(content):
+        if end - start < len(content):
             await asyncio.sleep(0)
     return found
 

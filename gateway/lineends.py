@@ -8,28 +8,35 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-__all__ = ["find_bare_line_ending", "line_pieces"]
+__all__ = ["find_bare_line_ending", "line_pieces", "line_windows"]
 
 
-def find_bare_line_ending(content: bytes) -> str | None:
-    """``"LF"`` or ``"CR"`` when ``content`` has a line ending that is not CRLF, else None."""
-    crlf = content.count(b"\r\n")
+def find_bare_line_ending(content: bytes, start: int = 0, end: int | None = None) -> str | None:
+    """``"LF"`` or ``"CR"`` when ``content[start:end]`` has a line ending that is not
+    CRLF, else None (the bounds spare a copy of a piece of a large message)."""
+    crlf = content.count(b"\r\n", start, end)
     # Counting is cheap and copies nothing; only a mismatch needs a closer look.
-    if content.count(b"\n") != crlf:
+    if content.count(b"\n", start, end) != crlf:
         return "LF"
-    if content.count(b"\r") != crlf:
+    if content.count(b"\r", start, end) != crlf:
         return "CR"
     return None
 
 
-def line_pieces(content: bytes, size: int) -> Iterator[bytes]:
-    """``content`` in consecutive pieces of at least ``size`` octets (the last may be
-    shorter), each cut just after a LF: no CRLF is split, and every piece but the first
-    starts at the start of a line."""
+def line_windows(content: bytes, size: int) -> Iterator[tuple[int, int]]:
+    """(start, end) of consecutive pieces of ``content`` of at least ``size`` octets (the
+    last may be shorter), each cut just after a LF: no CRLF is split, and every piece but
+    the first starts at the start of a line."""
     start = 0
     total = len(content)
     while start < total:
         cut = content.find(b"\n", start + size - 1) if start + size < total else -1
         end = total if cut == -1 else cut + 1
-        yield content[start:end]
+        yield start, end
         start = end
+
+
+def line_pieces(content: bytes, size: int) -> Iterator[bytes]:
+    """The pieces of ``line_windows``, as bytes."""
+    for start, end in line_windows(content, size):
+        yield content[start:end]

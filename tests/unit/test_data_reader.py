@@ -13,7 +13,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from gateway.data_reader import DataOutcome, read_data
+from gateway.data_reader import SLICE, DataOutcome, read_data
 
 LIMIT = 64  # the stream limit: the longest line, as aiosmtpd's 1 MiB in production
 MAX_SIZE = 300
@@ -67,7 +67,9 @@ async def _aiosmtpd(body: bytes, cuts: list[int]) -> tuple[str, bytes | None]:
     return reply, recorder.content
 
 
-async def _ours(body: bytes, cuts: list[int]) -> tuple[DataOutcome, bytes, bytes]:
+async def _ours(
+    body: bytes, cuts: list[int], step_size: int = SLICE
+) -> tuple[DataOutcome, bytes, bytes]:
     reader = asyncio.StreamReader(limit=LIMIT)
 
     async def feed() -> None:
@@ -77,7 +79,7 @@ async def _ours(body: bytes, cuts: list[int]) -> tuple[DataOutcome, bytes, bytes
         reader.feed_eof()
 
     feeder = asyncio.create_task(feed())
-    result = await read_data(reader, line_limit=LIMIT, max_size=MAX_SIZE)
+    result = await read_data(reader, line_limit=LIMIT, max_size=MAX_SIZE, step_size=step_size)
     await feeder
     return result.outcome, result.content, await reader.read()
 
@@ -107,19 +109,28 @@ def _body(parts: list[bytes]) -> bytes:
 @settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(st.lists(_FRAGMENTS, max_size=30), st.lists(st.integers(0, 10_000), max_size=6))
-@example([b".", b"\r\n"], [])
-@example([b"w" * 65, b"\r\n"], [])
-@example([b"x" * 30, b"\r\n"] * 11, [])
-@example([b"w" * 65, b"\r\n"] + [b"x" * 30, b"\r\n"] * 11, [3, 70])
-@example([b"x" * 30, b"\r\n"] * 11 + [b"w" * 65, b"\r\n"], [5])
-@example([b"..", b"\r\n", b".x", b"\r\n"], [1, 2, 3, 4])
-@example([b"z" * 64, b"\r", b"\n", b"a"], [64, 65])
-def test_read_data_answers_like_aiosmtpds_data_loop(parts: list[bytes], cuts: list[int]) -> None:
+@given(
+    st.lists(_FRAGMENTS, max_size=30),
+    st.lists(st.integers(0, 10_000), max_size=6),
+    st.one_of(st.just(SLICE), st.integers(8, 100)),
+)
+@example([b".", b"\r\n"], [], SLICE)
+@example([b"w" * 65, b"\r\n"], [], SLICE)
+@example([b"x" * 30, b"\r\n"] * 11, [], SLICE)
+@example([b"w" * 65, b"\r\n"] + [b"x" * 30, b"\r\n"] * 11, [3, 70], SLICE)
+@example([b"x" * 30, b"\r\n"] * 11 + [b"w" * 65, b"\r\n"], [5], SLICE)
+@example([b"..", b"\r\n", b".x", b"\r\n"], [1, 2, 3, 4], SLICE)
+@example([b"z" * 64, b"\r", b"\n", b"a"], [64, 65], SLICE)
+@example([b"x" * 30, b"\r\n", b"..", b"\r\n", b".", b"\r\n"], [], 8)
+@example([b"a", b"\r", b"\r\n", b".", b"\r\n"] * 4, [], 9)
+def test_read_data_answers_like_aiosmtpds_data_loop(
+    parts: list[bytes], cuts: list[int], step_size: int
+) -> None:
+    """Any stream, cut anywhere, read in steps of any size: aiosmtpd's outcome and content."""
     body = _body(parts)
 
     async def both() -> tuple[tuple[str, bytes | None], tuple[DataOutcome, bytes, bytes]]:
-        return await _aiosmtpd(body, cuts), await _ours(body, cuts)
+        return await _aiosmtpd(body, cuts), await _ours(body, cuts, step_size)
 
     (reply, content), (outcome, ours, left) = asyncio.run(both())
     assert left == _AFTER
