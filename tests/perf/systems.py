@@ -76,6 +76,7 @@ class GatewaySettings:
     classify_max_size: int = 10_485_760
     log_level: str = "info"
     pool_size: int = 16
+    send_when_idle: bool = True
 
 
 def _gateway_config(port: int, sink_port: int, emulator_url: str, s: GatewaySettings) -> str:
@@ -104,6 +105,7 @@ timeout = 30
 max_batch = {s.max_batch}
 max_wait_ms = {s.max_wait_ms}
 max_in_flight = {s.max_in_flight}
+send_when_idle = {str(s.send_when_idle).lower()}
 classify_max_size = {s.classify_max_size}
 
 [rules]

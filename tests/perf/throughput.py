@@ -250,7 +250,8 @@ def render(report: Report) -> str:
         f"{o.messages} msgs x {o.size} B, {o.sessions} sessions, emulator latency"
         f" {o.latency_ms:g} ms, median of {len(report.runs)} run(s); max_batch"
         f" {o.gateway.max_batch}, max_wait_ms {o.gateway.max_wait_ms:g}, max_in_flight"
-        f" {o.gateway.max_in_flight}, downstream pool_size {o.gateway.pool_size}",
+        f" {o.gateway.max_in_flight}, send_when_idle {o.gateway.send_when_idle}, downstream"
+        f" pool_size {o.gateway.pool_size}",
         "",
         "| system | msgs/s | x baseline | CPU ms/msg | p50 / p99 ms at half peak | p99 added"
         " ms | API req/msg | billed/msg | peak RSS MB |",
@@ -322,12 +323,15 @@ def _parse(argv: list[str] | None) -> Options:
     p.add_argument("--max-wait-ms", type=float, default=g.max_wait_ms)
     p.add_argument("--max-in-flight", type=int, default=g.max_in_flight)
     p.add_argument("--pool-size", type=int, default=g.pool_size)
+    p.add_argument(
+        "--send-when-idle", choices=("on", "off"), default="on" if g.send_when_idle else "off"
+    )
     p.add_argument("--log-level", default="info")
     p.add_argument("--log-dir", type=Path, default=None)
     a = p.parse_args(argv)
     settings = GatewaySettings(
         max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, max_in_flight=a.max_in_flight,
-        log_level=a.log_level, pool_size=a.pool_size,
+        log_level=a.log_level, pool_size=a.pool_size, send_when_idle=a.send_when_idle == "on",
     )  # fmt: skip
     return Options(
         messages=a.messages, sessions=a.sessions, size=a.size, latency_ms=a.latency_ms,
