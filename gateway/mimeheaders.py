@@ -18,6 +18,7 @@ __all__ = [
     "header_block_end",
     "header_items",
     "raw_headers",
+    "simple_header_items",
     "trim_header_block",
 ]
 
@@ -66,14 +67,14 @@ def header_items(raw: bytes) -> list[tuple[str, str]]:
 
 def block_header_items(block: bytes) -> list[tuple[str, str]]:
     """``header_items`` of a header block already cut at ``header_block_end``."""
-    items = _simple_header_items(block)
+    items = simple_header_items(block)
     if items is not None:
         return items
     return _parsed_header_items(block)
 
 
-def _simple_header_items(block: bytes) -> list[tuple[str, str]] | None:
-    """``_parsed_header_items`` without the stdlib parser, for the usual block: only
+def simple_header_items(block: bytes) -> list[tuple[str, str]] | None:
+    """``block_header_items`` without the stdlib parser, for the usual block: only
     "Name: value" lines and their continuations, ended by an empty line or the end.
 
     None for anything else (a leading continuation, a "From " line, an empty name, a

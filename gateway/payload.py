@@ -44,7 +44,13 @@ from .documents import (
     RawEmailDocument,
     UserProperties,
 )
-from .mimeheaders import block_header_items, header_block_end, header_items, raw_headers
+from .mimeheaders import (
+    block_header_items,
+    header_block_end,
+    header_items,
+    raw_headers,
+    simple_header_items,
+)
 from .mimeparser import MimeResult, read_mime
 from .mimetext import clean_text, decode_header_value, fix_surrogates, one_line, truncate_text
 
@@ -126,7 +132,8 @@ def document_hash(doc: RawEmailDocument) -> str:
 def _parse(raw: bytes) -> ParsedMessage:
     defects: list[str] = []
     block = raw[: header_block_end(raw)]
-    raw_headers = block_header_items(block)
+    simple = simple_header_items(block)
+    raw_headers = simple if simple is not None else block_header_items(block)
     headers = tuple(
         (name, decode_header_value(one_line(value)).strip()) for name, value in raw_headers
     )
@@ -137,7 +144,7 @@ def _parse(raw: bytes) -> ParsedMessage:
         # ends in a RecursionError): such a message keeps its headers, not its body.
         defects.append("MimeContainerLimitDefect")
     else:
-        mime = read_mime(raw)
+        mime = read_mime(raw, simple, len(block))
     walk = mime.walk
     defects.extend(mime.defects)
     defects.extend(walk.defects)

@@ -7,9 +7,9 @@ from hypothesis import strategies as st
 
 from gateway.mimeheaders import (
     _parsed_header_items,
-    _simple_header_items,
     block_header_items,
     header_block_end,
+    simple_header_items,
 )
 
 ENDINGS = [b"\r\n", b"\n", b"\r", b""]
@@ -67,7 +67,7 @@ def test_the_common_block_takes_the_fast_path() -> None:
         b"Date: Tue, 24 Nov 2026 01:30:15 +0000 (UTC)\r\nSubject: Invoice\r\n"
         b"\tquestion \xc3\xa4\r\nX-Empty:\r\n\r\n"
     )
-    fast = _simple_header_items(block)
+    fast = simple_header_items(block)
     assert fast is not None
     assert fast == _parsed_header_items(block)
     assert fast[3] == ("Subject", "Invoice\r\n\tquestion \udcc3\udca4")
