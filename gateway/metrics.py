@@ -51,6 +51,7 @@ __all__ = ["PROBE_TTL", "STAGES", "GatewayMetrics", "MetricsServer", "Readiness"
 PROBE_TTL = 5.0
 PROBE_TIMEOUT = 3.0
 STAGES = ("parse", "classify", "rules", "relay", "total")
+_STAGE_FIELDS = tuple((stage, f"{stage}_ms") for stage in STAGES)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 _log = get_logger("cm-gateway.metrics")
@@ -153,16 +154,34 @@ class GatewayMetrics:
             ["rule", "direction"],
             registry=r,
         )
+        # The labelled children observe_message uses, by label value: .labels() costs
+        # a lock, a tuple and a dict look-up per call, three times per message. Filled
+        # on first use, not here: a child appears in /metrics as soon as it exists.
+        # Nothing removes children from these metrics, so a cached one stays theirs.
+        self._outcome_children: dict[str, Counter] = {}
+        self._stage_children: dict[str, Histogram] = {}
+        self._rule_children: dict[str, Counter] = {}
 
     def observe_message(self, fields: Mapping[str, Any], code: int) -> None:
         """Count one answered message from its log fields (``msglog.MessageLog``)."""
-        self.messages.labels(outcome=message_outcome(fields, code)).inc()
-        for stage in STAGES:
-            ms = fields.get(f"{stage}_ms")
+        outcome = message_outcome(fields, code)
+        counter = self._outcome_children.get(outcome)
+        if counter is None:
+            counter = self._outcome_children[outcome] = self.messages.labels(outcome=outcome)
+        counter.inc()
+        for stage, key in _STAGE_FIELDS:
+            ms = fields.get(key)
             if isinstance(ms, int | float):
-                self.stage_seconds.labels(stage=stage).observe(ms / 1000)
+                histogram = self._stage_children.get(stage)
+                if histogram is None:
+                    histogram = self._stage_children[stage] = self.stage_seconds.labels(stage=stage)
+                histogram.observe(ms / 1000)
         for rule in fields.get("rules_hit") or ():
-            self.rule_hits.labels(rule=str(rule)).inc()
+            name = str(rule)
+            hits = self._rule_children.get(name)
+            if hits is None:
+                hits = self._rule_children[name] = self.rule_hits.labels(rule=name)
+            hits.inc()
 
     def message_failed(self) -> None:
         """A message whose processing raised (answered ``451 4.3.0`` by the front)."""
