@@ -13,7 +13,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from gateway.data_reader import SLICE, DataOutcome, read_data
+from gateway.data_reader import JOIN_IN_THREAD, SLICE, DataOutcome, read_data
 
 LIMIT = 64  # the stream limit: the longest line, as aiosmtpd's 1 MiB in production
 MAX_SIZE = 300
@@ -168,6 +168,37 @@ def test_a_big_section_is_read_in_pieces_with_turns_for_other_tasks() -> None:
     content, turns = asyncio.run(run())
     assert content == (b"x" * 77 + b"\r\n") * (2 * 2**20 // len(line))
     assert turns >= 2
+
+
+def test_a_section_buffered_whole_is_still_read_one_step_size_at_a_time() -> None:
+    """4 MB already in the stream's buffer (as after a busy spell of the loop): another
+    task gets a turn after every SLICE octets, and the section (joined in a thread past
+    JOIN_IN_THREAD) comes back whole."""
+    line = b"y" * 78 + b"\r\n"
+    count = 4 * 2**20 // len(line)
+    assert count * len(line) > JOIN_IN_THREAD
+
+    async def run() -> tuple[bytes, int]:
+        reader = asyncio.StreamReader(limit=2**20)
+        reader.feed_data(line * count + b".\r\nNOOP\r\n")
+        turns = 0
+
+        async def other() -> None:
+            nonlocal turns
+            while True:
+                turns += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(other())
+        await asyncio.sleep(0)
+        result = await read_data(reader, line_limit=2**20, max_size=None)
+        task.cancel()
+        assert await reader.readexactly(6) == b"NOOP\r\n"
+        return result.content, turns
+
+    content, turns = asyncio.run(run())
+    assert content == line * count
+    assert turns >= count * len(line) // SLICE - 1
 
 
 def test_random_cuts_of_a_real_message_give_the_same_content() -> None:
