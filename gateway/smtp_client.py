@@ -148,6 +148,11 @@ class SmtpClient(asyncio.Protocol):
         """The next hop offered PIPELINING (RFC 2920) in its EHLO reply."""
         return "pipelining" in self.extensions
 
+    @property
+    def unsent(self) -> int:
+        """Octets written but not yet taken by the socket (the transport's buffer)."""
+        return self._transport.get_write_buffer_size() if self._transport is not None else 0
+
     def supports(self, extension: str) -> bool:
         return extension.lower() in self.extensions
 
