@@ -3,9 +3,11 @@
 aiosmtpd awaits ``readuntil(b"\\r\\n")`` once per line, then dot-unstuffs line by line
 and joins the lines after the terminator: for a 25 MB message that is 330,000 turns of
 a Python loop, the last two (unstuff + join: 0.6 s on this project's VM) in one step of
-the event loop, while no other session is answered. ``read_data`` asks the stream for
-everything up to the terminator at once (pieces of at most the stream's limit), lets
-other sessions run between pieces, and unstuffs each piece with ``bytes.replace``.
+the event loop, while no other session is answered. ``read_data`` works on what the
+stream has buffered, at most ``SLICE`` octets per step of the loop (the stream buffers up
+to 2 MB while the loop is busy elsewhere): it searches them for the terminator, takes
+them, checks line lengths and unstuffs with ``bytes`` methods, lets the other sessions
+run, and joins the pieces at the end (in a thread past ``JOIN_IN_THREAD``).
 
 It keeps aiosmtpd's outcomes (``tests/unit/test_data_reader.py`` runs both on the same
 byte streams):
@@ -140,19 +142,6 @@ def _peek(reader: asyncio.StreamReader) -> bytearray:
     return buffer
 
 
-def _may_be_end(reader: asyncio.StreamReader) -> bool:
-    """The buffered bytes could start the terminator line (or nothing is buffered)."""
-    return b".\r\n".startswith(bytes(_peek(reader)[:3]))
-
-
-async def _take(reader: asyncio.StreamReader, exc: asyncio.LimitOverrunError) -> bytes:
-    """What a LimitOverrunError says is safe to consume, never ending inside a CRLF."""
-    count = exc.consumed
-    if count > 1 and _peek(reader)[count - 1] == _CR:
-        count -= 1
-    return await reader.readexactly(count)
-
-
 async def _more(reader: asyncio.StreamReader) -> None:
     """Wait until more bytes are buffered; at the end of the stream raise what
     ``readuntil`` raises there (``IncompleteReadError``)."""
@@ -175,18 +164,16 @@ async def read_data(
     if step_size < 8:
         raise ValueError("step_size must be at least 8 octets")
     section = _Section(line_limit, max_size)
-    buffer = _peek(reader)
     while True:
-        if section.at_line_start and _may_be_end(reader):
+        buffer = _peek(reader)
+        head = bytes(buffer[:3])
+        if section.at_line_start and b".\r\n".startswith(head):
             # The terminator may be this very line, where "\r\n.\r\n" cannot see the
-            # CRLF already consumed: this one line is read on its own.
-            try:
-                line = await reader.readuntil(b"\r\n")
-            except asyncio.LimitOverrunError as exc:
-                line = await _take(reader, exc)
-            if line == b".\r\n":
+            # CRLF already consumed (or there was none: the first line).
+            if head == b".\r\n":
+                await reader.readexactly(3)
                 return await section.result()
-            section.add(line)
+            await _more(reader)  # too little buffered to tell
             continue
         # At most step_size octets are searched, copied and unstuffed per step: the stream
         # buffers up to twice its limit (2 MB) while the loop is busy, and handling all
