@@ -166,13 +166,20 @@ def raw_headers(items: Iterable[tuple[str, str]], limit: int) -> str:
     structure, not the body the API receives). Over the limit, whole headers are
     dropped: trace/signature headers first, then others, addressing headers last.
     """
-    lines: list[tuple[int, int, str]] = []
-    for index, (name, value) in enumerate(items):
+    texts: list[str] = []
+    names: list[str] = []
+    for name, value in items:
         name = one_line(name).strip()
-        if not name or name.lower() in _DROPPED:
+        lowered = name.lower()
+        if not name or lowered in _DROPPED:
             continue
-        lines.append((_rank(name.lower()), index, f"{name}: {one_line(value).strip()}"))
+        texts.append(f"{name}: {one_line(value).strip()}")
+        names.append(lowered)
     budget = limit + 2  # every line costs its length plus CRLF, except the last one
+    if sum(map(len, texts)) + 2 * len(texts) <= budget:
+        # All of them fit (the usual case): nothing is dropped, message order stays.
+        return "\r\n".join(texts)
+    lines = [(_rank(lowered), index, texts[index]) for index, lowered in enumerate(names)]
     kept: list[tuple[int, str]] = []
     for _, index, line in sorted(lines):
         cost = len(line) + 2

@@ -6,11 +6,15 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.mimeheaders import (
+    _DROPPED,
     _parsed_header_items,
+    _rank,
     block_header_items,
     header_block_end,
+    raw_headers,
     simple_header_items,
 )
+from gateway.mimetext import one_line
 
 ENDINGS = [b"\r\n", b"\n", b"\r", b""]
 NAMES = [
@@ -71,3 +75,35 @@ def test_the_common_block_takes_the_fast_path() -> None:
     assert fast is not None
     assert fast == _parsed_header_items(block)
     assert fast[3] == ("Subject", "Invoice\r\n\tquestion \udcc3\udca4")
+
+
+def _raw_headers_by_rank(items: list[tuple[str, str]], limit: int) -> str:
+    # raw_headers as first written: rank every line, keep greedily, restore the order.
+    lines = []
+    for index, (name, value) in enumerate(items):
+        name = one_line(name).strip()
+        if name and name.lower() not in _DROPPED:
+            lines.append((_rank(name.lower()), index, f"{name}: {one_line(value).strip()}"))
+    budget = limit + 2
+    kept = []
+    for _, index, line in sorted(lines):
+        if len(line) + 2 <= budget:
+            budget -= len(line) + 2
+            kept.append((index, line))
+    return "\r\n".join(line for _, line in sorted(kept))
+
+
+HEADER_NAMES = ["Subject", "Received", "X-Other", "Content-Type", "ARC-Seal", " ", "From", "to"]
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(HEADER_NAMES), st.text(alphabet="ab \r\n\t\x00", max_size=30)),
+        max_size=10,
+    ),
+    st.integers(0, 200),
+)
+def test_raw_headers_keeps_what_ranking_every_line_keeps(
+    items: list[tuple[str, str]], limit: int
+) -> None:
+    assert raw_headers(items, limit) == _raw_headers_by_rank(items, limit)
