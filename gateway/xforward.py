@@ -94,6 +94,16 @@ def xtext_decode(text: str) -> str:
 
 def xtext_encode(text: str) -> str:
     """Text to xtext: ``+``, ``=`` and anything outside ``!``..``~`` as ``+XX``."""
+    # Printable ASCII without space, + and =: nothing to encode (addresses, names and
+    # queue ids nearly always; a character generator per call was the cost).
+    if (
+        text.isascii()
+        and text.isprintable()
+        and " " not in text
+        and "+" not in text
+        and "=" not in text
+    ):
+        return text
     return "".join(
         c if "!" <= c <= "~" and c not in "+=" else f"+{b:02X}"
         for c in text

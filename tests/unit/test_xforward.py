@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway import xforward
 from gateway.xforward import ATTRIBUTES, XForward, XForwardState, commands, xtext_decode
 
 LONG = XForward(
@@ -41,3 +45,21 @@ def test_an_attribute_the_next_hop_did_not_offer_is_never_sent() -> None:
     assert commands(LONG, ["addr", "PORT"]) == ["XFORWARD ADDR=2001:db8::7 PORT=65535"]
     assert commands(LONG, []) == []
     assert commands(XForward(), ATTRIBUTES) == []
+
+
+def _xtext_encode_per_character(text: str) -> str:
+    # xtext_encode without its fast path: every character looked at.
+    return "".join(
+        c if "!" <= c <= "~" and c not in "+=" else f"+{b:02X}"
+        for c in text
+        for b in c.encode("utf-8")
+    )
+
+
+@given(
+    st.text(
+        alphabet=st.sampled_from(["a", "Z", "~", "!", " ", "+", "=", "\x7f", "\t", "é", "\u2028"])
+    )
+)
+def test_xtext_encode_equals_encoding_each_character(text: str) -> None:
+    assert xforward.xtext_encode(text) == _xtext_encode_per_character(text)
