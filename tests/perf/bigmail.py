@@ -39,6 +39,9 @@ class BigMailResult:
     peak_rss_mb: float
     noop_median_ms: float
     noop_max_ms: float
+    noop_during: int
+    noop_p99_ms: float  # during the big message
+    noop_over_50: int  # round trips during it more than 50 ms above the usual one
     trickle_median_ms: float
     trickle_max_ms: float
     trickle_during: int
@@ -61,7 +64,9 @@ class BigMailResult:
             f" in {self.elapsed_s:.1f} s; peak RSS {self.rss_before_mb:.0f} -> "
             f"{self.peak_rss_mb:.0f} MB (growth {self.growth_ratio:.1f} x the message);"
             f" NOOP round trip median {self.noop_median_ms:.1f} ms, worst during it"
-            f" {self.noop_max_ms:.1f} ms (stall ~{self.stall_ms:.0f} ms); 4 KB mails"
+            f" {self.noop_max_ms:.1f} ms (stall ~{self.stall_ms:.0f} ms; {self.noop_during}"
+            f" round trips during it, p99 {self.noop_p99_ms:.0f} ms, {self.noop_over_50} over"
+            f" 50 ms above the median); 4 KB mails"
             f" during it: {self.trickle_during} (failed {self.trickle_failed}), latency"
             f" median {self.trickle_median_ms:.0f} ms, max {self.trickle_max_ms:.0f} ms"
         )
@@ -129,8 +134,18 @@ def big_mail_phase(
         peak_rss_mb=peak,
         noop_median_ms=statistics.median(before) if before else float("nan"),
         noop_max_ms=max(during, default=float("nan")),
+        noop_during=len(during),
+        noop_p99_ms=_p99(during),
+        noop_over_50=sum(1 for rtt in during if before and rtt > statistics.median(before) + 50),
         trickle_median_ms=statistics.median(mail_before) if mail_before else float("nan"),
         trickle_max_ms=max((lat for lat, _ in mail_during), default=float("nan")),
         trickle_during=len(mail_during),
         trickle_failed=sum(1 for _, code in mail_during if not 200 <= code < 300),
     )
+
+
+def _p99(values: list[float]) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
