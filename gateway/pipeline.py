@@ -39,7 +39,7 @@ import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from . import replies
 from .circuit import circuit_breaker
@@ -70,19 +70,22 @@ __all__ = ["Pipeline", "build_processor", "count_hops", "received_header"]
 HEADER_PREFIX = "X-CM-"
 PARSE_IN_THREAD = 256 * 1024
 COPY_IN_THREAD = 2 << 20
+_T = TypeVar("_T")
 _CLASSIFICATION_HEADERS = {f"{HEADER_PREFIX}{n}".lower() for n in ("Labels", "Model", "Status")}
 ALREADY_CLASSIFIED = "already-classified"
 
 _log = get_logger("cm-gateway.pipeline")
 
 
-async def _edited(content: bytes, edit: Callable[[bytes], bytes]) -> bytes:
-    """``edit(content)`` for a header edit that copies the whole message. Past
-    ``COPY_IN_THREAD`` in a thread: copying 25 MB holds the loop for ~0.1 s on a slow
-    machine, and the copy (bytes.join) runs without the GIL, so the other sessions go on."""
+async def _off_loop(content: bytes, work: Callable[[bytes], _T]) -> _T:
+    """``work(content)``; past ``COPY_IN_THREAD`` in a thread, for work on a big message:
+    header edits copy the whole message (25 MB: ~0.1 s on a slow machine), which bytes.join
+    does without the GIL; the header walks are pure Python, and a hostile message can be
+    all header lines (5 MB of them: seconds), which a thread interrupts every switch
+    interval (5 ms) to let the loop run, where the loop itself would wait for the end."""
     if len(content) > COPY_IN_THREAD:
-        return await asyncio.to_thread(edit, content)
-    return edit(content)
+        return await asyncio.to_thread(work, content)
+    return work(content)
 
 
 def _light_parse(raw: bytes) -> ParsedMessage:
@@ -181,8 +184,8 @@ class Pipeline:
             stage = "prepare"
             content = msg.content
             if not msg.trusted_peer:
-                content = await _edited(content, lambda c: strip_headers(c, HEADER_PREFIX))
-            hops = count_hops(content)
+                content = await _off_loop(content, lambda c: strip_headers(c, HEADER_PREFIX))
+            hops = await _off_loop(content, count_hops)
             if hops > self.config.smtp.max_hops:
                 log.set(status="not-processed", hops=hops)
                 return self._done(log, replies.LOOP_DETECTED)
@@ -245,12 +248,13 @@ class Pipeline:
         with log.stage("parse"):
             if msg.trusted_peer and any(
                 name.lower() == f"{HEADER_PREFIX}status".lower()
-                for name, _ in header_fields(content)
+                for name, _ in await _off_loop(content, header_fields)
             ):
-                return ClassificationStatus("skipped", ALREADY_CLASSIFIED), _light_parse(content)
+                skipped = ClassificationStatus("skipped", ALREADY_CLASSIFIED)
+                return skipped, await _off_loop(content, _light_parse)
             if len(content) > self.config.classifier.classify_max_size:
                 # skip_reason() names it (after bounce / auto-submitted, in that order).
-                return CLASSIFIED, _light_parse(content)
+                return CLASSIFIED, await _off_loop(content, _light_parse)
             if len(content) > PARSE_IN_THREAD:
                 return CLASSIFIED, await asyncio.to_thread(parse_message, content)
             return CLASSIFIED, parse_message(content)
@@ -323,7 +327,8 @@ class Pipeline:
         outgoing = content
         if enforce:
             for prefix in reversed(decision.subject_prefixes):
-                outgoing = await _edited(outgoing, functools.partial(prefix_subject, prefix=prefix))
+                edit = functools.partial(prefix_subject, prefix=prefix)
+                outgoing = await _off_loop(outgoing, edit)
         return await self._relay(msg, outgoing, recipients, log, self._headers(ctx, decision))
 
     async def _relay(
@@ -336,7 +341,7 @@ class Pipeline:
     ) -> Reply:
         # One prepend (one copy of a possibly large message): our trace field on top.
         received = ("Received", received_header(msg, self.config.smtp.hostname))
-        outgoing = await _edited(content, lambda c: prepend_headers(c, [received, *headers]))
+        outgoing = await _off_loop(content, lambda c: prepend_headers(c, [received, *headers]))
         log.set(recipients=len(recipients))
         with log.stage("relay"):
             result = await self.delivery.deliver(
