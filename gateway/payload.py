@@ -22,6 +22,7 @@ Choices (see also ``mimewalk``):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -315,11 +316,10 @@ def _user_property(key: object, value: object) -> tuple[str, str | float | int] 
     """A valid (key, value) pair, converted where that is unambiguous, else None."""
     if not isinstance(key, str):
         return None
-    kind, colon, name = one_line(key).partition(":")
-    name = name.strip()
-    if not colon or kind not in ("string", "number") or not name:
+    checked = _property_key(key)
+    if checked is None:
         return None
-    key = f"{kind}:{truncate_text(name, _MAX_PROPERTY_NAME)}"
+    kind, key = checked
     if kind == "number":
         number: float
         if isinstance(value, bool):
@@ -346,6 +346,17 @@ def _user_property(key: object, value: object) -> tuple[str, str | float | int] 
         return None
     text = truncate_text(fix_surrogates(value).replace("\x00", "").strip(), _MAX_PROPERTY_VALUE)
     return (key, text) if text.strip() else None
+
+
+@functools.lru_cache(maxsize=256)
+def _property_key(key: str) -> tuple[str, str] | None:
+    """(kind, the key as sent) for a valid ``kind:name`` key, else None. Cached: the
+    keys are the configured ones and the four computed ones, checked for every message."""
+    kind, colon, name = one_line(key).partition(":")
+    name = name.strip()
+    if not colon or kind not in ("string", "number") or not name:
+        return None
+    return kind, f"{kind}:{truncate_text(name, _MAX_PROPERTY_NAME)}"
 
 
 def _sender_domain(addresses: tuple[str, ...]) -> str | None:
