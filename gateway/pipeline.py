@@ -264,7 +264,13 @@ class Pipeline:
     ) -> tuple[MessageContext, RawEmailDocument] | Reply:
         settings = self.config.classifier
         with log.stage("classify"):
-            document = build_document(parsed, content, user_properties=settings.user_properties)
+            if len(content) > PARSE_IN_THREAD:
+                # Like the parse: a message of many header fields takes seconds here.
+                document = await asyncio.to_thread(
+                    build_document, parsed, content, user_properties=settings.user_properties
+                )
+            else:
+                document = build_document(parsed, content, user_properties=settings.user_properties)
             try:
                 try:
                     async with asyncio.timeout(self._classify_deadline):
