@@ -21,6 +21,7 @@ real peer's address.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
@@ -79,7 +80,8 @@ class XForward:
 
     def items(self) -> list[tuple[str, str]]:
         """The available attributes as (XFORWARD name, value), in EHLO order."""
-        values = dataclasses.astuple(self)
+        # Not dataclasses.astuple: it deep-copies every field, a cost per relayed message.
+        values = (self.name, self.addr, self.port, self.proto, self.helo, self.ident, self.source)
         return [(attr, str(value)) for attr, value in zip(ATTRIBUTES, values, strict=True) if value]
 
 
@@ -127,6 +129,10 @@ def _value(attr: str, raw: str) -> str | int | None:
     return _checked(attr, value)
 
 
+# A pure function of its arguments (a refusal raises, and is not cached); the same peer
+# address, port and HELO come back for every message of a session, and ip_address()
+# parsing them was most of from_session's time.
+@functools.lru_cache(maxsize=1024)
 def _checked(attr: str, value: str) -> str | int:
     if attr == "NAME":
         if _HOSTNAME.fullmatch(value):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -63,3 +65,28 @@ def _xtext_encode_per_character(text: str) -> str:
 )
 def test_xtext_encode_equals_encoding_each_character(text: str) -> None:
     assert xforward.xtext_encode(text) == _xtext_encode_per_character(text)
+
+
+@given(
+    st.builds(
+        XForward,
+        name=st.none() | st.sampled_from(["", "mx.example", "a b"]),
+        addr=st.none() | st.sampled_from(["192.0.2.1", "2001:db8::1"]),
+        port=st.none() | st.integers(0, 65535),
+        proto=st.none() | st.sampled_from(["ESMTP", ""]),
+        helo=st.none() | st.text(max_size=5),
+        ident=st.none() | st.text(max_size=5),
+        source=st.none() | st.sampled_from(["LOCAL", "REMOTE"]),
+    )
+)
+def test_items_lists_the_available_fields_in_ehlo_order(forwarded: XForward) -> None:
+    values = dataclasses.astuple(forwarded)
+    expected = [(attr, str(value)) for attr, value in zip(ATTRIBUTES, values, strict=True) if value]
+    assert forwarded.items() == expected
+
+
+def test_a_refused_value_is_refused_every_time() -> None:
+    session = {"port": None, "proto": None, "helo": None, "ident": None, "source": None}
+    for _ in range(2):
+        assert xforward.from_session(addr="999.1.1.1", **session).addr is None
+        assert xforward.from_session(addr="192.0.2.1", **session).addr == "192.0.2.1"
