@@ -137,7 +137,8 @@ class _Section:
 
 def _peek(reader: asyncio.StreamReader) -> bytearray:
     # The stream's private buffer (aiosmtpd itself clears it for STARTTLS): the only
-    # way to see whether the next line is the terminator without consuming it.
+    # way to search a bounded part of what is buffered for the terminator, or to see
+    # whether the next line is the terminator, without consuming anything.
     buffer: bytearray = reader._buffer  # type: ignore[attr-defined]
     return buffer
 
