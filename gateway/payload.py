@@ -58,6 +58,9 @@ from .mimetext import clean_text, decode_header_value, fix_surrogates, one_line,
 __all__ = ["ParsedMessage", "build_document", "document_hash", "parse_message"]
 
 _NO_PROPERTIES: Mapping[str, str | float] = MappingProxyType({})
+# json.dumps(sort_keys=True, ensure_ascii=False, separators=(",", ":")) builds this
+# encoder anew for every call; encode() keeps no state between calls (thread-safe).
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 _COMMENT_ID = re.compile(r"[\w\x21-\x2e\x3a-\x40\x5b-\x60\x7b-\x7e]{1,1024}", re.ASCII)
 # Real mail nests a few dozen containers at most (a thread forwarded as attachments).
@@ -123,7 +126,7 @@ def build_document(
 
 def document_hash(doc: RawEmailDocument) -> str:
     """SHA-256 hex of the canonical JSON (sorted keys, compact, UTF-8) of ``doc``."""
-    canonical = json.dumps(doc, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    canonical = _CANONICAL_JSON.encode(doc)
     return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 

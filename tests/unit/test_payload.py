@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.documents import (
     MAX_ATTACHMENT_FIELD,
@@ -717,6 +719,20 @@ def test_document_hash_is_sha256_of_sorted_compact_json() -> None:
     _, doc = parse("09-utf8-8bit.eml")
     canonical = json.dumps(doc, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     assert document_hash(doc) == hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=10,
+)
+
+
+@given(st.dictionaries(st.text(), JSON_VALUES, max_size=4))
+def test_document_hash_of_any_document_is_that_of_json_dumps(doc: dict[str, Any]) -> None:
+    canonical = json.dumps(doc, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    expected = hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+    assert document_hash(doc) == expected  # type: ignore[arg-type]  # any JSON object
 
 
 def test_document_hash_is_stable_and_sensitive_to_content() -> None:
