@@ -71,3 +71,14 @@ def test_the_written_line_is_json_without_the_token(isolated_logging: None) -> N
     assert line["next_hop_reply"] == "2.0.0 Ok echo [REDACTED]"
     assert line["rules_hit"] == ["a", "b[REDACTED]"]
     assert TOKEN not in lines[0]
+
+
+def test_a_stage_that_raises_is_timed_and_its_exception_goes_on() -> None:
+    log = MessageLog(_msg())
+    with pytest.raises(KeyError), log.stage("relay"):
+        raise KeyError("x")
+    with log.stage("parse"):
+        time.sleep(0.002)
+    assert isinstance(log.fields["relay_ms"], float) and log.fields["relay_ms"] >= 0
+    assert log.fields["parse_ms"] >= 2.0
+    assert log.fields["parse_ms"] == round(log.fields["parse_ms"], 2)
