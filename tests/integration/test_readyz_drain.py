@@ -4,6 +4,7 @@ stops sending before the port closes."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import os
 import signal
@@ -82,3 +83,28 @@ async def test_readyz_is_503_draining_while_a_message_in_data_finishes(
     assert during.json()["failed"] == ["draining"]
     assert reply.startswith("2.0.0")
     assert len(sink.received) == 1
+
+
+async def test_serve_freezes_what_start_up_built_out_of_the_collectors_walk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A full collection no longer walks the objects start-up built (tens of thousands,
+    100+ ms a walk on this machine, every session stalled meanwhile)."""
+    gc.unfreeze()
+    with running_emulator() as emu, running_sink() as sink:
+        monkeypatch.setenv("REINFER_TOKEN", emu.token or "")
+        config = make_config(
+            tmp_path,
+            downstream=sink.url,
+            classifier=emulator_classifier(emu),
+            smtp={"listen": "127.0.0.1:0"},
+        )
+        out = io.StringIO()
+        task = asyncio.create_task(serve(config, out=out))
+        try:
+            await _listening_port(out, task)
+            assert gc.get_freeze_count() > 10_000
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert await asyncio.wait_for(task, 60) == 0
+            gc.unfreeze()
