@@ -21,8 +21,9 @@ the load, and the wait is one request's time rather than a fixed ``max_wait_ms``
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -46,10 +47,28 @@ class _Pending:
     size: int = 0
 
 
+# Loop turns the next request gets before the callers of the last one resume: httpx
+# needs about 4 to write a request on a pooled connection. Woken first, the callers'
+# rules and relays (a few ms of CPU each, a whole batch of them) kept the API idle for
+# tens of ms per batch.
+HEAD_START_TURNS = 8
+
+
+async def _head_start() -> None:
+    for _ in range(HEAD_START_TURNS):
+        await asyncio.sleep(0)
+
+
 def _fail(batch: _Pending, indexes: list[int], exc: Exception) -> None:
     for i in indexes:
         if not batch.futures[i].done():
             batch.futures[i].set_exception(exc)
+
+
+def _succeed(batch: _Pending, indexes: list[int], result: PredictionBatch) -> None:
+    for i, prediction in zip(indexes, result.predictions, strict=True):
+        if not batch.futures[i].done():
+            batch.futures[i].set_result((prediction, result.model))
 
 
 class BatchingClassifier:
@@ -142,20 +161,30 @@ class BatchingClassifier:
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: _Pending) -> None:
+        settle = None
+        launched = False
         try:
-            await self._run_in_slot(batch)
+            settle = await self._call_in_slot(batch)
         finally:
             self._queued -= 1
             if self._overdue or (
                 self._send_when_idle and self._queued == 0 and self._pending.documents
             ):
                 self._flush()
+                launched = True
+            if settle is not None:
+                try:
+                    if launched:
+                        await _head_start()
+                finally:
+                    settle()
 
-    async def _run_in_slot(self, batch: _Pending) -> None:
+    async def _call_in_slot(self, batch: _Pending) -> Callable[[], None] | None:
+        """Send the batch's live documents; returns what hands the results out."""
         async with self._slots:
             live = [i for i, f in enumerate(batch.futures) if not f.done()]
             if not live:
-                return  # every caller gave up while we waited for a slot: bill nothing
+                return None  # every caller gave up while we waited for a slot: bill nothing
             documents = [batch.documents[i] for i in live]
             self.requests += 1
             self.batch_sizes.append(len(documents))
@@ -166,24 +195,20 @@ class BatchingClassifier:
             try:
                 result = await self._inner.predict_raw_emails(documents)
             except Exception as exc:
-                if self.metrics is not None:
-                    self.metrics.api_result(len(documents), exc)
-                _fail(batch, live, exc)
-                return
+                return self._failed(batch, live, exc)
             finally:
                 self.in_flight -= 1
-            if len(result.predictions) != len(live):
-                count = f"{len(result.predictions)} predictions for {len(live)} documents"
-                error = MalformedResponseError(count)
-                if self.metrics is not None:
-                    self.metrics.api_result(len(documents), error)
-                _fail(batch, live, error)
-                return
-            if self.metrics is not None:
-                self.metrics.api_result(len(documents), None)
-            for i, prediction in zip(live, result.predictions, strict=True):
-                if not batch.futures[i].done():
-                    batch.futures[i].set_result((prediction, result.model))
+        if len(result.predictions) != len(live):
+            count = f"{len(result.predictions)} predictions for {len(live)} documents"
+            return self._failed(batch, live, MalformedResponseError(count))
+        if self.metrics is not None:
+            self.metrics.api_result(len(documents), None)
+        return functools.partial(_succeed, batch, live, result)
+
+    def _failed(self, batch: _Pending, live: list[int], exc: Exception) -> Callable[[], None]:
+        if self.metrics is not None:
+            self.metrics.api_result(len(live), exc)
+        return functools.partial(_fail, batch, live, exc)
 
     async def aclose(self) -> None:
         if self._pending.documents:

@@ -6,13 +6,14 @@ batch that waited for it would fail the test rather than slow it down."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway._retry import RetryPolicy
-from gateway.batcher import BatchingClassifier
+from gateway.batcher import HEAD_START_TURNS, BatchingClassifier
 from gateway.client import CommunicationsMiningClient, TenantEndpoint
 from gateway.documents import RawEmailDocument
 from gateway.testing import EmulatorHandle, running_emulator
@@ -121,3 +122,57 @@ async def test_the_gateway_answers_at_light_load_without_waiting_max_wait_ms(
         code, _ = await asyncio.wait_for(gw.send(numbered_mail(1)), PATIENCE_S)
         assert code == 250
         assert gw.metric("cm_gateway_batch_size_count") == 1
+
+
+async def test_the_next_request_is_under_way_before_the_callers_of_the_last_one_resume(
+    emulator: EmulatorHandle,
+) -> None:
+    """When a request ends, what gathered meanwhile is sent before its callers go on to
+    their rules and relays: the next request gets HEAD_START_TURNS loop turns (httpx
+    needs about 4 to write it) before the first caller resumes."""
+    turns = 0
+    ticking = True
+
+    async def ticker() -> None:
+        nonlocal turns
+        while ticking:
+            turns += 1
+            await asyncio.sleep(0)
+
+    started_at: list[int] = []
+    endpoint = TenantEndpoint(
+        emulator.base_url, emulator.project, emulator.dataset, emulator.token or "x"
+    )
+    client = CommunicationsMiningClient(endpoint, retry=RetryPolicy(attempts=1), timeout=30.0)
+
+    class Recording:
+        """The real client, noting the loop turn at which each request starts."""
+
+        description = "recording"
+
+        async def predict_raw_emails(self, documents: Sequence[RawEmailDocument]) -> Any:
+            started_at.append(turns)
+            return await client.predict_raw_emails(documents)
+
+        async def aclose(self) -> None:
+            await client.aclose()
+
+    batcher = BatchingClassifier(
+        Recording(), max_batch=64, max_wait_ms=FOREVER_MS, max_in_flight=4, send_when_idle=True
+    )
+    resumed_at: list[int] = []
+
+    async def call(i: int) -> None:
+        await batcher.predict_raw_emails([doc(i)])
+        resumed_at.append(turns)
+
+    tick = asyncio.create_task(ticker())
+    first = asyncio.create_task(call(0))
+    await asyncio.sleep(0.1)  # request 1 (500 ms) is running
+    second = asyncio.create_task(call(1))
+    await asyncio.wait_for(asyncio.gather(first, second), PATIENCE_S)
+    ticking = False
+    await tick
+    await batcher.aclose()
+    assert batcher.batch_sizes == [1, 1]
+    assert resumed_at[0] - started_at[1] >= HEAD_START_TURNS

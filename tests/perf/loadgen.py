@@ -36,9 +36,12 @@ __all__ = [
 # Per socket operation (aiosmtplib), generous: this machine is slow and shared.
 IO_TIMEOUT = 120.0
 
+# One order number per mail, then plain filler: an entity on every line would make the
+# emulator's model (which runs on the same 2 cores) the slowest part of the benchmark.
+_FIRST = "please find the invoice for order ORD-{n:06d} and confirm the refund status\r\n"
 _WORDS = (
-    "please find the invoice attached for last month order ORD-{n:06d} and confirm the "
-    "refund status as soon as possible thank you for the quick answer the team "
+    "as soon as possible thank you for the quick answer the team will look at the "
+    "question next week and come back to you with the details of the account "
 )
 
 
@@ -51,11 +54,11 @@ def make_message(tag: str, index: int, size: int) -> bytes:
         f"Message-ID: <{tag}.{index}@bench.example>\r\n"
         "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
     )
-    text = _WORDS.format(n=index % 1_000_000)
-    body_len = max(size - len(head), 0)
-    body = (text * (body_len // len(text) + 1))[:body_len]
+    first = _FIRST.format(n=index % 1_000_000)
+    body_len = max(size - len(head) - len(first), 0)
+    body = (_WORDS * (body_len // len(_WORDS) + 1))[:body_len]
     lines = "\r\n".join(body[i : i + 76] for i in range(0, len(body), 76))
-    return (head + lines + "\r\n").encode("ascii")
+    return (head + first + lines + "\r\n").encode("ascii")
 
 
 def percentile(values: list[float], pct: float) -> float:
