@@ -8,22 +8,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway._retry import RetryPolicy
 from gateway.batcher import BatchingClassifier
-from gateway.client import CommunicationsMiningClient, TenantEndpoint
 from gateway.documents import RawEmailDocument
 from gateway.testing import EmulatorHandle, running_emulator
 
+from . import batcher_support
+from .batcher_support import http_client
+
 
 def doc(i: int) -> RawEmailDocument:
-    document: RawEmailDocument = {
-        "raw_email": {
-            "headers": {"raw": f"Subject: invoice {i}\r\nFrom: a{i}@example.org"},
-            "body": {"plain": f"Please pay the invoice number {i}."},
-        },
-        "comment_id": f"hold-{i}",
-    }
-    return document
+    return batcher_support.doc(i, "hold")
 
 
 @pytest.fixture
@@ -33,9 +27,9 @@ def emulator() -> Iterator[EmulatorHandle]:
 
 
 def batcher_for(emu: EmulatorHandle, *, max_in_flight: int) -> BatchingClassifier:
-    endpoint = TenantEndpoint(emu.base_url, emu.project, emu.dataset, emu.token or "x")
-    inner = CommunicationsMiningClient(endpoint, retry=RetryPolicy(attempts=1), timeout=30.0)
-    return BatchingClassifier(inner, max_batch=64, max_wait_ms=10, max_in_flight=max_in_flight)
+    return BatchingClassifier(
+        http_client(emu), max_batch=64, max_wait_ms=10, max_in_flight=max_in_flight
+    )
 
 
 async def _staggered(batcher: BatchingClassifier, count: int, gap: float) -> None:

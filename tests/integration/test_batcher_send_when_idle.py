@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from gateway._retry import RetryPolicy
 from gateway.batcher import HEAD_START_TURNS, BatchingClassifier
-from gateway.client import CommunicationsMiningClient, TenantEndpoint
 from gateway.documents import RawEmailDocument
 from gateway.testing import EmulatorHandle, running_emulator
 
+from . import batcher_support
+from .batcher_support import http_client
 from .ops_support import emulator_classifier, numbered_mail, running_gateway
 
 FOREVER_MS = 600_000.0
@@ -25,14 +25,7 @@ PATIENCE_S = 20.0
 
 
 def doc(i: int) -> RawEmailDocument:
-    document: RawEmailDocument = {
-        "raw_email": {
-            "headers": {"raw": f"Subject: invoice {i}\r\nFrom: a{i}@example.org"},
-            "body": {"plain": f"Please pay the invoice number {i}."},
-        },
-        "comment_id": f"idle-{i}",
-    }
-    return document
+    return batcher_support.doc(i, "idle")
 
 
 @pytest.fixture
@@ -42,10 +35,8 @@ def emulator() -> Iterator[EmulatorHandle]:
 
 
 def batcher_for(emu: EmulatorHandle, *, max_in_flight: int = 4) -> BatchingClassifier:
-    endpoint = TenantEndpoint(emu.base_url, emu.project, emu.dataset, emu.token or "x")
-    inner = CommunicationsMiningClient(endpoint, retry=RetryPolicy(attempts=1), timeout=30.0)
     return BatchingClassifier(
-        inner,
+        http_client(emu),
         max_batch=64,
         max_wait_ms=FOREVER_MS,
         max_in_flight=max_in_flight,
@@ -95,12 +86,12 @@ async def test_one_callers_documents_stay_in_one_request(emulator: EmulatorHandl
 async def test_max_batch_still_closes_a_batch_while_a_request_runs(
     emulator: EmulatorHandle,
 ) -> None:
-    endpoint = TenantEndpoint(
-        emulator.base_url, emulator.project, emulator.dataset, emulator.token or "x"
-    )
-    inner = CommunicationsMiningClient(endpoint, retry=RetryPolicy(attempts=1), timeout=30.0)
     batcher = BatchingClassifier(
-        inner, max_batch=3, max_wait_ms=FOREVER_MS, max_in_flight=4, send_when_idle=True
+        http_client(emulator),
+        max_batch=3,
+        max_wait_ms=FOREVER_MS,
+        max_in_flight=4,
+        send_when_idle=True,
     )
     first = asyncio.create_task(batcher.predict_raw_emails([doc(0)]))
     await asyncio.sleep(0.05)
@@ -140,10 +131,7 @@ async def test_the_next_request_is_under_way_before_the_callers_of_the_last_one_
             await asyncio.sleep(0)
 
     started_at: list[int] = []
-    endpoint = TenantEndpoint(
-        emulator.base_url, emulator.project, emulator.dataset, emulator.token or "x"
-    )
-    client = CommunicationsMiningClient(endpoint, retry=RetryPolicy(attempts=1), timeout=30.0)
+    client = http_client(emulator)
 
     class Recording:
         """The real client, noting the loop turn at which each request starts."""

@@ -13,7 +13,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from gateway.data_reader import JOIN_IN_THREAD, SLICE, DataOutcome, read_data
+from gateway.data_reader import JOIN_IN_THREAD, SLICE, DataOutcome, DataResult, read_data
 
 LIMIT = 64  # the stream limit: the longest line, as aiosmtpd's 1 MiB in production
 MAX_SIZE = 300
@@ -142,6 +142,23 @@ def test_read_data_answers_like_aiosmtpds_data_loop(
         assert reply.startswith("552") and outcome is DataOutcome.TOO_MUCH, reply
 
 
+async def _read_counting_turns(reader: asyncio.StreamReader) -> tuple[DataResult, int]:
+    """``read_data`` while another task counts the loop turns it gets meanwhile."""
+    turns = 0
+
+    async def other() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(other())
+    await asyncio.sleep(0)
+    result = await read_data(reader, line_limit=2**20, max_size=None)
+    task.cancel()
+    return result, turns
+
+
 def test_a_big_section_is_read_in_pieces_with_turns_for_other_tasks() -> None:
     """2 MB of 80-octet lines with a 1 MiB limit: other tasks run while it is read."""
     line = b"." + b"x" * 77 + b"\r\n"
@@ -151,18 +168,7 @@ def test_a_big_section_is_read_in_pieces_with_turns_for_other_tasks() -> None:
         reader = asyncio.StreamReader(limit=2**20)
         reader.feed_data(body)
         reader.feed_eof()
-        turns = 0
-
-        async def other() -> None:
-            nonlocal turns
-            while True:
-                turns += 1
-                await asyncio.sleep(0)
-
-        task = asyncio.create_task(other())
-        await asyncio.sleep(0)
-        result = await read_data(reader, line_limit=2**20, max_size=None)
-        task.cancel()
+        result, turns = await _read_counting_turns(reader)
         return result.content, turns
 
     content, turns = asyncio.run(run())
@@ -181,18 +187,7 @@ def test_a_section_buffered_whole_is_still_read_one_step_size_at_a_time() -> Non
     async def run() -> tuple[bytes, int]:
         reader = asyncio.StreamReader(limit=2**20)
         reader.feed_data(line * count + b".\r\nNOOP\r\n")
-        turns = 0
-
-        async def other() -> None:
-            nonlocal turns
-            while True:
-                turns += 1
-                await asyncio.sleep(0)
-
-        task = asyncio.create_task(other())
-        await asyncio.sleep(0)
-        result = await read_data(reader, line_limit=2**20, max_size=None)
-        task.cancel()
+        result, turns = await _read_counting_turns(reader)
         assert await reader.readexactly(6) == b"NOOP\r\n"
         return result.content, turns
 

@@ -1,0 +1,26 @@
+"""What the batcher tests share: small documents and a real HTTP client to the emulator."""
+
+from __future__ import annotations
+
+from gateway._retry import RetryPolicy
+from gateway.client import CommunicationsMiningClient, TenantEndpoint
+from gateway.documents import RawEmailDocument
+from gateway.testing import EmulatorHandle
+
+
+def doc(i: int, prefix: str) -> RawEmailDocument:
+    """A one-line invoice mail, ``comment_id`` ``<prefix>-<i>``."""
+    document: RawEmailDocument = {
+        "raw_email": {
+            "headers": {"raw": f"Subject: invoice {i}\r\nFrom: a{i}@example.org"},
+            "body": {"plain": f"Please pay the invoice number {i}."},
+        },
+        "comment_id": f"{prefix}-{i}",
+    }
+    return document
+
+
+def http_client(emu: EmulatorHandle) -> CommunicationsMiningClient:
+    """The real client to ``emu``, one attempt per call (no retries to blur counts)."""
+    endpoint = TenantEndpoint(emu.base_url, emu.project, emu.dataset, emu.token or "x")
+    return CommunicationsMiningClient(endpoint, retry=RetryPolicy(attempts=1), timeout=30.0)
