@@ -19,6 +19,7 @@ __all__ = [
     "header_items",
     "raw_headers",
     "simple_header_items",
+    "stdlib_header_items",
     "trim_header_block",
 ]
 
@@ -70,7 +71,7 @@ def block_header_items(block: bytes) -> list[tuple[str, str]]:
     items = simple_header_items(block)
     if items is not None:
         return items
-    return _parsed_header_items(block)
+    return stdlib_header_items(block)
 
 
 def simple_header_items(block: bytes) -> list[tuple[str, str]] | None:
@@ -117,7 +118,8 @@ def _source_item(name: str, lines: list[str]) -> tuple[str, str]:
     return name, "".join(lines).rstrip("\r\n")
 
 
-def _parsed_header_items(block: bytes) -> list[tuple[str, str]]:
+def stdlib_header_items(block: bytes) -> list[tuple[str, str]]:
+    """``block_header_items`` by the stdlib parser (any block, defects handled as it does)."""
     try:
         message = BytesParser(policy=compat32).parsebytes(block, headersonly=True)
     except Exception:

@@ -46,11 +46,11 @@ from .documents import (
     UserProperties,
 )
 from .mimeheaders import (
-    block_header_items,
     header_block_end,
     header_items,
     raw_headers,
     simple_header_items,
+    stdlib_header_items,
 )
 from .mimeparser import MimeResult, read_mime
 from .mimetext import clean_text, decode_header_value, fix_surrogates, one_line, truncate_text
@@ -137,7 +137,7 @@ def _parse(raw: bytes) -> ParsedMessage:
     defects: list[str] = []
     block = raw[: header_block_end(raw)]
     simple = simple_header_items(block)
-    raw_headers = simple if simple is not None else block_header_items(block)
+    raw_headers = simple if simple is not None else stdlib_header_items(block)
     headers = tuple(
         (name, decode_header_value(one_line(value)).strip()) for name, value in raw_headers
     )
