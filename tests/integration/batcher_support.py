@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from gateway._retry import RetryPolicy
+from gateway.batcher import BatchingClassifier
 from gateway.client import CommunicationsMiningClient, TenantEndpoint
 from gateway.documents import RawEmailDocument
 from gateway.testing import EmulatorHandle
@@ -24,3 +27,12 @@ def http_client(emu: EmulatorHandle) -> CommunicationsMiningClient:
     """The real client to ``emu``, one attempt per call (no retries to blur counts)."""
     endpoint = TenantEndpoint(emu.base_url, emu.project, emu.dataset, emu.token or "x")
     return CommunicationsMiningClient(endpoint, retry=RetryPolicy(attempts=1), timeout=30.0)
+
+
+async def staggered(batcher: BatchingClassifier, count: int, gap: float, prefix: str) -> None:
+    """``count`` one-document calls, started ``gap`` seconds apart; waits for them all."""
+    calls = []
+    for i in range(count):
+        calls.append(asyncio.create_task(batcher.predict_raw_emails([doc(i, prefix)])))
+        await asyncio.sleep(gap)
+    await asyncio.gather(*calls)

@@ -3,21 +3,14 @@ open until a slot frees, instead of queueing as one more request (real HTTP, emu
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 
 import pytest
 
 from gateway.batcher import BatchingClassifier
-from gateway.documents import RawEmailDocument
 from gateway.testing import EmulatorHandle, running_emulator
 
-from . import batcher_support
-from .batcher_support import http_client
-
-
-def doc(i: int) -> RawEmailDocument:
-    return batcher_support.doc(i, "hold")
+from .batcher_support import http_client, staggered
 
 
 @pytest.fixture
@@ -32,21 +25,13 @@ def batcher_for(emu: EmulatorHandle, *, max_in_flight: int) -> BatchingClassifie
     )
 
 
-async def _staggered(batcher: BatchingClassifier, count: int, gap: float) -> None:
-    calls = []
-    for i in range(count):
-        calls.append(asyncio.create_task(batcher.predict_raw_emails([doc(i)])))
-        await asyncio.sleep(gap)
-    await asyncio.gather(*calls)
-
-
 async def test_documents_due_while_every_slot_is_busy_share_the_next_request(
     emulator: EmulatorHandle,
 ) -> None:
     """One slot, a slow API: five documents arriving 40 ms apart (each past max_wait_ms)
     behind a request in flight travel together in the next request, not in five."""
     batcher = batcher_for(emulator, max_in_flight=1)
-    await _staggered(batcher, 6, 0.04)
+    await staggered(batcher, 6, 0.04, "hold")
     await batcher.aclose()
     assert batcher.batch_sizes == [1, 5]
     assert emulator.stats()["requests"] == 2
@@ -58,7 +43,7 @@ async def test_a_due_batch_still_starts_at_once_when_a_slot_is_free(
     """Two slots: the second document, due while the first request is in flight, does not
     wait for it (the requests overlap)."""
     batcher = batcher_for(emulator, max_in_flight=2)
-    await _staggered(batcher, 2, 0.04)
+    await staggered(batcher, 2, 0.04, "hold")
     await batcher.aclose()
     assert batcher.batch_sizes == [1, 1]
     assert batcher.peak_in_flight == 2

@@ -17,7 +17,7 @@ from gateway.documents import RawEmailDocument
 from gateway.testing import EmulatorHandle, running_emulator
 
 from . import batcher_support
-from .batcher_support import http_client
+from .batcher_support import http_client, staggered
 from .ops_support import emulator_classifier, numbered_mail, running_gateway
 
 FOREVER_MS = 600_000.0
@@ -60,11 +60,7 @@ async def test_documents_arriving_during_a_request_go_together_when_it_ends(
     """The first goes alone; five arriving 40 ms apart while it runs (500 ms) share the
     next request, sent when the first ends, not after max_wait_ms."""
     batcher = batcher_for(emulator)
-    calls = []
-    for i in range(6):
-        calls.append(asyncio.create_task(batcher.predict_raw_emails([doc(i)])))
-        await asyncio.sleep(0.04)
-    await asyncio.wait_for(asyncio.gather(*calls), PATIENCE_S)
+    await asyncio.wait_for(staggered(batcher, 6, 0.04, "idle"), PATIENCE_S)
     await batcher.aclose()
     assert batcher.batch_sizes == [1, 5]
     assert batcher.peak_in_flight == 1
