@@ -137,10 +137,8 @@ def _parse(raw: bytes) -> ParsedMessage:
     defects: list[str] = []
     block = raw[: header_block_end(raw)]
     simple = simple_header_items(block)
-    raw_headers = simple if simple is not None else stdlib_header_items(block)
-    headers = tuple(
-        (name, decode_header_value(one_line(value)).strip()) for name, value in raw_headers
-    )
+    items = simple if simple is not None else stdlib_header_items(block)
+    headers = tuple((name, decode_header_value(one_line(value)).strip()) for name, value in items)
 
     mime = MimeResult()
     if _too_many_containers(raw):
@@ -162,7 +160,7 @@ def _parse(raw: bytes) -> ParsedMessage:
     return ParsedMessage(
         headers=headers,
         subject=_first(headers, "subject") or "",
-        message_id=_message_id(raw_headers),
+        message_id=_message_id(items),
         from_addresses=from_addresses,
         to_addresses=to_addresses,
         text_plain="\n\n".join(walk.plain) if walk.plain else None,
@@ -171,7 +169,7 @@ def _parse(raw: bytes) -> ParsedMessage:
         size=len(raw),
         defects=tuple(dict.fromkeys(defects)),
         header_block=block,
-        header_items=tuple(raw_headers),
+        header_items=tuple(items),
     )
 
 
