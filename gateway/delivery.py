@@ -6,18 +6,7 @@ The reply to our client's DATA is sent only after the next hop has the message (
 §1), so a delivery never queues anything: it succeeds, or it tells the pipeline which
 reply makes the sending MTA keep the message (4xx) or bounce it (5xx).
 
-SMTP result mapping (DESIGN.md §7):
-
-- every recipient accepted and DATA accepted -> 250, with the next hop's own reply kept
-  for the log (and its queue id, if it said ``queued as <id>``);
-- some recipients refused -> ``DOWNSTREAM_PARTIAL`` (451). One reply to DATA covers all
-  recipients: a 250 would silently lose the refused ones and a 5xx would bounce the
-  accepted ones, who already have it. With a 4xx the sending MTA retries the whole
-  message; the accepted recipients may then receive it twice, which is the lesser harm;
-- every recipient refused with 5xx, sender refused with 5xx, DATA refused with 5xx ->
-  that 5xx (code and enhanced code from the next hop's text);
-- any 4xx, a mix of 4xx and 5xx refusals, connection refused, timeout, disconnect, an
-  error in the greeting or EHLO -> ``DOWNSTREAM_TEMPFAIL`` (451).
+The next hop's replies map to ours as ``delivery_result`` describes (DESIGN.md §7).
 
 XFORWARD: when the next hop offers it, each transaction starts with the message's client
 attributes (``InboundMessage.next_hop_xforward``). A 4xx/5xx to XFORWARD does not cost
@@ -39,8 +28,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -50,8 +38,14 @@ from aiosmtplib.response import SMTPResponse
 
 from . import replies
 from .config import Config
+from .delivery_result import (
+    DeliveryResult,
+    describe_error,
+    parse_reply,
+    recipients_refused,
+    sender_or_data_refused,
+)
 from .logsetup import get_logger
-from .replies import Reply
 from .smtp_client import SmtpClient
 from .smtp_data import XForwardRefused, sendmail
 from .smtp_pool import Connection, PoolClosedError, SmtpPool
@@ -66,30 +60,8 @@ __all__ = [
     "parse_reply",
 ]
 
-_ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?:\s+|$)")
 _QUEUE_ID = re.compile(r"queued as ([A-Za-z0-9._-]+)", re.IGNORECASE)
 _log = get_logger("cm-gateway.delivery")
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryResult:
-    """What happened at the next hop.
-
-    ``reply`` is what our client should hear (for a success the pipeline answers with its
-    own queue id instead); ``next_hop`` is the next hop's own reply to DATA, or the
-    refusal that decided ``reply`` (None when it was never reached); ``refused`` lists
-    per-recipient refusals; ``queue_id`` is the next hop's id when it said one.
-    """
-
-    reply: Reply
-    next_hop: Reply | None = None
-    refused: Mapping[str, Reply] = field(default_factory=dict)
-    queue_id: str | None = None
-    error: str | None = None
-
-    @property
-    def delivered(self) -> bool:
-        return 200 <= self.reply.code < 300
 
 
 class Delivery(Protocol):
@@ -108,33 +80,16 @@ class Delivery(Protocol):
         *,
         smtp_utf8: bool = False,
         xforward: XForward | None = None,
+        crlf_only: bool = False,
     ) -> DeliveryResult:
         """Hand over one message; never raises for a refusal or an unreachable hop.
-        ``xforward``: the client attributes to pass on where the next hop takes them."""
+        ``xforward``: the client attributes to pass on where the next hop takes them.
+        ``crlf_only``: the caller vouches that ``content`` has no bare CR or LF (it came
+        through the SMTP front, which rejects or rewrites them), so the line endings are
+        not checked again (see ``smtp_data.stuffed_pieces``)."""
         ...
 
     async def aclose(self) -> None: ...
-
-
-def _one_line(text: str) -> str:
-    # The next hop's text goes back to our client: no line breaks may survive, or it
-    # could end our reply early and inject a second one.
-    cleaned = " ".join("".join(" " if ord(c) < 32 or ord(c) == 127 else c for c in text).split())
-    return cleaned[:400]
-
-
-def parse_reply(code: int, message: str) -> Reply:
-    """An SMTP reply from its code and text, the enhanced code taken from the text when
-    it has one of the same class (``550``, ``"5.1.1 no such user"``)."""
-    text = _one_line(message)
-    match = _ENHANCED.match(text)
-    klass = code // 100
-    if match and int(match.group(1)) == klass:
-        enhanced = ".".join(match.group(1, 2, 3))
-        text = text[match.end() :]
-    else:
-        enhanced = f"{klass}.0.0" if klass in (2, 4, 5) else "4.0.0"
-    return Reply(code, enhanced, text or "(no text)")
 
 
 def _needs_smtputf8(mail_from: str, rcpt_tos: Sequence[str]) -> bool:
@@ -190,6 +145,7 @@ class SmtpDelivery:
         *,
         smtp_utf8: bool = False,
         xforward: XForward | None = None,
+        crlf_only: bool = False,
     ) -> DeliveryResult:
         """Send one message; the whole exchange (pool wait included) is bounded by
         ``timeout``."""
@@ -209,6 +165,7 @@ class SmtpDelivery:
                             needs_utf8,
                             smtp_utf8,
                             xforward,
+                            crlf_only,
                         )
                         break
                     except XForwardRefused as exc:
@@ -225,10 +182,10 @@ class SmtpDelivery:
             polite = True
         except aiosmtplib.SMTPRecipientsRefused as exc:
             polite = True
-            return _all_refused(exc)
+            return recipients_refused(exc)
         except (aiosmtplib.SMTPSenderRefused, aiosmtplib.SMTPDataError) as exc:
             polite = exc.code != 421
-            return _refused(exc.code, exc.message, type(exc).__name__)
+            return sender_or_data_refused(exc.code, exc.message, type(exc).__name__)
         except aiosmtplib.SMTPNotSupported as exc:
             polite = True
             reply = replies.DOWNSTREAM_NO_SMTPUTF8 if needs_utf8 else replies.DOWNSTREAM_TEMPFAIL
@@ -241,7 +198,7 @@ class SmtpDelivery:
                 error=type(exc).__name__,
             )
         except (aiosmtplib.SMTPException, OSError, TimeoutError, PoolClosedError) as exc:
-            return DeliveryResult(replies.DOWNSTREAM_TEMPFAIL, error=_describe(exc))
+            return DeliveryResult(replies.DOWNSTREAM_TEMPFAIL, error=describe_error(exc))
         finally:
             if conn is not None:
                 self.pool.release(conn, reusable=reusable, polite=polite)
@@ -277,6 +234,7 @@ async def _send(
     needs_utf8: bool,
     smtp_utf8: bool,
     xforward: XForward | None,
+    crlf_only: bool,
 ) -> tuple[dict[str, SMTPResponse], str]:
     pipelined: list[bytes] = []
     if xforward is not None and client.pipelining:
@@ -290,39 +248,14 @@ async def _send(
     if needs_utf8 or (smtp_utf8 and client.supports("smtputf8")):
         # smtp_data.sendmail raises SMTPNotSupported when the server lacks it.
         options.append("SMTPUTF8")
-    return await sendmail(client, mail_from, rcpt_tos, content, options, pipelined)
+    return await sendmail(
+        client, mail_from, rcpt_tos, content, options, pipelined, crlf_only=crlf_only
+    )
 
 
 def _xforward_refused(refusal: SMTPResponse) -> None:
     reply = parse_reply(refusal.code, refusal.message)
     _log.warning("xforward_refused", next_hop_reply=f"{reply.code} {reply.enhanced}")
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError) and not str(exc):
-        return "timeout"
-    return f"{type(exc).__name__}: {_one_line(str(exc))}"
-
-
-def _refused(code: int, message: str, what: str) -> DeliveryResult:
-    reply = parse_reply(code, message)
-    if reply.is_permanent:
-        return DeliveryResult(reply, next_hop=reply, error=what)
-    return DeliveryResult(replies.DOWNSTREAM_TEMPFAIL, next_hop=reply, error=what)
-
-
-def _all_refused(exc: aiosmtplib.SMTPRecipientsRefused) -> DeliveryResult:
-    refused = {r.recipient: parse_reply(r.code, r.message) for r in exc.recipients}
-    permanent = [reply for reply in refused.values() if reply.is_permanent]
-    if refused and len(permanent) == len(refused):
-        # Every recipient is refused for good: the sender should hear why.
-        return DeliveryResult(
-            permanent[0], next_hop=permanent[0], refused=refused, error="recipients refused"
-        )
-    first = next(iter(refused.values()), None)
-    return DeliveryResult(
-        replies.DOWNSTREAM_TEMPFAIL, next_hop=first, refused=refused, error="recipients refused"
-    )
 
 
 class MaildirDelivery:
@@ -385,13 +318,14 @@ class MaildirDelivery:
         *,
         smtp_utf8: bool = False,
         xforward: XForward | None = None,
+        crlf_only: bool = False,
     ) -> DeliveryResult:
-        """Store the message (``xforward`` has no meaning here); a failing disk is a
-        temporary failure."""
+        """Store the message as it is (``xforward`` and ``crlf_only`` have no meaning
+        here); a failing disk is a temporary failure."""
         try:
             name = await asyncio.to_thread(self._write, content)
         except OSError as exc:
-            return DeliveryResult(replies.DOWNSTREAM_TEMPFAIL, error=_describe(exc))
+            return DeliveryResult(replies.DOWNSTREAM_TEMPFAIL, error=describe_error(exc))
         reply = replies.queued(name)
         return DeliveryResult(reply, next_hop=reply, queue_id=name)
 

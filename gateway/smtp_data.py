@@ -23,8 +23,10 @@ The content: aiosmtplib's ``SMTP.sendmail`` runs a regular expression over the w
 message for the SIZE parameter, and ``SMTP.data`` two more (line endings, then
 dot-stuffing), each in one go on the event loop: about 8 s for 25 MB on a slow machine.
 Here the message is cut at line ends into pieces of ``CHUNK`` octets; each piece is
-dot-stuffed (and its line endings repaired, though our own SMTP front already guarantees
-them) with ``bytes`` methods, and the loop gets a turn between pieces; while the
+dot-stuffed with ``bytes`` methods (and its line endings checked and repaired, unless the
+caller says ``crlf_only``: content from our own SMTP front, whose DATA check already
+rejected or rewrote every bare CR/LF; the check is half the work of a piece), and the
+loop gets a turn between pieces; while the
 transport's buffer is over its high-water mark the next piece waits for the next hop
 (``SmtpClient.drain``), so the message is not held twice.
 """
@@ -72,27 +74,34 @@ class XForwardRefused(SMTPException):
         self.response = response
 
 
-def stuffed_pieces(content: bytes, size: int = CHUNK) -> Iterator[bytes]:
+def stuffed_pieces(
+    content: bytes, size: int = CHUNK, *, crlf_only: bool = False
+) -> Iterator[bytes]:
     """``content`` as it goes on the wire after DATA: CRLF line endings, a leading dot
     doubled on every line (RFC 5321 §4.5.2), a final CRLF, then ``.\\r\\n``; in pieces
     of about ``size`` octets, each ending at a line end, the last one carrying the
-    terminator (so a small message is one piece, one write)."""
+    terminator (so a small message is one piece, one write).
+
+    ``crlf_only``: the caller guarantees that ``content`` has no bare CR or LF, and the
+    line endings are neither checked nor repaired. Only for content that passed the SMTP
+    front's check: dot-stuffing sees only lines after a CRLF, so a ``\\n.\\n`` let
+    through here would reach the next hop unstuffed."""
     last = b""
     # Cut after a LF: no CRLF is split, and each piece starts a line (its leading dot).
     for part in line_pieces(content, size):
         if last:
             yield last
-        piece = _crlf_only(part)
+        piece = part if crlf_only else _crlf_only(part)
         if piece.startswith(b"."):
             piece = b"." + piece
         last = piece.replace(b"\r\n.", b"\r\n..")
     yield last + (b".\r\n" if last.endswith(b"\r\n") else b"\r\n.\r\n")
 
 
-async def send_data(client: SmtpClient, content: bytes) -> SMTPResponse:
+async def send_data(client: SmtpClient, content: bytes, *, crlf_only: bool = False) -> SMTPResponse:
     """The message in pieces after the next hop's 354, and the final reply;
-    ``SMTPDataError`` unless 250."""
-    for i, piece in enumerate(stuffed_pieces(content)):
+    ``SMTPDataError`` unless 250. ``crlf_only``: see ``stuffed_pieces``."""
+    for i, piece in enumerate(stuffed_pieces(content, crlf_only=crlf_only)):
         if i:
             await client.drain()  # a large message: let the other sessions in
         client.write(piece)
@@ -109,13 +118,16 @@ async def sendmail(
     content: bytes,
     mail_options: Sequence[str] = (),
     xforward: Sequence[bytes] = (),
+    *,
+    crlf_only: bool = False,
 ) -> tuple[dict[str, SMTPResponse], str]:
     """MAIL, RCPT for each recipient, DATA, the content: ``aiosmtplib.SMTP.sendmail``'s
     contract (refused recipients by address and the final reply text;
     ``SMTPRecipientsRefused`` when every recipient is refused; ``SMTPNotSupported`` for
     SMTPUTF8 to a server without it; RSET after a failed transaction), pipelined when the
     next hop offers it. ``xforward``: XFORWARD command lines to send ahead of MAIL FROM in
-    the same batch (a pipelining next hop only; ``XForwardRefused`` if one is refused)."""
+    the same batch (a pipelining next hop only; ``XForwardRefused`` if one is refused).
+    ``crlf_only``: see ``stuffed_pieces``."""
     options = list(mail_options)
     encoding = "utf-8" if any(o.lower() == "smtputf8" for o in options) else "ascii"
     if encoding == "utf-8" and not client.supports("smtputf8"):
@@ -131,7 +143,7 @@ async def sendmail(
             refused = await _pipelined(client, mail_from, rcpt_tos, [*xforward], mail, rcpts)
         else:
             refused = await _lockstep(client, mail_from, rcpt_tos, mail, rcpts)
-        response = await send_data(client, content)
+        response = await send_data(client, content, crlf_only=crlf_only)
     except (SMTPResponseException, SMTPRecipientsRefused):
         with contextlib.suppress(ConnectionError, SMTPResponseException):
             await client.rset()
