@@ -33,7 +33,7 @@ from .errors import MalformedResponseError
 from .predictions import DocumentPrediction, ModelInfo, PredictionBatch
 
 if TYPE_CHECKING:
-    from .metrics import GatewayMetrics
+    from .classifier_metrics import ClassifierMetrics
 
 __all__ = ["BatchingClassifier"]
 
@@ -103,7 +103,7 @@ class BatchingClassifier:
         self.in_flight = 0
         self.peak_in_flight = 0
         self.batch_sizes: list[int] = []
-        self.metrics: GatewayMetrics | None = None
+        self.metrics: ClassifierMetrics | None = None
 
     @property
     def description(self) -> str:

@@ -39,7 +39,7 @@ from .logsetup import get_logger
 from .predictions import PredictionBatch
 
 if TYPE_CHECKING:
-    from .metrics import GatewayMetrics
+    from .classifier_metrics import ClassifierMetrics
 
 __all__ = ["STATE_VALUES", "CircuitBreaker", "CircuitState", "circuit_breaker"]
 
@@ -68,7 +68,7 @@ class CircuitBreaker:
         failures: int = 5,
         cooldown: float = 30.0,
         name: str = "live",
-        metrics: GatewayMetrics | None = None,
+        metrics: ClassifierMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if failures < 0 or cooldown <= 0:
@@ -157,7 +157,7 @@ class CircuitBreaker:
 def circuit_breaker(
     config: Config,
     inner: Classifier,
-    metrics: GatewayMetrics | None = None,
+    metrics: ClassifierMetrics | None = None,
     *,
     name: str = "live",
     clock: Callable[[], float] = time.monotonic,

@@ -7,6 +7,8 @@
     <provider>           make_classifier(config): HTTP client, custom endpoint or emulator
 
 Each layer is a ``context.Classifier``; a test or tool may pass its own inner classifier.
+With ``[smtp] workers > 1`` and ``[classifier] shared_batcher``, the whole stack runs once,
+in the batcher process (``batch_server``), and each worker holds a ``batch_client``.
 """
 
 from __future__ import annotations
@@ -14,21 +16,34 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .batcher import BatchingClassifier
+from .circuit import circuit_breaker
 from .config import Config
 from .context import Classifier
 from .dedup import DedupClassifier, MemoryCache, PredictionCache, TieredCache
 from .logsetup import get_logger
+from .providers import make_classifier
 
 if TYPE_CHECKING:
-    from .metrics import GatewayMetrics
+    from .classifier_metrics import ClassifierMetrics
 
-__all__ = ["build_cache", "build_classifier_stack"]
+__all__ = ["build_cache", "build_classifier_stack", "build_live_classifier"]
 
 _log = get_logger("cm-gateway.classifier")
 
 
+def build_live_classifier(config: Config, metrics: ClassifierMetrics | None = None) -> Classifier:
+    """The configured provider behind the circuit breaker, batched and deduplicated."""
+    provider = make_classifier(config)
+    if metrics is not None and hasattr(provider, "on_retry"):
+        provider.on_retry = metrics.api_retry
+    # Between the batcher and the provider: a failed batch counts once, and the dedup
+    # cache above still answers repeated messages while the circuit is open.
+    circuit = circuit_breaker(config, provider, metrics)
+    return build_classifier_stack(config, circuit, metrics)
+
+
 def build_classifier_stack(
-    config: Config, inner: Classifier, metrics: GatewayMetrics | None = None
+    config: Config, inner: Classifier, metrics: ClassifierMetrics | None = None
 ) -> Classifier:
     """Wrap ``inner`` in the batching and dedup layers ``config`` describes."""
     settings = config.classifier

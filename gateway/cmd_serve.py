@@ -11,8 +11,7 @@ Shutdown (SIGTERM or SIGINT): stop accepting, let sessions inside DATA finish (a
 SIGHUP reloads the rule files, and so does a change of their mtime or size (polled every
 2 s): see ``gateway.reload``; a file that does not validate keeps the old rules.
 
-``[smtp] workers = N`` (N > 1) runs N worker processes (multiprocessing, spawn) that share
-the listening port with SO_REUSEPORT; the parent only forwards signals (SIGHUP too) and waits.
+``[smtp] workers = N`` (N > 1): see ``gateway.supervisor``.
 """
 
 from __future__ import annotations
@@ -21,10 +20,7 @@ import argparse
 import asyncio
 import gc
 import inspect
-import multiprocessing
-import os
 import signal
-import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -32,14 +28,13 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from . import eventloop
 from .config import Config, load_config, parse_listen
-from .errors import ConfigError
 from .logsetup import configure_logging, get_logger
 from .redact import register_secret
 
 if TYPE_CHECKING:
     from .metrics import GatewayMetrics, MetricsServer
 
-__all__ = ["run", "serve", "shutdown_grace"]
+__all__ = ["register_secrets", "run", "serve", "shutdown_grace"]
 
 log = get_logger("cm-gateway.serve")
 
@@ -53,13 +48,15 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of ``cm-gateway serve``."""
     config = load_config(args.config)
     configure_logging(config.log.level, config.log.format)
-    _register_secrets(config)
+    register_secrets(config)
     if config.smtp.workers > 1:
-        return _run_workers(config, args.config)
+        from .supervisor import run_workers
+
+        return run_workers(config, args.config)
     return eventloop.run(serve(config, embedded=args.config is None), config.smtp.event_loop)
 
 
-def _register_secrets(config: Config) -> None:
+def register_secrets(config: Config) -> None:
     register_secret(config.classifier.token())
     register_secret(config.classifier.secret())
 
@@ -71,9 +68,11 @@ async def serve(
     processor: Any = None,
     out: TextIO | None = None,
     reuse_port: bool = False,
+    batcher_socket: str | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit status. ``processor`` replaces the
-    configured pipeline (tests)."""
+    configured pipeline (tests); ``batcher_socket``: classify through the shared batcher
+    process listening there."""
     # Imported here so that `cm-gateway config check` and friends stay light.
     from .auth import Authenticator
     from .metrics import GatewayMetrics
@@ -89,7 +88,15 @@ async def serve(
     if processor is None:
         from .pipeline import build_processor
 
-        processor = build_processor(config, metrics=metrics)
+        classifier = None
+        if batcher_socket is not None:
+            from .batch_client import RemoteClassifier
+
+            # The batcher process keeps the API's own deadline; this one only covers a
+            # batcher that stopped answering (it also waits up to max_wait_ms to send).
+            deadline = config.classifier.timeout + config.classifier.max_wait_ms / 1000 + 1.0
+            classifier = RemoteClassifier(batcher_socket, deadline=deadline, metrics=metrics)
+        processor = build_processor(config, classifier=classifier, metrics=metrics)
         if inspect.isawaitable(processor):
             processor = await processor
     server = SmtpServer(
@@ -201,87 +208,3 @@ def _how_to(config: Config, address: str) -> str:
             "Stop with Ctrl-C.",
         ]
     )
-
-
-# -- workers > 1 -----------------------------------------------------------------------
-
-
-def _worker_main(config_path: str | None, index: int) -> None:
-    """One worker process (spawned): the same config, the shared port (SO_REUSEPORT)."""
-    config = load_config(config_path)
-    configure_logging(config.log.level, config.log.format)
-    _register_secrets(config)
-    import structlog
-
-    structlog.contextvars.bind_contextvars(worker=index)
-    # The parent prints the banner; workers stay quiet on stdout.
-    with open(os.devnull, "w", encoding="utf-8") as devnull:
-        try:
-            status = eventloop.run(
-                serve(config, out=devnull, reuse_port=True), config.smtp.event_loop
-            )
-        except ConfigError as exc:
-            print(f"cm-gateway: worker {index}: {exc}", file=sys.stderr)
-            status = 2
-    sys.exit(status)
-
-
-def _run_workers(config: Config, config_path: str | None) -> int:
-    if parse_listen(config.smtp.listen)[1] == 0:
-        raise ConfigError("workers > 1 needs a fixed port (not 0)", where="smtp.listen")
-    if not hasattr(socket, "SO_REUSEPORT"):  # pragma: no cover - Windows
-        raise ConfigError("workers > 1 needs SO_REUSEPORT (Linux, BSD)", where="smtp.workers")
-    # Fail here, once, with exit 2, rather than in every worker.
-    from .auth import load_users
-    from .server import build_tls_context
-
-    if config.smtp.tls_cert_file:
-        build_tls_context(config.smtp.tls_cert_file, config.smtp.tls_key_file)
-    if config.smtp.auth_users_file:
-        load_users(config.smtp.auth_users_file)
-    ctx = multiprocessing.get_context("spawn")
-    procs = [
-        ctx.Process(target=_worker_main, args=(config_path, i), name=f"cm-gateway-worker-{i}")
-        for i in range(config.smtp.workers)
-    ]
-    stopping = False
-
-    def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for proc in procs:
-            if proc.pid is not None and proc.is_alive():
-                os.kill(proc.pid, signum)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    for proc in procs:
-        proc.start()
-    # Set after the start: the workers inherit SIG_IGN (not a handler) until they listen.
-
-    def forward_reload(signum: int, _frame: object) -> None:
-        for proc in procs:
-            if not stopping and proc.pid is not None and proc.is_alive():
-                os.kill(proc.pid, signum)
-
-    signal.signal(signal.SIGHUP, forward_reload)
-    log.info("workers_started", workers=len(procs), listen=config.smtp.listen)
-    print(f"cm-gateway listening on {config.smtp.listen} ({len(procs)} workers)", flush=True)
-    status = 0
-    while procs:
-        for proc in list(procs):
-            proc.join(timeout=0.5)
-            if proc.exitcode is None:
-                continue
-            procs.remove(proc)
-            # A worker still starting up when we forward SIGTERM dies of it before its
-            # handler is installed: it held no session, so that is a clean stop too.
-            clean = (0, -signal.SIGTERM, -signal.SIGINT) if stopping else (0,)
-            if proc.exitcode not in clean:
-                status = 1
-            if not stopping:
-                # A worker died on its own: stop the rest rather than run degraded.
-                log.error("worker_exited", worker=proc.name, exitcode=proc.exitcode)
-                forward(signal.SIGTERM, None)
-    return status

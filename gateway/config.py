@@ -188,6 +188,9 @@ class ClassifierConfig(_Section):
     max_wait_ms: float = Field(20.0, ge=0)
     max_in_flight: int = Field(4, ge=1)
     send_when_idle: bool = True
+    # With [smtp] workers > 1: one batcher process serves every worker (batch_server.py),
+    # so a batch holds the documents of all workers' sessions, and their dedup is one.
+    shared_batcher: bool = True
     on_error: Literal["deliver", "defer"] = "deliver"
     classify_max_size: int = Field(10_485_760, ge=0)
     skip_bounces: bool = True

@@ -30,7 +30,7 @@ from .payload import document_hash
 from .predictions import DocumentPrediction, ModelInfo, PredictionBatch
 
 if TYPE_CHECKING:
-    from .metrics import GatewayMetrics
+    from .classifier_metrics import ClassifierMetrics
 
 __all__ = [
     "CacheEntry",
@@ -162,7 +162,7 @@ class DedupClassifier:
         self._in_flight: dict[str, asyncio.Future[_Entry]] = {}
         self.hits = 0
         self.misses = 0
-        self.metrics: GatewayMetrics | None = None
+        self.metrics: ClassifierMetrics | None = None
 
     @property
     def description(self) -> str:

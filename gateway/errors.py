@@ -48,6 +48,7 @@ __all__ = [
     "ServerError",
     "SmtpOutcome",
     "TransportError",
+    "error_for_kind",
 ]
 
 
@@ -158,3 +159,19 @@ class CircuitOpenError(ClassifierError):
 
 class MalformedResponseError(ClassifierError):
     kind = "malformed-response"
+
+
+def _subclasses(cls: type[ClassifierError]) -> list[type[ClassifierError]]:
+    found = [cls]
+    for sub in cls.__subclasses__():
+        found.extend(_subclasses(sub))
+    return found
+
+
+def error_for_kind(kind: str, message: str, *, status: int | None = None) -> ClassifierError:
+    """The ``ClassifierError`` whose ``kind`` is ``kind`` (a plain ``ClassifierError`` for
+    one this tree does not know): how an error crosses a process boundary by name."""
+    for cls in _subclasses(ClassifierError):
+        if cls.kind == kind:
+            return cls(message, status=status)
+    return ClassifierError(message, status=status)

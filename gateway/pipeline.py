@@ -42,8 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from . import replies
-from .circuit import circuit_breaker
-from .classifier_stack import build_classifier_stack
+from .classifier_stack import build_live_classifier
 from .config import Config
 from .context import CLASSIFIED, ClassificationStatus, Classifier, MessageContext
 from .delivery import Delivery, make_delivery
@@ -56,7 +55,6 @@ from .logsetup import get_logger
 from .msglog import MessageLog, labels_brief
 from .payload import ParsedMessage, build_document, parse_message
 from .predictions import DocumentPrediction
-from .providers import make_classifier
 from .replies import Reply
 from .rules import Decision, RuleSet, load_rules
 from .shadow import ShadowRunner
@@ -385,13 +383,7 @@ def build_processor(
     ``delivery`` replace the configured ones (tests, tools)."""
     rules = load_rules(config.rule_paths(), mode=config.rules.mode)
     if classifier is None:
-        # Between the batcher and the provider: a failed batch counts once, and the
-        # dedup cache above still answers repeated messages while the circuit is open.
-        provider = make_classifier(config)
-        if metrics is not None and hasattr(provider, "on_retry"):
-            provider.on_retry = metrics.api_retry
-        circuit = circuit_breaker(config, provider, metrics)
-        classifier = build_classifier_stack(config, circuit, metrics)
+        classifier = build_live_classifier(config, metrics)
     shadow = ShadowRunner.from_config(config, metrics)
     if delivery is None:
         delivery = make_delivery(config)
