@@ -87,6 +87,10 @@ class ConnectionTracker:
         await self._empty.wait()
 
 
+# Log fields bound per connection (and per message: handler.py binds queue_id).
+SESSION_FIELDS = ("session_id", "peer", "queue_id")
+
+
 class GatewaySMTP(SMTP):
     """aiosmtpd's SMTP protocol with the adjustments listed in the module docstring."""
 
@@ -184,7 +188,8 @@ class GatewaySMTP(SMTP):
     async def _handle_client(self) -> None:
         # This coroutine is the connection's own task (created in connection_made), so
         # context bound here is seen by every hook of this connection and no other.
-        structlog.contextvars.clear_contextvars()
+        # What the process bound (``worker``) stays: each line says which worker wrote it.
+        structlog.contextvars.unbind_contextvars(*SESSION_FIELDS)
         structlog.contextvars.bind_contextvars(session_id=secrets.token_hex(4), peer=self.peer_ip)
         log.debug("session_start")
         try:

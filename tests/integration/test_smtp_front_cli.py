@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import select
 import signal
 import smtplib
-import socket
 import subprocess
 import sys
 import threading
@@ -18,65 +15,10 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
+from .serve_support import free_port, port_of, read_until, start_serve, stop_serve
+
 ROOT = Path(__file__).resolve().parents[2]
 SUBJECT_BODY = b"Subject: Invoice INV-2041 overdue\r\n\r\nPlease pay invoice INV-2041.\r\n"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", *args],
-        cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-
-
-def _read_until(proc: subprocess.Popen[bytes], marker: str, timeout: float = 120.0) -> list[str]:
-    """stdout lines up to and including the first one containing ``marker`` (raw fd reads:
-    select() on a buffered file object misses lines already in its buffer)."""
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    data = b""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if marker.encode() in data and data.endswith(b"\n"):
-            break
-        ready, _, _ = select.select([fd], [], [], 0.5)
-        if ready:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            data += chunk
-        elif proc.poll() is not None:
-            break
-    lines = data.decode().splitlines()
-    for i, line in enumerate(lines):
-        if marker in line:
-            return lines[: i + 1]
-    stderr = proc.stderr.read().decode() if proc.stderr and proc.poll() is not None else ""
-    raise AssertionError(f"no {marker!r} in stdout {lines!r}; stderr {stderr[-2000:]!r}")
-
-
-def _port_of(lines: list[str]) -> int:
-    line = next(x for x in lines if x.startswith("cm-gateway listening on "))
-    return int(line.rsplit(":", 1)[1].split()[0])
-
-
-def _stop(proc: subprocess.Popen[bytes], signum: int = signal.SIGTERM) -> tuple[int, str]:
-    proc.send_signal(signum)
-    try:
-        _, stderr = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
-    return proc.returncode, stderr.decode()
 
 
 class _SlowSink:
@@ -97,7 +39,7 @@ class _SlowSink:
 @pytest.fixture
 def slow_sink():
     sink = _SlowSink(delay=2.0)
-    port = _free_port()
+    port = free_port()
     controller = Controller(sink, hostname="127.0.0.1", port=port)
     controller.start()
     try:
@@ -110,10 +52,10 @@ def test_embedded_default_prints_how_to_delivers_reloads_on_sighup_exits_0(tmp_p
     """`cm-gateway serve` with no config prints where it listens and how to send a test
     mail; the printed Python one-liner works and the message lands in ./var/maildir;
     SIGHUP reloads the rules; SIGTERM exits 0."""
-    proc = _start(tmp_path, env={"CM_GATEWAY_SMTP_LISTEN": "127.0.0.1:0"})
+    proc = start_serve(tmp_path, env={"CM_GATEWAY_SMTP_LISTEN": "127.0.0.1:0"})
     try:
-        lines = _read_until(proc, "Stop with Ctrl-C.")
-        port = _port_of(lines)
+        lines = read_until(proc, "Stop with Ctrl-C.")
+        port = port_of(lines)
         swaks = next(x for x in lines if x.strip().startswith("swaks "))
         assert f"--server 127.0.0.1:{port}" in swaks
         one_liner = next(x for x in lines if x.strip().startswith("python3 -c "))
@@ -127,7 +69,7 @@ def test_embedded_default_prints_how_to_delivers_reloads_on_sighup_exits_0(tmp_p
         with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
             assert client.noop()[0] == 250
     finally:
-        code, stderr = _stop(proc)
+        code, stderr = stop_serve(proc)
     assert code == 0
     assert "rules_reloaded" in stderr
     assert "smtp_stopped" in stderr
@@ -146,9 +88,9 @@ def test_sigterm_during_slow_data_lets_it_finish_with_250_then_exits_0(
         "[classifier]\nprovider = 'emulator'\ntimeout = 5\n",
         encoding="utf-8",
     )
-    proc = _start(tmp_path, "--config", str(config))
+    proc = start_serve(tmp_path, "--config", str(config))
     try:
-        port = _port_of(_read_until(proc, "cm-gateway listening on"))
+        port = port_of(read_until(proc, "cm-gateway listening on"))
         result: dict[str, Any] = {}
 
         def client() -> None:
@@ -193,7 +135,7 @@ def test_config_errors_exit_2_before_listening(tmp_path: Path):
         "[downstream]\nurl = 'maildir://var/maildir'\n[classifier]\nprovider = 'emulator'\n",
         encoding="utf-8",
     )
-    proc = _start(tmp_path, "--config", str(config))
+    proc = start_serve(tmp_path, "--config", str(config))
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert b"missing.pem" in stderr
@@ -203,16 +145,16 @@ def test_config_errors_exit_2_before_listening(tmp_path: Path):
 def test_workers_share_the_port_and_stop_together(tmp_path: Path):
     """workers = 2: two processes serve one port (SO_REUSEPORT); mail is accepted;
     SIGTERM stops both and the parent exits 0."""
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "gateway.toml"
     config.write_text(
         f"[smtp]\nlisten = '127.0.0.1:{port}'\nworkers = 2\n"
         "[downstream]\nurl = 'maildir://var/maildir'\n[classifier]\nprovider = 'emulator'\n",
         encoding="utf-8",
     )
-    proc = _start(tmp_path, "--config", str(config))
+    proc = start_serve(tmp_path, "--config", str(config))
     try:
-        _read_until(proc, "(2 workers)")
+        read_until(proc, "(2 workers)")
         deadline = time.monotonic() + 120
         sent = 0
         while sent < 4 and time.monotonic() < deadline:
@@ -228,6 +170,6 @@ def test_workers_share_the_port_and_stop_together(tmp_path: Path):
         ).stdout.split()
         assert len(children) >= 2
     finally:
-        code, _ = _stop(proc)
+        code, _ = stop_serve(proc)
     assert code == 0
     assert len(list((tmp_path / "var" / "maildir" / "new").iterdir())) == 4

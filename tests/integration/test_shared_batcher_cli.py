@@ -1,0 +1,155 @@
+"""``cm-gateway serve`` with ``[smtp] workers = 2``: the workers classify through one
+batcher process (``[classifier] shared_batcher``, the default). Real processes, real
+SMTP, the HTTP emulator as the API."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import smtplib
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.testing import EmulatorHandle, running_emulator
+
+from .ops_support import numbered_mail
+from .serve_support import free_port, read_until, start_serve, stop_serve
+
+LATENCY_MS = 2000  # long enough for a dozen sessions to join the running request
+
+
+@pytest.fixture
+def emulator() -> Iterator[EmulatorHandle]:
+    with running_emulator(latency_ms=LATENCY_MS) as emu:
+        yield emu
+
+
+def start_workers(
+    tmp_path: Path, emu: EmulatorHandle, *, new_session: bool = False
+) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """Two workers sharing a free port and the batcher; returns (process, port, log)
+    once both workers listen."""
+    port = free_port()
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f"[smtp]\nlisten = '127.0.0.1:{port}'\nworkers = 2\n"
+        "[downstream]\nurl = 'maildir://var/maildir'\n"
+        f"[classifier]\nprovider = 'communications-mining'\nbase_url = '{emu.base_url}'\n"
+        f"project = '{emu.project}'\ndataset = '{emu.dataset}'\ntimeout = 20\n"
+        "max_wait_ms = 600000\n"
+        "[log]\nformat = 'json'\n[metrics]\nlisten = ''\n",
+        encoding="utf-8",
+    )
+    log = tmp_path / "gateway.log"
+    with log.open("wb") as stderr:
+        proc = start_serve(
+            tmp_path,
+            "--config",
+            str(config),
+            env={"REINFER_TOKEN": emu.token or ""},
+            stderr=stderr,
+            new_session=new_session,
+        )
+    read_until(proc, "(2 workers)")
+    deadline = time.monotonic() + 120
+    while len(events(log, "smtp_listening")) < 2:
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, "workers did not listen within 120 s"
+        time.sleep(0.2)
+    return proc, port, log
+
+
+def events(log: Path, name: str) -> list[dict[str, Any]]:
+    lines = (json.loads(x) for x in log.read_text().splitlines() if x.startswith("{"))
+    return [line for line in lines if line.get("event") == name]
+
+
+def send(port: int, content: bytes) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
+        client.sendmail("alice@example.com", ["support@example.com"], content)
+
+
+def send_together(port: int, contents: list[bytes]) -> None:
+    """Each message on its own connection, all at once."""
+    threads = [threading.Thread(target=send, args=(port, c)) for c in contents]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def test_the_workers_sessions_share_one_request_and_a_retry_is_billed_once(
+    tmp_path: Path, emulator: EmulatorHandle
+) -> None:
+    proc, port, log = start_workers(tmp_path, emulator)
+    try:
+        # The API is idle: the first message's document goes at once, alone. The twelve
+        # that arrive while it runs (2 s), on twelve connections spread over both
+        # workers by the kernel, go together when it ends.
+        first = threading.Thread(target=send, args=(port, numbered_mail(0)))
+        first.start()
+        time.sleep(0.5)
+        send_together(port, [numbered_mail(n) for n in range(1, 13)])
+        first.join()
+        assert emulator.stats()["requests"] == 2
+        workers = {line["worker"] for line in events(log, "message")}
+        assert workers == {0, 1}, "the kernel gave every connection to one worker"
+
+        # The same message again, eight times on new connections (an MTA retrying),
+        # whichever worker takes it: one document billed.
+        billed = emulator.stats()["documents_billed"]
+        for _ in range(8):
+            send(port, numbered_mail(100))
+        assert emulator.stats()["documents_billed"] == billed + 1
+        retried = [m for m in events(log, "message") if m["message_id"] == "n100@example.com"]
+        assert {m["worker"] for m in retried} == {0, 1}
+    finally:
+        code, _ = stop_serve(proc)
+    assert code == 0
+    assert len(list((tmp_path / "var" / "maildir" / "new").iterdir())) == 13 + 8
+    assert not [x for x in log.read_text().splitlines() if '"level": "error"' in x]
+
+
+def test_a_signal_to_the_whole_process_group_still_answers_the_sessions_in_flight(
+    tmp_path: Path, emulator: EmulatorHandle
+) -> None:
+    """SIGTERM to every process at once (a supervisor's group kill): the batcher keeps
+    answering until the workers have drained, so the message in flight is classified."""
+    proc, port, log = start_workers(tmp_path, emulator, new_session=True)
+    sender = threading.Thread(target=send, args=(port, numbered_mail(1)))
+    sender.start()
+    deadline = time.monotonic() + 30
+    while emulator.stats()["requests"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)  # while the request runs (2 s)
+    sender.join()
+    code, _ = stop_serve(proc, signal.SIGTERM)
+    assert code == 0
+    (done,) = events(log, "message")
+    assert done["status"] == "classified"
+    assert events(log, "batcher_stopped")
+
+
+def test_the_gateway_stops_when_the_batcher_process_dies(
+    tmp_path: Path, emulator: EmulatorHandle
+) -> None:
+    """A dead batcher would leave every worker unable to classify: the parent stops the
+    workers and exits 1 rather than run degraded."""
+    proc, _port, log = start_workers(tmp_path, emulator)
+    (ready,) = events(log, "batcher_ready")
+    os.kill(ready["pid"], signal.SIGKILL)
+    try:
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 1
+    (exited,) = events(log, "batcher_exited")
+    assert exited["exitcode"] == -signal.SIGKILL
