@@ -67,12 +67,12 @@ class RemoteClassifier:
             async with asyncio.timeout(self.deadline):
                 reply = await answer
         except TimeoutError:
+            self._cancel(writer, request_id)
             raise ClassifierTimeout(
                 f"the batcher process did not answer within {self.deadline:g} s"
             ) from None
         except asyncio.CancelledError:
-            if not writer.is_closing():
-                writer.write(frame(b'{"cancel":%d}' % request_id))
+            self._cancel(writer, request_id)
             raise
         finally:
             self._waiting.pop(request_id, None)
@@ -83,6 +83,12 @@ class RemoteClassifier:
         if reply.batch is None:
             raise TransportError("the batcher process answered neither predictions nor error")
         return reply.batch
+
+    @staticmethod
+    def _cancel(writer: asyncio.StreamWriter, request_id: int) -> None:
+        """Nobody waits for ``request_id`` any more: a batch not yet sent goes without it."""
+        if not writer.is_closing():
+            writer.write(frame(b'{"cancel":%d}' % request_id))
 
     async def _connection(self) -> asyncio.StreamWriter:
         async with self._connecting:

@@ -36,7 +36,7 @@ from .documents import RawEmailDocument
 from .logsetup import get_logger
 
 if TYPE_CHECKING:
-    from multiprocessing.synchronize import Event as ReadyEvent
+    from multiprocessing.connection import Connection
 
 __all__ = ["BatchServer", "batcher_main"]
 
@@ -149,7 +149,7 @@ async def _watch_parent(parent: int, stop: asyncio.Event) -> None:
             stop.set()
 
 
-async def serve_batcher(config: Config, path: str, ready: ReadyEvent | None = None) -> int:
+async def serve_batcher(config: Config, path: str, ready: Connection | None = None) -> int:
     """Run the batcher on ``path`` until SIGTERM (or the parent's exit)."""
     events = MetricEvents()
     server = BatchServer(build_live_classifier(config, events), events, path)
@@ -160,7 +160,8 @@ async def serve_batcher(config: Config, path: str, ready: ReadyEvent | None = No
     watcher = asyncio.create_task(_watch_parent(os.getppid(), stop))
     _log.info("batcher_ready", classifier=server.classifier.description, pid=os.getpid())
     if ready is not None:
-        ready.set()
+        ready.send_bytes(b"ready")
+        ready.close()
     try:
         await stop.wait()
         # SIGTERM may reach the whole process group at once (`kill -- -PGID`, a
@@ -177,7 +178,7 @@ async def serve_batcher(config: Config, path: str, ready: ReadyEvent | None = No
     return 0
 
 
-def batcher_main(config_path: str | None, path: str, ready: ReadyEvent) -> None:
+def batcher_main(config_path: str | None, path: str, ready: Connection) -> None:
     """The batcher process (spawned by ``cmd_serve``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)

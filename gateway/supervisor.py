@@ -79,23 +79,28 @@ def _start_batcher(
     """The batcher process, listening at ``path``; or the exit status it failed with."""
     from .batch_server import batcher_main
 
-    ready = ctx.Event()
+    # A pipe rather than an Event: no POSIX semaphore, so nothing needed in /dev/shm.
+    ready, tell_ready = ctx.Pipe(duplex=False)
     proc = ctx.Process(
-        target=batcher_main, args=(config_path, path, ready), name="cm-gateway-batcher"
+        target=batcher_main, args=(config_path, path, tell_ready), name="cm-gateway-batcher"
     )
     proc.start()
-    waited = 0.0
-    while not ready.wait(0.2):
-        waited += 0.2
-        if proc.exitcode is not None:
-            log.error("batcher_exited", exitcode=proc.exitcode)
-            return 2 if proc.exitcode == 2 else 1
-        if waited >= BATCHER_START_TIMEOUT:
-            log.error("batcher_start_timeout", seconds=BATCHER_START_TIMEOUT)
-            proc.terminate()
-            proc.join()
-            return 1
-    return proc
+    tell_ready.close()
+    try:
+        # Readable: either "ready", or the end of the pipe when the process died first.
+        if ready.poll(BATCHER_START_TIMEOUT):
+            ready.recv_bytes()
+            return proc
+        log.error("batcher_start_timeout", seconds=BATCHER_START_TIMEOUT)
+        proc.terminate()
+        proc.join()
+        return 1
+    except EOFError:
+        proc.join()
+        log.error("batcher_exited", exitcode=proc.exitcode)
+        return 2 if proc.exitcode == 2 else 1
+    finally:
+        ready.close()
 
 
 def run_workers(config: Config, config_path: str | None) -> int:

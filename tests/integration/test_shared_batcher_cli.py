@@ -9,6 +9,7 @@ import os
 import signal
 import smtplib
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ import pytest
 from gateway.testing import EmulatorHandle, running_emulator
 
 from .ops_support import numbered_mail
-from .serve_support import free_port, read_until, start_serve, stop_serve
+from .serve_support import ROOT, free_port, read_until, start_serve, stop_serve
 
 LATENCY_MS = 2000  # long enough for a dozen sessions to join the running request
 
@@ -153,3 +154,28 @@ def test_the_gateway_stops_when_the_batcher_process_dies(
     assert code == 1
     (exited,) = events(log, "batcher_exited")
     assert exited["exitcode"] == -signal.SIGKILL
+
+
+def test_a_batcher_that_cannot_start_fails_the_start_with_exit_2(tmp_path: Path) -> None:
+    """No API token: the batcher process names the missing variable, and ``serve``
+    exits 2 (a configuration error) before any worker starts."""
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f"[smtp]\nlisten = '127.0.0.1:{free_port()}'\nworkers = 2\n"
+        "[downstream]\nurl = 'maildir://var/maildir'\n"
+        "[classifier]\nprovider = 'communications-mining'\nbase_url = 'http://127.0.0.1:9'\n"
+        "project = 'acme'\ndataset = 'inbox'\ntoken_env = 'CMGW_ABSENT_TOKEN'\n",
+        encoding="utf-8",
+    )
+    env = {k: v for k, v in os.environ.items() if k != "CMGW_ABSENT_TOKEN"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "CMGW_ABSENT_TOKEN" in proc.stderr
+    assert "workers_started" not in proc.stderr
