@@ -33,7 +33,7 @@ from mailparser.core import _RESERVED_MAIL_KEYS
 from mailparser.utils import decode_headers, get_addresses
 
 from .mimeheaders import trim_header_block
-from .mimetext import one_line
+from .mimetext import has_surrogates, one_line
 from .mimewalk import WalkResult, walk_message
 
 __all__ = ["MimeResult", "read_mime"]
@@ -169,7 +169,9 @@ def _single_part_tree(
             message.set_raw(name, value)
     if message.get_content_maintype() in ("multipart", "message"):
         return None
-    message.set_payload(raw[body_start:].decode("ascii", "surrogateescape"))
+    # Decoded from a view: a slice would copy a big body once more, a C call that holds
+    # the GIL (and faults in fresh pages) while the event loop waits.
+    message.set_payload(str(memoryview(raw)[body_start:], "ascii", "surrogateescape"))
     return message
 
 
@@ -210,7 +212,7 @@ def _text_part_categories(message: Message) -> set[str] | None:
     if encoding in ("", "7bit", "8bit"):
         # The payload as stored (get_payload() would decode raw 8-bit bytes lossily).
         text = getattr(message, "_payload", None)
-        if isinstance(text, str) and not _has_surrogates(text):
+        if isinstance(text, str) and not has_surrogates(text):
             return set()
     if not isinstance(payload, bytes) or not payload:
         return set()
@@ -219,14 +221,6 @@ def _text_part_categories(message: Message) -> set[str] | None:
     except UnicodeError:
         return {"CharsetDecodeDefect"}
     return set()
-
-
-def _has_surrogates(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 def _address_headers(message: Message) -> tuple[dict[str, _Pairs], bool]:
