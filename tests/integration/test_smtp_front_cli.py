@@ -142,14 +142,16 @@ def test_config_errors_exit_2_before_listening(tmp_path: Path):
     assert b"listening" not in stdout
 
 
-def test_workers_share_the_port_and_stop_together(tmp_path: Path):
+@pytest.mark.parametrize("shared_batcher", ["true", "false"])
+def test_workers_share_the_port_and_stop_together(tmp_path: Path, shared_batcher: str):
     """workers = 2: two processes serve one port (SO_REUSEPORT); mail is accepted;
-    SIGTERM stops both and the parent exits 0."""
+    SIGTERM stops both and the parent exits 0; with or without the shared batcher."""
     port = free_port()
     config = tmp_path / "gateway.toml"
     config.write_text(
         f"[smtp]\nlisten = '127.0.0.1:{port}'\nworkers = 2\n"
-        "[downstream]\nurl = 'maildir://var/maildir'\n[classifier]\nprovider = 'emulator'\n",
+        "[downstream]\nurl = 'maildir://var/maildir'\n[classifier]\nprovider = 'emulator'\n"
+        f"shared_batcher = {shared_batcher}\n",
         encoding="utf-8",
     )
     proc = start_serve(tmp_path, "--config", str(config))
@@ -168,7 +170,7 @@ def test_workers_share_the_port_and_stop_together(tmp_path: Path):
         children = subprocess.run(
             ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
         ).stdout.split()
-        assert len(children) >= 2
+        assert len(children) >= (3 if shared_batcher == "true" else 2)
     finally:
         code, _ = stop_serve(proc)
     assert code == 0
