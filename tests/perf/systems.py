@@ -77,6 +77,7 @@ class GatewaySettings:
     log_level: str = "info"
     pool_size: int = 16
     send_when_idle: bool = True
+    shared_batcher: bool = True
 
 
 def _gateway_config(port: int, sink_port: int, emulator_url: str, s: GatewaySettings) -> str:
@@ -106,6 +107,7 @@ max_batch = {s.max_batch}
 max_wait_ms = {s.max_wait_ms}
 max_in_flight = {s.max_in_flight}
 send_when_idle = {str(s.send_when_idle).lower()}
+shared_batcher = {str(s.shared_batcher).lower()}
 classify_max_size = {s.classify_max_size}
 
 [rules]

@@ -243,7 +243,8 @@ def render(report: Report) -> str:
         f"{o.messages} msgs x {o.size} B, {o.sessions} sessions, emulator latency"
         f" {o.latency_ms:g} ms, median of {len(report.runs)} run(s); max_batch"
         f" {o.gateway.max_batch}, max_wait_ms {o.gateway.max_wait_ms:g}, max_in_flight"
-        f" {o.gateway.max_in_flight}, send_when_idle {o.gateway.send_when_idle}, downstream"
+        f" {o.gateway.max_in_flight}, send_when_idle {o.gateway.send_when_idle},"
+        f" shared_batcher {o.gateway.shared_batcher}, downstream"
         f" pool_size {o.gateway.pool_size}",
         "",
         "| system | msgs/s | x baseline | CPU ms/msg | p50 / p99 ms at half peak | p99 added"
@@ -319,12 +320,16 @@ def _parse(argv: list[str] | None) -> Options:
     p.add_argument(
         "--send-when-idle", choices=("on", "off"), default="on" if g.send_when_idle else "off"
     )
+    p.add_argument(
+        "--shared-batcher", choices=("on", "off"), default="on" if g.shared_batcher else "off"
+    )
     p.add_argument("--log-level", default="info")
     p.add_argument("--log-dir", type=Path, default=None)
     a = p.parse_args(argv)
     settings = GatewaySettings(
         max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, max_in_flight=a.max_in_flight,
         log_level=a.log_level, pool_size=a.pool_size, send_when_idle=a.send_when_idle == "on",
+        shared_batcher=a.shared_batcher == "on",
     )  # fmt: skip
     return Options(
         messages=a.messages, sessions=a.sessions, size=a.size, latency_ms=a.latency_ms,
