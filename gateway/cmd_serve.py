@@ -32,7 +32,8 @@ from .logsetup import configure_logging, get_logger
 from .redact import register_secret
 
 if TYPE_CHECKING:
-    from .metrics import GatewayMetrics, MetricsServer
+    from .metrics import GatewayMetrics
+    from .metrics_server import MetricsServer
 
 __all__ = ["register_secrets", "run", "serve", "shutdown_grace"]
 
@@ -174,7 +175,7 @@ async def _start_metrics(
     (logged: mail keeps flowing without metrics). ``draining`` true: /readyz is 503."""
     if not config.metrics.listen:
         return None
-    from .metrics import MetricsServer
+    from .metrics_server import MetricsServer
 
     metrics_server = MetricsServer(config, metrics, reuse_port=reuse_port, draining=draining)
     try:

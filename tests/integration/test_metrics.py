@@ -16,7 +16,8 @@ import httpx
 
 from gateway.cmd_serve import serve
 from gateway.config import Config
-from gateway.metrics import GatewayMetrics, MetricsServer, Readiness
+from gateway.metrics import GatewayMetrics
+from gateway.metrics_server import MetricsServer, Readiness
 from gateway.pipeline import build_processor
 
 from .downstream_sink import free_port, running_sink
