@@ -15,7 +15,9 @@ With ``send_when_idle`` (group commit, as in Nagle's algorithm), ``max_wait_ms``
 a ceiling: when no request is running, documents go at once, and what gathers while one
 runs goes as soon as the last running request ends. Light load then adds no wait at all,
 and under load the batch is whatever arrived during one request: batches still grow with
-the load, and the wait is one request's time rather than a fixed ``max_wait_ms``.
+the load, and the wait is one request's time rather than a fixed ``max_wait_ms``. ``min_batch``
+trades latency for fewer requests: a batch smaller than it does not go when the API is
+idle, but waits for more documents, ``max_wait_ms`` at most (then it goes anyway).
 """
 
 from __future__ import annotations
@@ -83,9 +85,12 @@ class BatchingClassifier:
         max_in_flight: int = 4,
         max_bytes: int = 16 * 1024 * 1024,
         send_when_idle: bool = False,
+        min_batch: int = 1,
     ) -> None:
         if not 1 <= max_batch <= MAX_DOCUMENTS:
             raise ValueError(f"max_batch must be 1..{MAX_DOCUMENTS}")
+        if not 1 <= min_batch <= max_batch:
+            raise ValueError("min_batch must be 1..max_batch")
         self._inner = inner
         self._max_batch = max_batch
         self._max_wait = max_wait_ms / 1000.0
@@ -95,6 +100,7 @@ class BatchingClassifier:
         self._timer: asyncio.TimerHandle | None = None
         self._max_in_flight = max_in_flight
         self._send_when_idle = send_when_idle
+        self._min_batch = min_batch
         # Batches holding or waiting for a slot; at max_in_flight, a due batch stays open.
         self._queued = 0
         self._overdue = False
@@ -111,7 +117,7 @@ class BatchingClassifier:
 
     async def predict_raw_emails(self, documents: Sequence[RawEmailDocument]) -> PredictionBatch:
         futures = [self._submit(doc) for doc in documents]
-        if self._send_when_idle and self._queued == 0 and self._pending.documents:
+        if self._idle_and_due():
             # After the whole call's documents joined: one caller's batch stays whole.
             self._flush()
         try:
@@ -122,6 +128,15 @@ class BatchingClassifier:
             raise
         model = next((m for _, m in results if m is not None), None)
         return PredictionBatch(predictions=tuple(p for p, _ in results), model=model)
+
+    def _idle_and_due(self) -> bool:
+        """Group commit: no request runs, and the batch has ``min_batch`` documents (a
+        smaller one waits for more, ``max_wait_ms`` at most)."""
+        return (
+            self._send_when_idle
+            and self._queued == 0
+            and len(self._pending.documents) >= self._min_batch
+        )
 
     def _submit(self, document: RawEmailDocument) -> asyncio.Future[_Result]:
         loop = asyncio.get_running_loop()
@@ -167,9 +182,7 @@ class BatchingClassifier:
             settle = await self._call_in_slot(batch)
         finally:
             self._queued -= 1
-            if self._overdue or (
-                self._send_when_idle and self._queued == 0 and self._pending.documents
-            ):
+            if self._overdue or self._idle_and_due():
                 self._flush()
                 launched = True
             if settle is not None:

@@ -51,7 +51,8 @@ def build_classifier_stack(
         inner,
         max_batch=settings.max_batch,
         max_wait_ms=settings.max_wait_ms,
-        send_when_idle=config.classifier.send_when_idle,
+        send_when_idle=settings.send_when_idle,
+        min_batch=settings.min_batch,
         max_in_flight=settings.max_in_flight,
     )
     batched.metrics = metrics

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "CacheConfig",
@@ -165,6 +172,8 @@ class ClassifierConfig(_Section):
     max_wait_ms: float = Field(20.0, ge=0)
     max_in_flight: int = Field(4, ge=1)
     send_when_idle: bool = True
+    # With send_when_idle: a smaller batch waits for more (max_wait_ms at most).
+    min_batch: int = Field(1, ge=1, le=4096)
     # With [smtp] workers > 1: one batcher process serves every worker (batch_server.py),
     # so a batch holds the documents of all workers' sessions, and their dedup is one.
     shared_batcher: bool = True
@@ -219,6 +228,14 @@ class ClassifierConfig(_Section):
                 isinstance(value, str) or not math.isfinite(float(value))
             ):
                 raise ValueError(f"user property {key!r} needs a finite number")
+        return v
+
+    @field_validator("min_batch")
+    @classmethod
+    def _min_batch(cls, v: int, info: ValidationInfo) -> int:
+        max_batch = info.data.get("max_batch")  # absent when max_batch itself was bad
+        if max_batch is not None and v > max_batch:
+            raise ValueError(f"min_batch ({v}) must not exceed max_batch ({max_batch})")
         return v
 
     @model_validator(mode="after")

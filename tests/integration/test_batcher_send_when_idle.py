@@ -160,3 +160,53 @@ async def test_the_next_request_is_under_way_before_the_callers_of_the_last_one_
     await batcher.aclose()
     assert batcher.batch_sizes == [1, 1]
     assert resumed_at[0] - started_at[1] >= HEAD_START_TURNS
+
+
+async def test_a_batch_under_min_batch_waits_for_more_even_when_the_api_is_idle(
+    emulator: EmulatorHandle,
+) -> None:
+    """``min_batch`` 3: two documents on an idle API do not go (``max_wait_ms`` is ten
+    minutes); the third completes the batch and all three go at once, in one request."""
+    batcher = BatchingClassifier(
+        http_client(emulator),
+        max_batch=64,
+        max_wait_ms=FOREVER_MS,
+        max_in_flight=4,
+        send_when_idle=True,
+        min_batch=3,
+    )
+    early = [asyncio.create_task(batcher.predict_raw_emails([doc(i)])) for i in range(2)]
+    await asyncio.sleep(0.3)
+    assert batcher.requests == 0
+    last = asyncio.create_task(batcher.predict_raw_emails([doc(2)]))
+    await asyncio.wait_for(asyncio.gather(*early, last), PATIENCE_S)
+    await batcher.aclose()
+    assert batcher.batch_sizes == [3]
+
+
+async def test_a_batch_under_min_batch_still_goes_when_max_wait_ms_passes(
+    emulator: EmulatorHandle,
+) -> None:
+    """``min_batch`` is a wish, ``max_wait_ms`` the promise: a lone document goes after
+    ``max_wait_ms`` (200 ms), not before and not never."""
+    batcher = BatchingClassifier(
+        http_client(emulator),
+        max_batch=64,
+        max_wait_ms=200,
+        max_in_flight=4,
+        send_when_idle=True,
+        min_batch=10,
+    )
+    lone = asyncio.create_task(batcher.predict_raw_emails([doc(0)]))
+    await asyncio.sleep(0.1)
+    assert batcher.requests == 0
+    await asyncio.wait_for(lone, PATIENCE_S)
+    await batcher.aclose()
+    assert batcher.batch_sizes == [1]
+
+
+async def test_min_batch_over_max_batch_is_refused(emulator: EmulatorHandle) -> None:
+    client = http_client(emulator)
+    with pytest.raises(ValueError, match="min_batch"):
+        BatchingClassifier(client, max_batch=4, min_batch=5)
+    await client.aclose()

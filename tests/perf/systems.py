@@ -78,6 +78,7 @@ class GatewaySettings:
     pool_size: int = 16
     send_when_idle: bool = True
     shared_batcher: bool = True
+    min_batch: int = 1
 
 
 def _gateway_config(port: int, sink_port: int, emulator_url: str, s: GatewaySettings) -> str:
@@ -108,6 +109,7 @@ max_wait_ms = {s.max_wait_ms}
 max_in_flight = {s.max_in_flight}
 send_when_idle = {str(s.send_when_idle).lower()}
 shared_batcher = {str(s.shared_batcher).lower()}
+min_batch = {s.min_batch}
 classify_max_size = {s.classify_max_size}
 
 [rules]
