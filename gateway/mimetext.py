@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import re
 import unicodedata
+from collections.abc import Iterator
 from email.header import decode_header
 
 __all__ = [
@@ -180,20 +181,20 @@ def _contains(text: str, char: str, piece: int) -> bool:
     return any(text.find(char, start, start + piece) >= 0 for start in range(0, len(text), piece))
 
 
-def _pieces(text: str, piece: int, pair: str) -> list[str]:
+def _pieces(text: str, piece: int, pair: str) -> Iterator[str]:
     """``text`` cut into pieces of about ``piece`` characters (the whole text when it is
-    shorter), never between the two characters of ``pair`` (if one is given)."""
+    shorter), never between the two characters of ``pair`` (if one is given). One at a
+    time: a list of them would hold a second copy of a big text."""
     if len(text) <= piece:
-        return [text]
-    out: list[str] = []
+        yield text
+        return
     start = 0
     while start < len(text):
         end = start + piece
         if pair and text[end - 1 : end + 1] == pair:
             end += 1
-        out.append(text[start:end])
+        yield text[start:end]
         start = end
-    return out
 
 
 def unfold(value: str) -> str:
