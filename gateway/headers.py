@@ -281,7 +281,7 @@ def prepend_headers(raw: bytes, headers: Sequence[tuple[str, str]]) -> bytes:
     if not headers:
         return raw
     linesep = _linesep(raw)
-    return b"".join(_field_bytes(n, v, linesep) for n, v in headers) + raw
+    return b"".join([*(_field_bytes(n, v, linesep) for n, v in headers), raw])
 
 
 def strip_headers(raw: bytes, prefix: str = "X-CM-") -> bytes:

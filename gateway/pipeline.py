@@ -354,6 +354,7 @@ class Pipeline:
                 outgoing,
                 smtp_utf8=msg.smtp_utf8,
                 xforward=msg.next_hop_xforward(),
+                crlf_only=True,
             )
         log.next_hop(result.next_hop, result.queue_id)
         if result.error:

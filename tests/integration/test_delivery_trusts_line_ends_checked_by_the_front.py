@@ -4,6 +4,8 @@ counted (calls of the check), never timed; other callers keep the check."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -12,6 +14,8 @@ from gateway import lineends, smtp_data
 from gateway.delivery import SmtpDelivery
 from gateway.smtp_data import CHUNK, stuffed_pieces
 
+from .ops_support import running_gateway
+from .pipeline_support import mail
 from .pipelining_sink import running
 
 BIG = b"".join(b".line %07d of a big message\r\n" % i for i in range(100_000))  # ~3 MB
@@ -85,3 +89,20 @@ async def test_bare_line_ends_from_other_callers_are_still_repaired() -> None:
         await d.aclose()
     assert result.delivered
     assert [m.content for m in sink.messages] == [b"a: b\r\n\r\nline\r\nmore\r\n"]
+
+
+async def test_the_gateway_relays_what_its_front_received_without_checking_it_again(
+    checks: _Counted, tmp_path: Path
+) -> None:
+    """Through SMTP: the pipeline vouches for content from its own front (``crlf_only``),
+    so the relay makes no check, and what reaches the next hop, our header fields on top
+    included, still has CRLF line ends only."""
+    body = b"".join(b"line %07d, please pay the invoice\r\n" % i for i in range(40_000))
+    async with running_gateway(tmp_path) as gw:
+        code, _ = await gw.send(mail("Invoice INV-12345", "x").replace(b"x\r\n", body))
+    assert code == 250
+    assert checks.calls == 0
+    (received,) = gw.received
+    assert received.content.endswith(body)
+    assert lineends.find_bare_line_ending(received.content) is None
+    assert b"\r\nX-CM-Status: classified" in b"\r\n" + received.content
