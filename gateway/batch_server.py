@@ -20,13 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import os
 import signal
 import sys
 from typing import TYPE_CHECKING
 
-from .batch_wire import FrameError, encode_reply, read_frame
+from .batch_wire import FrameError, decode_request, encode_reply, read_frame
 from .classifier_metrics import MetricEvents
 from .classifier_stack import build_live_classifier
 from .cmd_serve import shutdown_grace
@@ -94,7 +93,7 @@ class BatchServer:
         calls: dict[int, asyncio.Task[None]] = {}
         try:
             while (payload := await read_frame(reader)) is not None:
-                request = json.loads(payload)
+                request = decode_request(payload)
                 if "cancel" in request:
                     call = calls.get(request["cancel"])
                     if call is not None:

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+import pydantic_core
 
 from .context import Classifier
 from .documents import MAX_DOCUMENTS, RawEmailDocument
@@ -143,7 +144,7 @@ class BatchingClassifier:
         future: asyncio.Future[_Result] = loop.create_future()
         # The byte budget keeps one request under proxy body limits even when many
         # large html bodies arrive together; a single document over it still goes alone.
-        size = len(json.dumps(document, ensure_ascii=False))
+        size = len(pydantic_core.to_json(document))
         if self._pending.documents and self._pending.size + size > self._max_bytes:
             self._flush()
         self._pending.documents.append(document)

@@ -4,6 +4,7 @@ are read from the emulator's own ledger."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -144,3 +145,18 @@ def test_the_cache_forgets_after_its_ttl_and_past_its_size() -> None:
     assert cache.get_now("b") is None and cache.get_now("a") == entry and len(cache) == 2
     time.sleep(0.06)
     assert cache.get_now("a") is None
+
+
+async def test_the_byte_budget_closes_a_batch_before_it_outgrows_max_bytes(
+    emulator: EmulatorHandle,
+) -> None:
+    """``max_bytes`` (JSON octets) just over one document: six concurrent documents go
+    as six requests, none of them over the budget; a document over it still goes, alone."""
+    one = len(json.dumps(doc(0), ensure_ascii=False).encode())
+    batcher = BatchingClassifier(client(emulator), max_batch=64, max_wait_ms=50, max_bytes=one + 10)
+    await asyncio.gather(*(batcher.predict_raw_emails([doc(i)]) for i in range(6)))
+    big = doc(99, "invoice " * 100)
+    result = await batcher.predict_raw_emails([big])
+    await batcher.aclose()
+    assert batcher.batch_sizes == [1] * 7
+    assert len(result.predictions) == 1
