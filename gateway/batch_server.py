@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import os
 import signal
 import sys
@@ -157,6 +158,10 @@ async def serve_batcher(config: Config, path: str, ready: Connection | None = No
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     watcher = asyncio.create_task(_watch_parent(os.getppid(), stop))
+    # As in the workers (cmd_serve.serve): what start-up built lives as long as the
+    # process, so full collections need not walk it again and again.
+    gc.collect()
+    gc.freeze()
     _log.info("batcher_ready", classifier=server.classifier.description, pid=os.getpid())
     if ready is not None:
         ready.send_bytes(b"ready")

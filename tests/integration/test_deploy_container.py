@@ -8,13 +8,11 @@ import importlib.resources
 import json
 import os
 import re
-import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,6 +24,7 @@ import yaml
 from gateway.config import Config, load_config, parse_listen
 
 from .deploy_support import DEPLOY, ROOT, clean_env, cli, dockerfile_stage, only, tool
+from .serve_support import read_until
 
 CONTAINER = DEPLOY / "container"
 DOCKERFILE = CONTAINER / "Dockerfile"
@@ -129,21 +128,6 @@ def test_baked_config_and_rules_pass_cli_checks_in_the_image_layout(
     assert out.startswith(f"{etc}/rules/shared-inbox-triage.yaml: ok"), out
 
 
-def _wait_listening(proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
-    assert proc.stdout is not None
-    fd, data = proc.stdout.fileno(), b""
-    deadline = time.monotonic() + timeout
-    while b"cm-gateway listening on" not in data and time.monotonic() < deadline:
-        if select.select([fd], [], [], 0.5)[0]:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            data += chunk
-        elif proc.poll() is not None:
-            break
-    assert b"cm-gateway listening on" in data, (data, proc.poll())
-
-
 def test_healthcheck_command_passes_against_a_running_gateway_and_fails_after_it_stops(
     tmp_path: Path,
 ) -> None:
@@ -167,7 +151,7 @@ def test_healthcheck_command_passes_against_a_running_gateway_and_fails_after_it
         stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_listening(proc)
+        read_until(proc, "cm-gateway listening on")
         healthy = subprocess.run(check, env=env, capture_output=True, timeout=60, check=False)
         assert healthy.returncode == 0, healthy.stderr
     finally:
