@@ -183,7 +183,7 @@ async def serve_batcher(config: Config, path: str, ready: Connection | None = No
 
 
 def batcher_main(config_path: str | None, path: str, ready: Connection) -> None:
-    """The batcher process (spawned by ``cmd_serve``)."""
+    """The batcher process (spawned by ``supervisor.run_workers``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     # Imported here, as in the workers: the spawned process starts from nothing.
