@@ -32,8 +32,12 @@ from .chaos_support import ChaosGateway, ChaosPostfix, MessageIdSink
 pytestmark = pytest.mark.postfix
 
 DEFAULT_MESSAGES = int(os.environ.get("CMGW_CHAOS_MESSAGES", "300"))
-# Seen: 0-2 per kill; 4 over two kills once, with a kill 4 s after the next hop reopened.
-DUPLICATES_PER_KILL = 3
+# Seen: 0-2 per kill; 4 over two kills once, with a kill 4 s after the next hop reopened;
+# 7 over two kills once (session 5, in the full suite, a kill 3 s after the next hop
+# reopened: the queue flush's burst). Alone, 3 runs each: 1 / 3 / 3 at f883c39, 2 / 4 / 7
+# counting that one at 7f45144. The hard bound is the transactions in flight at the kill
+# (Postfix's maxproc for the gateway, 10 in deploy/postfix).
+DUPLICATES_PER_KILL = 4
 
 # Every action that changes routing or headers, none that refuses mail: each message
 # must arrive, so a bounce or a missing Message-ID is a loss.
