@@ -31,7 +31,7 @@ from .auth import Authenticator
 from .config import SmtpConfig
 from .errors import SmtpOutcome
 from .inbound import InboundMessage, MessageProcessor
-from .lineends import find_bare_line_ending, line_windows
+from .lineends import find_bare_line_ending, normalize_line_endings, scan_bare_line_ending
 from .logsetup import get_logger
 from .policy import RelayPolicy, parse_peer_ip
 from .redact import scrub
@@ -54,7 +54,6 @@ log = get_logger("cm-gateway.smtp")
 # RCPTs refused with 452 4.5.3 in one session before it is closed with 421 4.5.3. A
 # client that waits for each reply (we do not offer PIPELINING) stops at the first 452.
 RCPT_OVERSHOOT = 100
-_LONE = re.compile(rb"[\r\n]")  # used inside CRLF-split segments: every one is lone
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # handled=False: aiosmtpd answers "535 5.7.8 Authentication credentials invalid".
 _INVALID = AuthResult(success=False, handled=False)
@@ -63,40 +62,6 @@ _INVALID = AuthResult(success=False, handled=False)
 def new_queue_id() -> str:
     """A short unique id for one transaction, like Postfix's (12 upper-case hex digits)."""
     return secrets.token_hex(6).upper()
-
-
-SCAN_PIECE = 256 * 1024
-
-
-async def scan_bare_line_ending(content: bytes, piece: int = SCAN_PIECE) -> str | None:
-    """``find_bare_line_ending`` over pieces of about ``piece`` octets cut after a LF, the
-    loop getting a turn between them: three passes over 25 MB take about a second on a
-    slow machine, and every other session would wait for them."""
-    found: str | None = None
-    for start, end in line_windows(content, piece):
-        kind = find_bare_line_ending(content, start, end)
-        if kind == "LF":
-            return kind
-        found = found or kind
-        if end - start < len(content):
-            await asyncio.sleep(0)
-    return found
-
-
-def normalize_line_endings(content: bytes) -> bytes:
-    """Every lone LF/CR rewritten to CRLF, and the stuffing dot that aiosmtpd left on
-    lines after them removed (see the module docstring). CRLF-only input is returned as is.
-    """
-    if find_bare_line_ending(content) is None:
-        return content
-    out: list[bytes] = []
-    # Lines that start after a CRLF were already dot-unstuffed by aiosmtpd; lines that
-    # start after a lone LF/CR were not.
-    for segment in content.split(b"\r\n"):
-        parts = _LONE.split(segment)
-        out.append(parts[0])
-        out.extend(p[1:] if p.startswith(b".") else p for p in parts[1:])
-    return b"\r\n".join(out)
 
 
 def processing_deadline(smtp_timeout: float) -> float:

@@ -37,18 +37,25 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from . import replies
+from .big_message import PARSE_IN_THREAD, light_parse, off_loop
 from .classifier_stack import build_live_classifier
 from .config import Config
 from .context import CLASSIFIED, ClassificationStatus, Classifier, MessageContext
 from .delivery import Delivery, make_delivery
 from .documents import RawEmailDocument
 from .errors import ClassifierError, ClassifierTimeout, ConfigError, MalformedResponseError
-from .explain import default_threshold, gateway_headers, message_context, skip_reason
+from .explain import (
+    HEADER_PREFIX,
+    default_threshold,
+    gateway_headers,
+    message_context,
+    skip_reason,
+)
 from .headers import header_fields, prefix_subject, prepend_headers, strip_headers
 from .inbound import InboundMessage
 from .logsetup import get_logger
@@ -65,45 +72,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Pipeline", "build_processor", "count_hops", "received_header"]
 
-HEADER_PREFIX = "X-CM-"
-PARSE_IN_THREAD = 256 * 1024
-COPY_IN_THREAD = 2 << 20
-_T = TypeVar("_T")
 _CLASSIFICATION_HEADERS = {f"{HEADER_PREFIX}{n}".lower() for n in ("Labels", "Model", "Status")}
 ALREADY_CLASSIFIED = "already-classified"
 
 _log = get_logger("cm-gateway.pipeline")
-
-
-async def _off_loop(content: bytes, work: Callable[[bytes], _T]) -> _T:
-    """``work(content)``; past ``COPY_IN_THREAD`` in a thread, for work on a big message:
-    header edits copy the whole message (25 MB: ~0.1 s on a slow machine), which bytes.join
-    does without the GIL; the header walks are pure Python, and a hostile message can be
-    all header lines (5 MB of them: seconds), which a thread interrupts every switch
-    interval (5 ms) to let the loop run, where the loop itself would wait for the end."""
-    if len(content) > COPY_IN_THREAD:
-        return await asyncio.to_thread(work, content)
-    return work(content)
-
-
-def _light_parse(raw: bytes) -> ParsedMessage:
-    # For messages too large to classify: what the rules need from the header block
-    # only, without a full MIME parse of many megabytes.
-    fields = tuple(header_fields(raw))
-    first = {name.lower(): value for name, value in reversed(fields)}
-    message_id = first.get("message-id", "").strip().strip("<>") or None
-    return ParsedMessage(
-        headers=fields,
-        subject=first.get("subject", ""),
-        message_id=message_id,
-        from_addresses=(),
-        to_addresses=(),
-        text_plain=None,
-        text_html=None,
-        attachments=(),
-        size=len(raw),
-        defects=(),
-    )
 
 
 class Pipeline:
@@ -182,8 +154,8 @@ class Pipeline:
             stage = "prepare"
             content = msg.content
             if not msg.trusted_peer:
-                content = await _off_loop(content, lambda c: strip_headers(c, HEADER_PREFIX))
-            hops = await _off_loop(content, count_hops)
+                content = await off_loop(content, lambda c: strip_headers(c, HEADER_PREFIX))
+            hops = await off_loop(content, count_hops)
             if hops > self.config.smtp.max_hops:
                 log.set(status="not-processed", hops=hops)
                 return self._done(log, replies.LOOP_DETECTED)
@@ -246,13 +218,13 @@ class Pipeline:
         with log.stage("parse"):
             if msg.trusted_peer and any(
                 name.lower() == f"{HEADER_PREFIX}status".lower()
-                for name, _ in await _off_loop(content, header_fields)
+                for name, _ in await off_loop(content, header_fields)
             ):
                 skipped = ClassificationStatus("skipped", ALREADY_CLASSIFIED)
-                return skipped, await _off_loop(content, _light_parse)
+                return skipped, await off_loop(content, light_parse)
             if len(content) > self.config.classifier.classify_max_size:
                 # skip_reason() names it (after bounce / auto-submitted, in that order).
-                return CLASSIFIED, await _off_loop(content, _light_parse)
+                return CLASSIFIED, await off_loop(content, light_parse)
             if len(content) > PARSE_IN_THREAD:
                 return CLASSIFIED, await asyncio.to_thread(parse_message, content)
             return CLASSIFIED, parse_message(content)
@@ -332,7 +304,7 @@ class Pipeline:
         if enforce:
             for prefix in reversed(decision.subject_prefixes):
                 edit = functools.partial(prefix_subject, prefix=prefix)
-                outgoing = await _off_loop(outgoing, edit)
+                outgoing = await off_loop(outgoing, edit)
         return await self._relay(msg, outgoing, recipients, log, self._headers(ctx, decision))
 
     async def _relay(
@@ -345,7 +317,7 @@ class Pipeline:
     ) -> Reply:
         # One prepend (one copy of a possibly large message): our trace field on top.
         received = ("Received", received_header(msg, self.config.smtp.hostname))
-        outgoing = await _off_loop(content, lambda c: prepend_headers(c, [received, *headers]))
+        outgoing = await off_loop(content, lambda c: prepend_headers(c, [received, *headers]))
         log.set(recipients=len(recipients))
         with log.stage("relay"):
             result = await self.delivery.deliver(

@@ -1,7 +1,7 @@
 """A big message through the SMTP front while another session talks to it, over real
 sockets: the event loop keeps answering the other session while the big one is read and
 checked, because the front handles a bounded amount of it per step of the loop
-(gateway/data_reader.py ``SLICE``, gateway/handler.py ``SCAN_PIECE``). No timing is
+(gateway/data_reader.py ``SLICE``, gateway/lineends.py ``SCAN_PIECE``). No timing is
 asserted: the count of round trips shows how often the loop got round to the other
 session, whatever the machine's speed."""
 
