@@ -33,7 +33,9 @@ from .cmd_serve import shutdown_grace
 from .config import Config
 from .context import Classifier
 from .documents import RawEmailDocument
+from .errors import ClassifierError, ConfigError
 from .logsetup import get_logger
+from .predictions import PredictionBatch
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -122,20 +124,23 @@ class BatchServer:
     async def _answer(
         self, request_id: int, documents: list[RawEmailDocument], writer: asyncio.StreamWriter
     ) -> None:
+        batch: PredictionBatch | None = None
+        error: Exception | None = None
         try:
             batch = await self.classifier.predict_raw_emails(documents)
         except asyncio.CancelledError:
             return
         except Exception as exc:  # every failure goes back to the worker, by kind
-            if not hasattr(exc, "kind"):
+            if not isinstance(exc, ClassifierError):
                 _log.exception("batcher_unexpected_error")
-            reply = encode_reply(
-                request_id, error=exc, events=self.events.take(), circuits=self.events.circuits
-            )
-        else:
-            reply = encode_reply(
-                request_id, batch=batch, events=self.events.take(), circuits=self.events.circuits
-            )
+            error = exc
+        reply = encode_reply(
+            request_id,
+            batch=batch,
+            error=error,
+            events=self.events.take(),
+            circuits=self.events.circuits,
+        )
         if not writer.is_closing():
             writer.write(reply)
 
@@ -190,7 +195,6 @@ def batcher_main(config_path: str | None, path: str, ready: Connection) -> None:
     from . import eventloop
     from .cmd_serve import register_secrets
     from .config import load_config
-    from .errors import ConfigError
     from .logsetup import configure_logging
 
     config = load_config(config_path)

@@ -34,13 +34,22 @@ def emulator() -> Iterator[EmulatorHandle]:
         yield emu
 
 
-def batcher_for(emu: EmulatorHandle, *, max_in_flight: int = 4) -> BatchingClassifier:
+def batcher_for(
+    emu: EmulatorHandle,
+    *,
+    max_in_flight: int = 4,
+    max_batch: int = 64,
+    max_wait_ms: float = FOREVER_MS,
+    min_batch: int = 1,
+) -> BatchingClassifier:
+    """Group commit over the real HTTP client; ``max_wait_ms`` ten minutes unless given."""
     return BatchingClassifier(
         http_client(emu),
-        max_batch=64,
-        max_wait_ms=FOREVER_MS,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
         max_in_flight=max_in_flight,
         send_when_idle=True,
+        min_batch=min_batch,
     )
 
 
@@ -82,13 +91,7 @@ async def test_one_callers_documents_stay_in_one_request(emulator: EmulatorHandl
 async def test_max_batch_still_closes_a_batch_while_a_request_runs(
     emulator: EmulatorHandle,
 ) -> None:
-    batcher = BatchingClassifier(
-        http_client(emulator),
-        max_batch=3,
-        max_wait_ms=FOREVER_MS,
-        max_in_flight=4,
-        send_when_idle=True,
-    )
+    batcher = batcher_for(emulator, max_batch=3)
     first = asyncio.create_task(batcher.predict_raw_emails([doc(0)]))
     await asyncio.sleep(0.05)
     rest = [asyncio.create_task(batcher.predict_raw_emails([doc(i)])) for i in range(1, 7)]
@@ -167,14 +170,7 @@ async def test_a_batch_under_min_batch_waits_for_more_even_when_the_api_is_idle(
 ) -> None:
     """``min_batch`` 3: two documents on an idle API do not go (``max_wait_ms`` is ten
     minutes); the third completes the batch and all three go at once, in one request."""
-    batcher = BatchingClassifier(
-        http_client(emulator),
-        max_batch=64,
-        max_wait_ms=FOREVER_MS,
-        max_in_flight=4,
-        send_when_idle=True,
-        min_batch=3,
-    )
+    batcher = batcher_for(emulator, min_batch=3)
     early = [asyncio.create_task(batcher.predict_raw_emails([doc(i)])) for i in range(2)]
     await asyncio.sleep(0.3)
     assert batcher.requests == 0
@@ -189,14 +185,7 @@ async def test_a_batch_under_min_batch_still_goes_when_max_wait_ms_passes(
 ) -> None:
     """``min_batch`` is a wish, ``max_wait_ms`` the promise: a lone document goes after
     ``max_wait_ms`` (200 ms), not before and not never."""
-    batcher = BatchingClassifier(
-        http_client(emulator),
-        max_batch=64,
-        max_wait_ms=200,
-        max_in_flight=4,
-        send_when_idle=True,
-        min_batch=10,
-    )
+    batcher = batcher_for(emulator, max_wait_ms=200, min_batch=10)
     lone = asyncio.create_task(batcher.predict_raw_emails([doc(0)]))
     await asyncio.sleep(0.1)
     assert batcher.requests == 0
