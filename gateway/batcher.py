@@ -18,6 +18,14 @@ and under load the batch is whatever arrived during one request: batches still g
 the load, and the wait is one request's time rather than a fixed ``max_wait_ms``. ``min_batch``
 trades latency for fewer requests: a batch smaller than it does not go when the API is
 idle, but waits for more documents, ``max_wait_ms`` at most (then it goes anyway).
+
+``target_batch`` lets requests overlap: a batch that reaches it goes at once, even while
+another request runs, as long as a slot is free (when every slot is busy it keeps growing,
+up to ``max_batch``). Group commit alone keeps one request in flight, so a document that
+arrives just after a request left waits for that whole request and then its own; with a
+target, it waits only for the target's worth of documents to arrive. Each request still
+carries at least ``target_batch`` documents unless it was sent by an idle API or
+``max_wait_ms``.
 """
 
 from __future__ import annotations
@@ -87,11 +95,14 @@ class BatchingClassifier:
         max_bytes: int = 16 * 1024 * 1024,
         send_when_idle: bool = False,
         min_batch: int = 1,
+        target_batch: int = 0,
     ) -> None:
         if not 1 <= max_batch <= MAX_DOCUMENTS:
             raise ValueError(f"max_batch must be 1..{MAX_DOCUMENTS}")
         if not 1 <= min_batch <= max_batch:
             raise ValueError("min_batch must be 1..max_batch")
+        if target_batch and not min_batch <= target_batch <= max_batch:
+            raise ValueError("target_batch must be 0 (off) or min_batch..max_batch")
         self._inner = inner
         self._max_batch = max_batch
         self._max_wait = max_wait_ms / 1000.0
@@ -102,6 +113,7 @@ class BatchingClassifier:
         self._max_in_flight = max_in_flight
         self._send_when_idle = send_when_idle
         self._min_batch = min_batch
+        self._target_batch = target_batch
         # Batches holding or waiting for a slot; at max_in_flight, a due batch stays open.
         self._queued = 0
         self._overdue = False
@@ -118,7 +130,7 @@ class BatchingClassifier:
 
     async def predict_raw_emails(self, documents: Sequence[RawEmailDocument]) -> PredictionBatch:
         futures = [self._submit(doc) for doc in documents]
-        if self._idle_and_due():
+        if self._idle_and_due() or self._target_due():
             # After the whole call's documents joined: one caller's batch stays whole.
             self._flush()
         try:
@@ -137,6 +149,13 @@ class BatchingClassifier:
             self._send_when_idle
             and self._queued == 0
             and len(self._pending.documents) >= self._min_batch
+        )
+
+    def _target_due(self) -> bool:
+        """The batch has ``target_batch`` documents and a slot is free for it."""
+        return (
+            0 < self._target_batch <= len(self._pending.documents)
+            and self._queued < self._max_in_flight
         )
 
     def _submit(self, document: RawEmailDocument) -> asyncio.Future[_Result]:
@@ -183,7 +202,7 @@ class BatchingClassifier:
             settle = await self._call_in_slot(batch)
         finally:
             self._queued -= 1
-            if self._overdue or self._idle_and_due():
+            if self._overdue or self._idle_and_due() or self._target_due():
                 self._flush()
                 launched = True
             if settle is not None:

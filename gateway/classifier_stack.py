@@ -53,6 +53,7 @@ def build_classifier_stack(
         max_wait_ms=settings.max_wait_ms,
         send_when_idle=settings.send_when_idle,
         min_batch=settings.min_batch,
+        target_batch=settings.target_batch,
         max_in_flight=settings.max_in_flight,
     )
     batched.metrics = metrics

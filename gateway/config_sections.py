@@ -174,6 +174,8 @@ class ClassifierConfig(_Section):
     send_when_idle: bool = True
     # With send_when_idle: a smaller batch waits for more (max_wait_ms at most).
     min_batch: int = Field(1, ge=1, le=4096)
+    # 0: off. Else a batch this big goes at once, even while another request runs.
+    target_batch: int = Field(0, ge=0, le=4096)
     # With [smtp] workers > 1: one batcher process serves every worker (batch_server.py),
     # so a batch holds the documents of all workers' sessions, and their dedup is one.
     shared_batcher: bool = True
@@ -236,6 +238,16 @@ class ClassifierConfig(_Section):
         max_batch = info.data.get("max_batch")  # absent when max_batch itself was bad
         if max_batch is not None and v > max_batch:
             raise ValueError(f"min_batch ({v}) must not exceed max_batch ({max_batch})")
+        return v
+
+    @field_validator("target_batch")
+    @classmethod
+    def _target_batch(cls, v: int, info: ValidationInfo) -> int:
+        low, high = info.data.get("min_batch"), info.data.get("max_batch")
+        if v and high is not None and v > high:
+            raise ValueError(f"target_batch ({v}) must not exceed max_batch ({high})")
+        if v and low is not None and v < low:
+            raise ValueError(f"target_batch ({v}) must be 0 (off) or at least min_batch ({low})")
         return v
 
     @model_validator(mode="after")

@@ -41,6 +41,7 @@ def batcher_for(
     max_batch: int = 64,
     max_wait_ms: float = FOREVER_MS,
     min_batch: int = 1,
+    target_batch: int = 0,
 ) -> BatchingClassifier:
     """Group commit over the real HTTP client; ``max_wait_ms`` ten minutes unless given."""
     return BatchingClassifier(
@@ -50,6 +51,7 @@ def batcher_for(
         max_in_flight=max_in_flight,
         send_when_idle=True,
         min_batch=min_batch,
+        target_batch=target_batch,
     )
 
 
@@ -198,4 +200,39 @@ async def test_min_batch_over_max_batch_is_refused(emulator: EmulatorHandle) -> 
     client = http_client(emulator)
     with pytest.raises(ValueError, match="min_batch"):
         BatchingClassifier(client, max_batch=4, min_batch=5)
+    await client.aclose()
+
+
+async def test_a_batch_at_target_batch_goes_while_another_request_runs(
+    emulator: EmulatorHandle,
+) -> None:
+    """``target_batch`` 3: the first document goes alone (idle API); three arriving while
+    it runs (500 ms) go at once as a second request beside it, not when it ends; the
+    next two wait for a request to end (fewer than the target)."""
+    batcher = batcher_for(emulator, target_batch=3)
+    await asyncio.wait_for(staggered(batcher, 6, 0.04, "target"), PATIENCE_S)
+    await batcher.aclose()
+    assert batcher.batch_sizes == [1, 3, 2]
+    assert batcher.peak_in_flight == 2
+
+
+async def test_a_batch_past_target_batch_keeps_growing_while_every_slot_is_busy(
+    emulator: EmulatorHandle,
+) -> None:
+    """One slot: the batch passes the target (2) while the slot is busy and goes whole,
+    five documents in one request, when the first request ends."""
+    batcher = batcher_for(emulator, target_batch=2, max_in_flight=1)
+    await asyncio.wait_for(staggered(batcher, 6, 0.04, "target"), PATIENCE_S)
+    await batcher.aclose()
+    assert batcher.batch_sizes == [1, 5]
+    assert batcher.peak_in_flight == 1
+
+
+@pytest.mark.parametrize("target", [65, 2])
+async def test_target_batch_outside_min_batch_to_max_batch_is_refused(
+    emulator: EmulatorHandle, target: int
+) -> None:
+    client = http_client(emulator)
+    with pytest.raises(ValueError, match="target_batch"):
+        BatchingClassifier(client, max_batch=64, min_batch=3, target_batch=target)
     await client.aclose()

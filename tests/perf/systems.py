@@ -79,6 +79,7 @@ class GatewaySettings:
     send_when_idle: bool = True
     shared_batcher: bool = True
     min_batch: int = 1
+    target_batch: int = 0
 
 
 def _gateway_config(port: int, sink_port: int, emulator_url: str, s: GatewaySettings) -> str:
@@ -110,6 +111,7 @@ max_in_flight = {s.max_in_flight}
 send_when_idle = {str(s.send_when_idle).lower()}
 shared_batcher = {str(s.shared_batcher).lower()}
 min_batch = {s.min_batch}
+target_batch = {s.target_batch}
 classify_max_size = {s.classify_max_size}
 
 [rules]

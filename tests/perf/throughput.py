@@ -244,7 +244,8 @@ def render(report: Report) -> str:
         f" {o.latency_ms:g} ms, median of {len(report.runs)} run(s); max_batch"
         f" {o.gateway.max_batch}, max_wait_ms {o.gateway.max_wait_ms:g}, max_in_flight"
         f" {o.gateway.max_in_flight}, send_when_idle {o.gateway.send_when_idle},"
-        f" min_batch {o.gateway.min_batch}, shared_batcher {o.gateway.shared_batcher}, downstream"
+        f" min_batch {o.gateway.min_batch}, target_batch {o.gateway.target_batch},"
+        f" shared_batcher {o.gateway.shared_batcher}, downstream"
         f" pool_size {o.gateway.pool_size}",
         "",
         "| system | msgs/s | x baseline | CPU ms/msg | p50 / p99 ms at half peak | p99 added"
@@ -321,6 +322,7 @@ def _parse(argv: list[str] | None) -> Options:
         "--send-when-idle", choices=("on", "off"), default="on" if g.send_when_idle else "off"
     )
     p.add_argument("--min-batch", type=int, default=g.min_batch)
+    p.add_argument("--target-batch", type=int, default=g.target_batch, help="0: off")
     p.add_argument(
         "--shared-batcher", choices=("on", "off"), default="on" if g.shared_batcher else "off"
     )
@@ -331,6 +333,7 @@ def _parse(argv: list[str] | None) -> Options:
         max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, max_in_flight=a.max_in_flight,
         log_level=a.log_level, pool_size=a.pool_size, send_when_idle=a.send_when_idle == "on",
         shared_batcher=a.shared_batcher == "on", min_batch=a.min_batch,
+        target_batch=a.target_batch,
     )  # fmt: skip
     return Options(
         messages=a.messages, sessions=a.sessions, size=a.size, latency_ms=a.latency_ms,
