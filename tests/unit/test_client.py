@@ -10,6 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway._http import error_from_response, json_object, parse_retry_after
 from gateway._responses import (
@@ -21,6 +23,7 @@ from gateway.client import (
     CommunicationsMiningClient,
     CustomEndpoint,
     TenantEndpoint,
+    json_body,
     label_thresholds,
 )
 from gateway.config import build_config
@@ -312,3 +315,85 @@ def test_validation_without_a_version_is_malformed() -> None:
     """The version is the one field the taxonomy cannot do without."""
     with pytest.raises(MalformedResponseError):
         parse_validation({"status": "ok", "validation": {"labels": []}})
+
+
+# --- request body encoding -------------------------------------------------------------
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=12,
+)
+
+
+def httpx_body(body: dict[str, Any]) -> bytes:
+    """What httpx sends for ``json=body`` (raises ValueError where it refuses)."""
+    return b"".join(httpx.Request("POST", "https://t.example", json=body).stream)  # type: ignore[arg-type]
+
+
+@given(st.dictionaries(st.text(), JSON_VALUES, max_size=4))
+def test_the_fast_request_body_means_what_httpx_would_send(body: dict[str, Any]) -> None:
+    """json_body gives JSON equal to httpx's, or None exactly where httpx must decide
+    (NaN, infinities, lone surrogates) or where a text merely mentions NaN/Infinity."""
+    content = json_body(body)
+    try:
+        expected = httpx_body(body)
+    except ValueError:
+        assert content is None  # httpx raises: the fast path must not send anything
+        return
+    if content is not None:
+        assert json.loads(content) == json.loads(expected)
+
+
+def mock_client(seen: list[httpx.Request]) -> CommunicationsMiningClient:
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        n = len(json.loads(request.content)["documents"])
+        return httpx.Response(200, json={"status": "ok", "predictions": [[]] * n})
+
+    return CommunicationsMiningClient(
+        TenantEndpoint("https://t.example", "a", "b", "tok-123456"),
+        transport=httpx.MockTransport(answer),
+    )
+
+
+async def test_the_request_is_json_with_its_content_type_and_length() -> None:
+    seen: list[httpx.Request] = []
+    client = mock_client(seen)
+    try:
+        doc: Any = {**DOC, "user_properties": {"number:Size KB": 4.1}}
+        await client.predict_raw_emails([doc, DOC])
+        (request,) = seen
+        assert request.headers["content-type"] == "application/json"
+        assert int(request.headers["content-length"]) == len(request.content)
+        assert json.loads(request.content)["documents"] == [doc, DOC]
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+async def test_a_nan_or_infinite_property_is_an_invalid_request_and_nothing_is_sent(
+    value: float,
+) -> None:
+    seen: list[httpx.Request] = []
+    client = mock_client(seen)
+    try:
+        doc: Any = {**DOC, "user_properties": {"number:Score": value}}
+        with pytest.raises(InvalidRequestError, match="request is not valid JSON"):
+            await client.predict_raw_emails([doc])
+        assert seen == []
+    finally:
+        await client.aclose()
+
+
+async def test_a_text_that_says_nan_or_infinity_is_still_sent() -> None:
+    seen: list[httpx.Request] = []
+    client = mock_client(seen)
+    try:
+        doc: Any = {
+            "raw_email": {"headers": {"raw": "Subject: NaN"}, "body": {"plain": "Infinity"}}
+        }
+        batch = await client.predict_raw_emails([doc])
+        assert len(batch.predictions) == 1 and json.loads(seen[0].content)["documents"] == [doc]
+    finally:
+        await client.aclose()
