@@ -25,7 +25,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
-import json
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -33,6 +32,7 @@ from dataclasses import dataclass, field
 from email.utils import getaddresses
 from types import MappingProxyType
 
+from .canonical_json import canonical_json
 from .context import Attachment
 from .documents import (
     MAX_ATTACHMENT_FIELD,
@@ -65,9 +65,6 @@ from .mimetext import (
 __all__ = ["ParsedMessage", "body_text", "build_document", "document_hash", "parse_message"]
 
 _NO_PROPERTIES: Mapping[str, str | float] = MappingProxyType({})
-# json.dumps(sort_keys=True, ensure_ascii=False, separators=(",", ":")) builds this
-# encoder anew for every call; encode() keeps no state between calls (thread-safe).
-_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 _COMMENT_ID = re.compile(r"[\w\x21-\x2e\x3a-\x40\x5b-\x60\x7b-\x7e]{1,1024}", re.ASCII)
 # Real mail nests a few dozen containers at most (a thread forwarded as attachments).
@@ -134,8 +131,7 @@ def build_document(
 
 def document_hash(doc: RawEmailDocument) -> str:
     """SHA-256 hex of the canonical JSON (sorted keys, compact, UTF-8) of ``doc``."""
-    canonical = _CANONICAL_JSON.encode(doc)
-    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+    return hashlib.sha256(canonical_json(doc)).hexdigest()
 
 
 # --- parsing -----------------------------------------------------------------------

@@ -4,6 +4,7 @@ medians of several runs, so that a figure in a commit message can be measured ag
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 import timeit
@@ -14,11 +15,12 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.canonical_json import canonical_json_slow
 from gateway.client import json_body
 from gateway.documents import RawEmailDocument
 from gateway.emulator.inputs import raw_email_docs
 from gateway.emulator.model import KeywordModel, Selection
-from gateway.payload import build_document, parse_message
+from gateway.payload import build_document, document_hash, parse_message
 
 from .loadgen import make_message
 
@@ -65,4 +67,14 @@ def test_request_body_encoding() -> None:
         "request body",
         lambda: httpx.Request("POST", url, json=body),
         lambda: httpx.Request("POST", url, content=json_body(body), headers=headers),
+    )
+
+
+def test_document_hash() -> None:
+    """The json module's canonical text against canonical_json, both hashed."""
+    docs = documents()
+    compare(
+        "document_hash",
+        lambda: [hashlib.sha256(canonical_json_slow(doc)).hexdigest() for doc in docs],
+        lambda: [document_hash(doc) for doc in docs],
     )
