@@ -14,7 +14,7 @@ import struct
 from typing import Any
 
 import pydantic_core
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from .documents import RawEmailDocument
 from .errors import ClassifierError, error_for_kind
@@ -114,15 +114,23 @@ def encode_reply(
     events: list[list[Any]],
     circuits: dict[str, list[Any]],
 ) -> bytes:
-    """The frame answering ``request_id``."""
+    """The frame answering ``request_id``: ``WireReply(...).model_dump_json(exclude_defaults=
+    True)``, written piece by piece: building the reply and a batch without its comments
+    cost a third of the time of the whole encoding."""
+    parts = [b'{"id":', pydantic_core.to_json(request_id)]
     if batch is not None:
         # Only what the worker uses: the raw comments can be large.
-        batch = PredictionBatch(predictions=batch.predictions, model=batch.model)
-    reply = WireReply(
-        id=request_id,
-        batch=batch,
-        error=None if error is None else WireError.of(error),
-        events=events,
-        circuits=circuits,
-    )
-    return frame(reply.model_dump_json(exclude_defaults=True).encode())
+        parts += (b',"batch":', _BATCH.dump_json(batch, exclude=_COMMENTS, exclude_defaults=True))
+    if error is not None:
+        parts += (b',"error":', _ERROR.dump_json(WireError.of(error), exclude_defaults=True))
+    if events:
+        parts += (b',"events":', pydantic_core.to_json(events))
+    if circuits:
+        parts += (b',"circuits":', pydantic_core.to_json(circuits))
+    parts.append(b"}")
+    return frame(b"".join(parts))
+
+
+_BATCH: TypeAdapter[PredictionBatch] = TypeAdapter(PredictionBatch)
+_ERROR: TypeAdapter[WireError] = TypeAdapter(WireError)
+_COMMENTS = {"comments"}

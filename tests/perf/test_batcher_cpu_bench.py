@@ -4,23 +4,29 @@ medians of several runs, so that a figure in a commit message can be measured ag
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import itertools
 import json
 import statistics
 import timeit
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
 
 import httpx
 import pytest
 
+from gateway._responses import parse_prediction_batch
+from gateway.batch_wire import WireReply, encode_reply, frame
 from gateway.canonical_json import canonical_json_slow
 from gateway.client import json_body
+from gateway.dedup import CacheEntry, DedupClassifier, MemoryCache, PredictionCache
 from gateway.documents import RawEmailDocument
 from gateway.emulator.inputs import raw_email_docs
 from gateway.emulator.model import KeywordModel, Selection
 from gateway.payload import build_document, document_hash, parse_message
+from gateway.predictions import PredictionBatch
 
 from .loadgen import make_message
 
@@ -77,4 +83,89 @@ def test_document_hash() -> None:
         "document_hash",
         lambda: [hashlib.sha256(canonical_json_slow(doc)).hexdigest() for doc in docs],
         lambda: [document_hash(doc) for doc in docs],
+    )
+
+
+class _ViaCoroutines:
+    """A MemoryCache seen only through the PredictionCache protocol: the old path."""
+
+    def __init__(self, inner: MemoryCache) -> None:
+        self.inner = inner
+
+    async def get(self, key: str) -> CacheEntry | None:
+        return self.inner.get_now(key)
+
+    async def put(self, key: str, entry: CacheEntry) -> None:
+        self.inner.put_now(key, entry)
+
+    async def aclose(self) -> None:
+        pass
+
+
+class _Answers:
+    description = "the API answer, parsed once"
+
+    def __init__(self) -> None:
+        self.batch = parse_prediction_batch(json.loads(api_answer()), BATCH)
+
+    async def predict_raw_emails(self, documents: Sequence[RawEmailDocument]) -> PredictionBatch:
+        predictions = self.batch.predictions[: len(documents)]
+        return PredictionBatch(predictions=predictions, model=self.batch.model)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_dedup_layer_on_a_batch_of_misses() -> None:
+    """DedupClassifier on 20 new documents, one call each as the batcher process makes
+    them (a worker's request is one message): hash, lookup, store with _pack."""
+    docs = documents()
+    serial = itertools.count()
+
+    def timed(cache: PredictionCache) -> Callable[[], object]:
+        dedup = DedupClassifier(_Answers(), cache)
+        loop = asyncio.new_event_loop()
+
+        async def calls() -> None:
+            n = next(serial)  # new comment ids: every document a miss
+            await asyncio.gather(
+                *(
+                    dedup.predict_raw_emails([{**doc, "comment_id": f"{n}.{i}"}])  # type: ignore[list-item]
+                    for i, doc in enumerate(docs)
+                )
+            )
+
+        def one_batch() -> None:
+            loop.run_until_complete(calls())
+
+        return one_batch
+
+    compare(
+        "dedup, 20 misses",
+        timed(_ViaCoroutines(MemoryCache(ttl=600, max_entries=100_000))),
+        timed(MemoryCache(ttl=600, max_entries=100_000)),
+    )
+
+
+def test_reply_encoding() -> None:
+    """The batcher's answer to 20 one-message requests: the WireReply model, dumped,
+    against encode_reply."""
+    predictions = _Answers().batch.predictions
+    batches = [PredictionBatch(predictions=(p,), model=None) for p in predictions]
+    events: list[list[Any]] = [["api", None], ["cache_misses", 1]]
+    circuits: dict[str, list[Any]] = {"cm": ["closed", 0]}
+
+    def model_dump() -> None:
+        for n, batch in enumerate(batches):
+            batch = PredictionBatch(predictions=batch.predictions, model=batch.model)
+            reply = WireReply(id=n, batch=batch, events=events, circuits=circuits)
+            frame(reply.model_dump_json(exclude_defaults=True).encode())
+
+    compare(
+        "encode_reply",
+        model_dump,
+        lambda: [
+            encode_reply(n, batch=b, events=events, circuits=circuits)
+            for n, b in enumerate(batches)
+        ],
     )
