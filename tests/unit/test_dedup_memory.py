@@ -64,3 +64,76 @@ def test_an_entry_with_many_entities_costs_about_a_kilobyte() -> None:
     finally:
         tracemalloc.stop()
     assert per_entry < 8192, f"{per_entry:.0f} bytes per cached prediction"
+
+
+# --- packing in the loop's next round ----------------------------------------------
+
+
+def entries(n: int) -> list[CacheEntry]:
+    return predict([document(f"{WORDS[i % len(WORDS)]} {i}") for i in range(n)])
+
+
+ENTRIES = entries(4)
+
+
+def is_packed(cache: MemoryCache, key: str) -> bool:
+    return isinstance(cache._data[key][1], bytes)
+
+
+def test_without_an_event_loop_an_entry_is_packed_at_once() -> None:
+    cache = MemoryCache(ttl=60, max_entries=10)
+    cache.put_now("k", ENTRIES[0])
+    assert is_packed(cache, "k") and cache.get_now("k") == ENTRIES[0]
+
+
+async def test_in_the_loop_replies_already_due_go_before_the_packing() -> None:
+    """What was woken before the store (the other replies of one API answer) runs before
+    the entry is packed; one round later it is packed and reads back equal."""
+    cache = MemoryCache(ttl=60, max_entries=10)
+    seen: list[bool] = []
+    loop = asyncio.get_running_loop()
+    loop.call_soon(lambda: seen.append(is_packed(cache, "a")))
+    cache.put_now("a", ENTRIES[0])
+    cache.put_now("b", ENTRIES[1])
+    assert cache.get_now("a") is ENTRIES[0]  # frozen objects, handed out as they are
+    await asyncio.sleep(0)
+    assert seen == [False]
+    assert is_packed(cache, "a") and is_packed(cache, "b")
+    assert cache.get_now("a") == ENTRIES[0] and cache.get_now("b") == ENTRIES[1]
+    cache.put_now("c", ENTRIES[2])  # a new round of packing is scheduled
+    await asyncio.sleep(0)
+    assert is_packed(cache, "c")
+
+
+OPS = st.lists(
+    st.tuples(st.sampled_from(["put", "get", "round"]), st.integers(0, 5), st.integers(0, 3)),
+    max_size=40,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(OPS)
+def test_packing_later_answers_as_a_plain_lru_would(ops: list[tuple[str, int, int]]) -> None:
+    async def run() -> None:
+        cache = MemoryCache(ttl=60, max_entries=3)
+        model: dict[str, CacheEntry] = {}  # insertion order = LRU order
+        for op, k, e in ops:
+            key = f"k{k}"
+            if op == "put":
+                model.pop(key, None)
+                model[key] = ENTRIES[e]
+                while len(model) > 3:
+                    del model[next(iter(model))]
+                cache.put_now(key, ENTRIES[e])
+            elif op == "get":
+                expected = model.pop(key, None)
+                if expected is not None:
+                    model[key] = expected
+                assert cache.get_now(key) == expected
+            else:
+                await asyncio.sleep(0)
+            assert list(cache._data) == list(model)
+        await asyncio.sleep(0)
+        assert all(is_packed(cache, key) for key in model)
+
+    asyncio.run(run())
