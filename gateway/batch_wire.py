@@ -117,6 +117,7 @@ def encode_reply(
     """The frame answering ``request_id``: ``WireReply(...).model_dump_json(exclude_defaults=
     True)``, written piece by piece: building the reply and a batch without its comments
     cost a third of the time of the whole encoding."""
+    # inf_nan_mode: as the model writes a non-finite float (a latency, say), null.
     parts = [b'{"id":', pydantic_core.to_json(request_id)]
     if batch is not None:
         # Only what the worker uses: the raw comments can be large.
@@ -124,9 +125,9 @@ def encode_reply(
     if error is not None:
         parts += (b',"error":', _ERROR.dump_json(WireError.of(error), exclude_defaults=True))
     if events:
-        parts += (b',"events":', pydantic_core.to_json(events))
+        parts += (b',"events":', pydantic_core.to_json(events, inf_nan_mode="null"))
     if circuits:
-        parts += (b',"circuits":', pydantic_core.to_json(circuits))
+        parts += (b',"circuits":', pydantic_core.to_json(circuits, inf_nan_mode="null"))
     parts.append(b"}")
     return frame(b"".join(parts))
 
