@@ -94,6 +94,9 @@ class MemoryCache:
         self._max = max_entries
         self._data: OrderedDict[str, tuple[float, bytes | _Entry]] = OrderedDict()
         self._unpacked: list[str] = []
+        # The loop a packing is scheduled in; a loop closed before running it must not
+        # keep every later entry from being packed.
+        self._packing: asyncio.AbstractEventLoop | None = None
 
     async def get(self, key: str) -> _Entry | None:
         """The live entry under ``key``, refreshed as most recently used."""
@@ -125,17 +128,21 @@ class MemoryCache:
         while len(self._data) > self._max:
             self._data.popitem(last=False)
         self._unpacked.append(key)
-        if len(self._unpacked) == 1:
-            self._pack_later()
+        self._pack_later()
 
     def _pack_later(self) -> None:
         try:
-            asyncio.get_running_loop().call_soon(self.pack_now)
+            loop = asyncio.get_running_loop()
         except RuntimeError:  # no event loop: nothing to wait for
             self.pack_now()
+            return
+        if self._packing is not loop:
+            self._packing = loop
+            loop.call_soon(self.pack_now)
 
     def pack_now(self) -> None:
         """Pack the entries stored since the last packing."""
+        self._packing = None
         keys, self._unpacked = self._unpacked, []
         for key in keys:
             item = self._data.get(key)

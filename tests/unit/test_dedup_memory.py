@@ -105,6 +105,28 @@ async def test_in_the_loop_replies_already_due_go_before_the_packing() -> None:
     assert is_packed(cache, "c")
 
 
+def test_a_loop_closed_before_its_packing_does_not_stop_later_ones() -> None:
+    cache = MemoryCache(ttl=60, max_entries=10)
+
+    first = asyncio.new_event_loop()
+
+    def put_and_stop() -> None:
+        cache.put_now("a", ENTRIES[0])
+        first.stop()  # the round in which the packing would run never comes
+
+    first.call_soon(put_and_stop)
+    first.run_forever()
+    first.close()
+    assert not is_packed(cache, "a")
+
+    async def put_and_wait() -> None:
+        cache.put_now("b", ENTRIES[1])
+        await asyncio.sleep(0)
+
+    asyncio.run(put_and_wait())
+    assert is_packed(cache, "a") and is_packed(cache, "b")
+
+
 OPS = st.lists(
     st.tuples(st.sampled_from(["put", "get", "round"]), st.integers(0, 5), st.integers(0, 3)),
     max_size=40,
