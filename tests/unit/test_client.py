@@ -6,6 +6,7 @@ from __future__ import annotations
 import email.utils
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -38,6 +39,7 @@ from gateway.errors import (
     RateLimitedError,
     ServerError,
 )
+from gateway.payload import build_document, parse_message
 
 DOC: RawEmailDocument = {
     "raw_email": {"headers": {"raw": "Subject: hi"}, "body": {"plain": "refund please"}}
@@ -397,3 +399,17 @@ async def test_a_text_that_says_nan_or_infinity_is_still_sent() -> None:
         assert len(batch.predictions) == 1 and json.loads(seen[0].content)["documents"] == [doc]
     finally:
         await client.aclose()
+
+
+def test_a_request_of_real_documents_takes_the_fast_path() -> None:
+    """Every fixture message's document, user properties included: json_body must not
+    hand it back to httpx (the fast path would silently stop paying)."""
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures" / "mail"
+    documents = []
+    for path in sorted(fixtures.glob("*.eml")):
+        raw = path.read_bytes()
+        props = {"number:Score": 0.7, "string:Team": "AP"}
+        documents.append(build_document(parse_message(raw), raw, user_properties=props))
+    body: dict[str, Any] = {"documents": documents, "threshold": 0.25, "labels": [{"name": ["A"]}]}
+    content = json_body(body)
+    assert content is not None and json.loads(content) == json.loads(httpx_body(body))
