@@ -18,10 +18,10 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway._request_json import json_body
 from gateway._responses import parse_prediction_batch
 from gateway.batch_wire import WireReply, encode_reply, frame
 from gateway.canonical_json import canonical_json_slow
-from gateway.client import json_body
 from gateway.dedup import DedupClassifier, MemoryCache, PredictionCache
 from gateway.documents import RawEmailDocument
 from gateway.emulator.inputs import raw_email_docs

@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway._http import error_from_response, json_object, parse_retry_after
+from gateway._request_json import json_body
 from gateway._responses import (
     parse_comment_predictions,
     parse_prediction_batch,
@@ -24,7 +25,6 @@ from gateway.client import (
     CommunicationsMiningClient,
     CustomEndpoint,
     TenantEndpoint,
-    json_body,
     label_thresholds,
 )
 from gateway.config import build_config
