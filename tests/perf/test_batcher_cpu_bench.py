@@ -123,7 +123,7 @@ def test_dedup_layer_on_a_batch_of_misses() -> None:
             n = next(serial)  # new comment ids: every document a miss
             await asyncio.gather(
                 *(
-                    dedup.predict_raw_emails([{**doc, "comment_id": f"{n}.{i}"}])  # type: ignore[list-item]
+                    dedup.predict_raw_emails([{**doc, "comment_id": f"{n}.{i}"}])
                     for i, doc in enumerate(docs)
                 )
             )
@@ -192,7 +192,7 @@ def test_time_from_an_api_answer_to_the_last_of_its_20_replies() -> None:
     async def burst(cache: MemoryCache) -> float:
         n = next(serial)
         batch = [{**doc, "comment_id": f"{n}.{i}"} for i, doc in enumerate(docs)]
-        gate = _Gate({d["comment_id"]: p for d, p in zip(batch, predictions, strict=True)})
+        gate = _Gate({str(d["comment_id"]): p for d, p in zip(batch, predictions, strict=True)})
         dedup = DedupClassifier(gate, cache)
         done: list[float] = []
 

@@ -408,7 +408,7 @@ def test_a_request_of_real_documents_takes_the_fast_path() -> None:
     documents = []
     for path in sorted(fixtures.glob("*.eml")):
         raw = path.read_bytes()
-        props = {"number:Score": 0.7, "string:Team": "AP"}
+        props: dict[str, str | float] = {"number:Score": 0.7, "string:Team": "AP"}
         documents.append(build_document(parse_message(raw), raw, user_properties=props))
     body: dict[str, Any] = {"documents": documents, "threshold": 0.25, "labels": [{"name": ["A"]}]}
     content = json_body(body)
