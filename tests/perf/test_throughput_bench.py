@@ -45,6 +45,7 @@ def _options() -> Options:
             max_batch=int(_env("MAX_BATCH", 64)),
             max_wait_ms=_env("MAX_WAIT_MS", 20),
             max_in_flight=int(_env("MAX_IN_FLIGHT", 4)),
+            target_batch=int(_env("TARGET_BATCH", 0)),
         ),
     )
 
