@@ -100,6 +100,15 @@ class Report:
         values = [getattr(f, attr) for run in self.runs for f in run if f.name == name]
         return statistics.median(values) if values else float("nan")
 
+    def run_ratios(self, name: str) -> list[float]:
+        """``name``'s msgs/s over the baseline's, run by run (each run's own baseline)."""
+        out = []
+        for run in self.runs:
+            by = {f.name: f.msgs_s for f in run}
+            if name in by and by.get(BASELINE):
+                out.append(by[name] / by[BASELINE])
+        return out
+
     def names(self) -> list[str]:
         """The systems, in the order they ran."""
         return [f.name for f in self.runs[0]] if self.runs else []
@@ -261,7 +270,15 @@ def render(report: Report) -> str:
             f" | {m['p50_ms']:.0f} / {m['p99_ms']:.0f} (at {m['half_rate']:.1f}/s) | {added}"
             f" | {m['api_per_msg']:.3f} | {m['billed_per_msg']:.2f} | {m['peak_rss_mb']:.0f} |"
         )
-    lines += ["", *_targets(report, base)]
+    lines += ["", *_targets(report, base), ""]
+    # The table's ratio is of medians; the machine drifts between runs, so each run's
+    # ratio to its own baseline is shown too (the verdict above stays on the medians).
+    for name in report.names():
+        if name != BASELINE and (ratios := report.run_ratios(name)):
+            each = " / ".join(f"{r:.2f}" for r in ratios)
+            lines.append(
+                f"{name}: x its run's baseline {each} (median {statistics.median(ratios):.2f})"
+            )
     if report.billing:
         per = statistics.median(b["billed_per_distinct"] for b in report.billing)
         tf = statistics.median(b["tempfails"] / b["distinct"] for b in report.billing)
