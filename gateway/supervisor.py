@@ -32,6 +32,9 @@ log = get_logger("cm-gateway.serve")
 
 # How long the batcher process may take to listen before the parent gives up.
 BATCHER_START_TIMEOUT = 60.0
+SOCKET_NAME = "batcher.sock"
+# sun_path holds 108 octets on Linux, its NUL included; a longer path cannot be bound.
+_SUN_PATH_MAX = 107
 
 
 def _worker_main(config_path: str | None, index: int, batcher_socket: str | None) -> None:
@@ -108,11 +111,10 @@ def run_workers(config: Config, config_path: str | None) -> int:
     _check_once(config)
     ctx = multiprocessing.get_context("spawn")
     shared = config.classifier.shared_batcher
-    # Private: only this user may reach the batcher (it spends the API token).
-    rundir = tempfile.mkdtemp(prefix="cm-gateway-") if shared else None
+    rundir = _private_dir() if shared else None
     try:
         batcher: BaseProcess | None = None
-        socket_path = os.path.join(rundir, "batcher.sock") if rundir is not None else None
+        socket_path = os.path.join(rundir, SOCKET_NAME) if rundir is not None else None
         # SIGHUP ignored from here, and inherited so by the children until they listen.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         if socket_path is not None:
@@ -124,6 +126,17 @@ def run_workers(config: Config, config_path: str | None) -> int:
     finally:
         if rundir is not None:
             shutil.rmtree(rundir, ignore_errors=True)
+
+
+def _private_dir() -> str:
+    """A directory only this user may enter (the batcher spends the API token), in
+    $TMPDIR; in /tmp when $TMPDIR is too deep for the socket's path to be bound."""
+    rundir = tempfile.mkdtemp(prefix="cm-gateway-")
+    if len(os.fsencode(os.path.join(rundir, SOCKET_NAME))) <= _SUN_PATH_MAX:
+        return rundir
+    os.rmdir(rundir)
+    log.info("batcher_socket_in_tmp", tmpdir=tempfile.gettempdir())
+    return tempfile.mkdtemp(prefix="cm-gateway-", dir="/tmp")
 
 
 def _supervise(

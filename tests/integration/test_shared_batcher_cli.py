@@ -33,7 +33,11 @@ def emulator() -> Iterator[EmulatorHandle]:
 
 
 def start_workers(
-    tmp_path: Path, emu: EmulatorHandle, *, new_session: bool = False
+    tmp_path: Path,
+    emu: EmulatorHandle,
+    *,
+    new_session: bool = False,
+    env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], int, Path]:
     """Two workers sharing a free port and the batcher; returns (process, port, log)
     once both workers listen."""
@@ -54,7 +58,7 @@ def start_workers(
             tmp_path,
             "--config",
             str(config),
-            env={"REINFER_TOKEN": emu.token or ""},
+            env={"REINFER_TOKEN": emu.token or "", **(env or {})},
             stderr=stderr,
             new_session=new_session,
         )
@@ -180,3 +184,21 @@ def test_a_batcher_that_cannot_start_fails_the_start_with_exit_2(tmp_path: Path)
     assert proc.returncode == 2
     assert "CMGW_ABSENT_TOKEN" in proc.stderr
     assert "workers_started" not in proc.stderr
+
+
+def test_a_tmpdir_too_deep_for_a_unix_socket_still_starts_the_batcher(
+    tmp_path: Path, emulator: EmulatorHandle
+) -> None:
+    """$TMPDIR 150 octets deep: the socket's path would not fit in sun_path (108), so the
+    private directory goes to /tmp, and a message is classified through the batcher."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    assert len(os.fsencode(deep)) > 110
+    proc, port, log = start_workers(tmp_path, emulator, env={"TMPDIR": str(deep)})
+    try:
+        send(port, numbered_mail(1))
+    finally:
+        assert stop_serve(proc)[0] == 0, log.read_text()
+    assert events(log, "batcher_socket_in_tmp")
+    assert emulator.stats()["documents_billed"] == 1
+    assert not list(deep.iterdir())  # nothing was made there
