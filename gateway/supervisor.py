@@ -76,6 +76,14 @@ def _check_once(config: Config) -> None:
         load_users(config.smtp.auth_users_file)
 
 
+class _StoppedWhileStarting(Exception):
+    """SIGTERM or SIGINT before the workers started."""
+
+
+def _stop_starting(_signum: int, _frame: object) -> None:
+    raise _StoppedWhileStarting
+
+
 def _start_batcher(
     ctx: multiprocessing.context.SpawnContext, config_path: str | None, path: str
 ) -> BaseProcess | int:
@@ -87,9 +95,9 @@ def _start_batcher(
     proc = ctx.Process(
         target=batcher_main, args=(config_path, path, tell_ready), name="cm-gateway-batcher"
     )
-    proc.start()
-    tell_ready.close()
     try:
+        proc.start()
+        tell_ready.close()
         # Readable: either "ready", or the end of the pipe when the process died first.
         if ready.poll(BATCHER_START_TIMEOUT):
             ready.recv_bytes()
@@ -102,7 +110,13 @@ def _start_batcher(
         proc.join()
         log.error("batcher_exited", exitcode=proc.exitcode)
         return 2 if proc.exitcode == 2 else 1
+    except _StoppedWhileStarting:
+        if proc.pid is not None:
+            proc.terminate()
+            proc.join()
+        raise
     finally:
+        tell_ready.close()
         ready.close()
 
 
@@ -117,12 +131,25 @@ def run_workers(config: Config, config_path: str | None) -> int:
         socket_path = os.path.join(rundir, SOCKET_NAME) if rundir is not None else None
         # SIGHUP ignored from here, and inherited so by the children until they listen.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        if socket_path is not None:
-            started = _start_batcher(ctx, config_path, socket_path)
-            if isinstance(started, int):
-                return started
-            batcher = started
-        return _supervise(ctx, config, config_path, socket_path, batcher)
+        try:
+            if socket_path is not None:
+                # A stop asked for while the batcher starts (up to BATCHER_START_TIMEOUT)
+                # ends it and the private directory too, not the parent alone; until
+                # _supervise installs its own handlers, before any worker starts.
+                signal.signal(signal.SIGTERM, _stop_starting)
+                signal.signal(signal.SIGINT, _stop_starting)
+                log.info("batcher_starting")
+                started = _start_batcher(ctx, config_path, socket_path)
+                if isinstance(started, int):
+                    return started
+                batcher = started
+            return _supervise(ctx, config, config_path, socket_path, batcher)
+        except _StoppedWhileStarting:
+            if batcher is not None:
+                batcher.terminate()
+                batcher.join()
+            log.info("stopped_while_starting")
+            return 0
     finally:
         if rundir is not None:
             shutil.rmtree(rundir, ignore_errors=True)

@@ -202,3 +202,53 @@ def test_a_tmpdir_too_deep_for_a_unix_socket_still_starts_the_batcher(
     assert events(log, "batcher_socket_in_tmp")
     assert emulator.stats()["documents_billed"] == 1
     assert not list(deep.iterdir())  # nothing was made there
+
+
+def _processes_with_env(entry: bytes) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if entry in (proc / "environ").read_bytes().split(b"\0"):
+                    found.append(int(proc.name))
+            except OSError:
+                continue  # gone, or not ours to read
+    return found
+
+
+def test_a_stop_while_the_batcher_starts_ends_it_and_removes_its_directory(
+    tmp_path: Path, emulator: EmulatorHandle
+) -> None:
+    """SIGTERM as soon as the parent starts the batcher (spawning it takes a second or
+    more): exit 0, no process left behind, and the private directory removed."""
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    port = free_port()
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f"[smtp]\nlisten = '127.0.0.1:{port}'\nworkers = 2\n"
+        "[downstream]\nurl = 'maildir://var/maildir'\n"
+        f"[classifier]\nprovider = 'communications-mining'\nbase_url = '{emulator.base_url}'\n"
+        f"project = '{emulator.project}'\ndataset = '{emulator.dataset}'\n"
+        "[log]\nformat = 'json'\n[metrics]\nlisten = ''\n",
+        encoding="utf-8",
+    )
+    log = tmp_path / "gateway.log"
+    with log.open("wb") as stderr:
+        proc = start_serve(
+            tmp_path,
+            "--config",
+            str(config),
+            env={"REINFER_TOKEN": emulator.token or "", "TMPDIR": str(tmpdir)},
+            stderr=stderr,
+        )
+    deadline = time.monotonic() + 60
+    while not events(log, "batcher_starting"):
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, "the batcher did not start within 60 s"
+        time.sleep(0.01)
+    assert stop_serve(proc)[0] == 0, log.read_text()
+    assert events(log, "stopped_while_starting"), log.read_text()
+    assert not list(tmpdir.iterdir())
+    time.sleep(0.5)  # a terminated child may take a moment to be reaped by init
+    assert _processes_with_env(f"TMPDIR={tmpdir}".encode()) == []
