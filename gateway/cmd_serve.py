@@ -39,6 +39,10 @@ __all__ = ["register_secrets", "run", "serve", "shutdown_grace"]
 
 log = get_logger("cm-gateway.serve")
 
+# A stop signal within this many seconds of the first is the same request, not the
+# second one that cuts the drain short.
+SAME_STOP_WINDOW = 1.0
+
 
 def shutdown_grace(config: Config) -> float:
     """How long sessions inside DATA get to finish at shutdown."""
@@ -122,15 +126,23 @@ async def serve(
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    stop_at = 0.0
 
     def on_stop(signum: int) -> None:
+        nonlocal stop_at
         name = signal.Signals(signum).name
         if stop.is_set():
+            if loop.time() - stop_at < SAME_STOP_WINDOW:
+                # With workers, a terminal's Ctrl-C (or a group kill) reaches a worker
+                # both from the terminal and forwarded by the parent: one request.
+                log.info("shutdown_signal_repeated", signal=name)
+                return
             # A second request while draining: stop waiting for sessions in DATA.
             log.warning("shutdown_forced", signal=name)
             server.abort_drain()
             return
         log.info("shutdown_requested", signal=name)
+        stop_at = loop.time()
         stop.set()
 
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -140,6 +140,8 @@ def test_a_signal_to_the_whole_process_group_still_answers_the_sessions_in_fligh
     assert code == 0
     (done,) = events(log, "message")
     assert done["status"] == "classified"
+    # Each worker had it twice (the group's, and the parent's forward): one request.
+    assert not events(log, "shutdown_forced")
     assert events(log, "batcher_stopped")
 
 
