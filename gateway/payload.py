@@ -22,10 +22,8 @@ Choices (see also ``mimewalk``):
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import itertools
-import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -56,11 +54,11 @@ from .mimeparser import MimeResult, read_mime
 from .mimetext import (
     clean_text,
     decode_header_value,
-    fix_surrogates,
     has_surrogates,
     one_line,
     truncate_text,
 )
+from .user_properties import checked_property
 
 __all__ = ["ParsedMessage", "body_text", "build_document", "document_hash", "parse_message"]
 
@@ -70,8 +68,6 @@ _COMMENT_ID = re.compile(r"[\w\x21-\x2e\x3a-\x40\x5b-\x60\x7b-\x7e]{1,1024}", re
 # Real mail nests a few dozen containers at most (a thread forwarded as attachments).
 _MAX_CONTAINERS = 256
 _CONTAINER = re.compile(rb"boundary\s*\*?[0-9]*\*?\s*=|message/")
-_MAX_PROPERTY_NAME = 1024
-_MAX_PROPERTY_VALUE = 1024
 _MAX_NAME_EXTENSION = 16
 _WINDOW = 256 * 1024
 
@@ -321,7 +317,7 @@ def _user_properties(
     except Exception:
         given_items = []
     for key, value in given_items:
-        checked = _user_property(key, value)
+        checked = checked_property(key, value)
         if checked is not None:
             properties[checked[0]] = checked[1]
     # Computed properties never override the caller's, and never share a name with
@@ -336,57 +332,10 @@ def _user_properties(
         computed.append(("string:Sender Domain", domain))
     computed.append(("number:Size KB", round(max(parsed.size, 0) / 1024, 1)))
     for key, value in computed:
-        checked = _user_property(key, value)
+        checked = checked_property(key, value)
         if checked is not None and key.split(":", 1)[1].lower() not in taken:
             properties[checked[0]] = checked[1]
     return properties
-
-
-def _user_property(key: object, value: object) -> tuple[str, str | float | int] | None:
-    """A valid (key, value) pair, converted where that is unambiguous, else None."""
-    if not isinstance(key, str):
-        return None
-    checked = _property_key(key)
-    if checked is None:
-        return None
-    kind, key = checked
-    if kind == "number":
-        number: float
-        if isinstance(value, bool):
-            return None
-        if isinstance(value, int):
-            return (key, value) if abs(value) < 2**53 else None
-        if isinstance(value, float):
-            number = value
-        elif isinstance(value, str):
-            try:
-                number = float(value.strip())
-            except ValueError:
-                return None
-        else:
-            return None
-        return (key, number) if math.isfinite(number) else None
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        value = str(value)
-    if not isinstance(value, str):
-        return None
-    text = truncate_text(fix_surrogates(value).replace("\x00", "").strip(), _MAX_PROPERTY_VALUE)
-    return (key, text) if text.strip() else None
-
-
-@functools.lru_cache(maxsize=256)
-def _property_key(key: str) -> tuple[str, str] | None:
-    """(kind, the key as sent) for a valid ``kind:name`` key, else None. Cached: the
-    keys are the configured ones and the four computed ones, checked for every message."""
-    kind, colon, name = one_line(key).partition(":")
-    name = name.strip()
-    if not colon or kind not in ("string", "number") or not name:
-        return None
-    return kind, f"{kind}:{truncate_text(name, _MAX_PROPERTY_NAME)}"
 
 
 def _sender_domain(addresses: tuple[str, ...]) -> str | None:
