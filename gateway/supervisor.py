@@ -81,6 +81,9 @@ class _StoppedWhileStarting(Exception):
 
 
 def _stop_starting(_signum: int, _frame: object) -> None:
+    # Once: a second signal must not interrupt the clean-up that this one starts.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise _StoppedWhileStarting
 
 
