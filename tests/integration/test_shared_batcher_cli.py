@@ -32,15 +32,14 @@ def emulator() -> Iterator[EmulatorHandle]:
         yield emu
 
 
-def start_workers(
+def launch_workers(
     tmp_path: Path,
     emu: EmulatorHandle,
     *,
     new_session: bool = False,
     env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], int, Path]:
-    """Two workers sharing a free port and the batcher; returns (process, port, log)
-    once both workers listen."""
+    """``serve`` with two workers on a free port; returns (process, port, log) at once."""
     port = free_port()
     config = tmp_path / "gateway.toml"
     config.write_text(
@@ -62,6 +61,19 @@ def start_workers(
             stderr=stderr,
             new_session=new_session,
         )
+    return proc, port, log
+
+
+def start_workers(
+    tmp_path: Path,
+    emu: EmulatorHandle,
+    *,
+    new_session: bool = False,
+    env: dict[str, str] | None = None,
+) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """Two workers sharing a free port and the batcher; returns (process, port, log)
+    once both workers listen."""
+    proc, port, log = launch_workers(tmp_path, emu, new_session=new_session, env=env)
     read_until(proc, "(2 workers)")
     deadline = time.monotonic() + 120
     while len(events(log, "smtp_listening")) < 2:
@@ -225,25 +237,7 @@ def test_a_stop_while_the_batcher_starts_ends_it_and_removes_its_directory(
     more): exit 0, no process left behind, and the private directory removed."""
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
-    port = free_port()
-    config = tmp_path / "gateway.toml"
-    config.write_text(
-        f"[smtp]\nlisten = '127.0.0.1:{port}'\nworkers = 2\n"
-        "[downstream]\nurl = 'maildir://var/maildir'\n"
-        f"[classifier]\nprovider = 'communications-mining'\nbase_url = '{emulator.base_url}'\n"
-        f"project = '{emulator.project}'\ndataset = '{emulator.dataset}'\n"
-        "[log]\nformat = 'json'\n[metrics]\nlisten = ''\n",
-        encoding="utf-8",
-    )
-    log = tmp_path / "gateway.log"
-    with log.open("wb") as stderr:
-        proc = start_serve(
-            tmp_path,
-            "--config",
-            str(config),
-            env={"REINFER_TOKEN": emulator.token or "", "TMPDIR": str(tmpdir)},
-            stderr=stderr,
-        )
+    proc, _, log = launch_workers(tmp_path, emulator, env={"TMPDIR": str(tmpdir)})
     deadline = time.monotonic() + 60
     while not events(log, "batcher_starting"):
         assert proc.poll() is None, log.read_text()
