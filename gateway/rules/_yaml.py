@@ -98,6 +98,15 @@ def _check_depth(text: str) -> None:
                     raise YamlProblem(f"nested more than {MAX_DEPTH} levels deep", line, column)
             elif isinstance(event, yaml.CollectionEndEvent):
                 depth -= 1
+    except yaml.MarkedYAMLError as exc:
+        # libyaml 0.2.6 (PyYAML 6.0.4's wheels) refuses more than 1,000 nested flow
+        # collections while scanning, before it emits a single event: that is deeper than
+        # MAX_DEPTH too, and compose's recursion would not survive it.
+        mark = exc.problem_mark
+        if mark is not None and "nesting depth" in (exc.problem or ""):
+            line, column = mark.line + 1, mark.column + 1
+            raise YamlProblem(f"nested more than {MAX_DEPTH} levels deep", line, column) from None
+        return
     except yaml.YAMLError:
         return
 
