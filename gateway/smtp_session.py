@@ -46,6 +46,9 @@ from .xforward import XForwardError, XForwardState
 __all__ = ["MAX_LINE_OCTETS", "ConnectionTracker", "GatewaySMTP"]
 
 MAX_LINE_OCTETS = 1 << 20
+# How long a session we close on our own, with pipelined input still unread, goes on
+# reading (and dropping) that input first: see GatewaySMTP._close_lingering.
+LINGER_SECONDS = 2.0
 log = get_logger("cm-gateway.smtp")
 
 # aiosmtpd writes this text with 552 (MAIL ... SIZE=); our contract says replies.TOO_BIG.
@@ -114,6 +117,7 @@ class GatewaySMTP(SMTP):
         self.in_data = False
         self.peer_ip = ""
         self.rcpt_overshoot = 0
+        self.lingering = False
 
     @syntax("EHLO hostname")
     async def smtp_EHLO(self, hostname: str) -> None:
@@ -175,6 +179,11 @@ class GatewaySMTP(SMTP):
         self.tracker.discard(self)
         super().connection_lost(error)
 
+    def data_received(self, data: bytes) -> None:
+        if self.lingering:  # the session has ended; see _close_lingering
+            return
+        super().data_received(data)
+
     def eof_received(self) -> bool | None:
         if self.refused:
             return False
@@ -210,7 +219,7 @@ class GatewaySMTP(SMTP):
         # RFC 5321 §4.2.2: 421 before closing, so the client knows to retry later
         # (aiosmtpd just closes); a slowloris DATA ends here too.
         transport = stream_transport(self.transport)
-        if transport is not None and not transport.is_closing():
+        if transport is not None and not transport.is_closing() and not self.lingering:
             log.info("session_timeout", in_data=self.in_data)
             transport.write(f"{replies.IDLE_TIMEOUT}\r\n".encode("ascii"))
         super()._timeout_cb()  # type: ignore[no-untyped-call]
@@ -246,8 +255,28 @@ class GatewaySMTP(SMTP):
     @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_RCPT(self, arg: str) -> None:
         await super().smtp_RCPT(arg)
-        if self.rcpt_overshoot > RCPT_OVERSHOOT and self.transport is not None:
-            self.transport.close()
+        if self.rcpt_overshoot > RCPT_OVERSHOOT:
+            await self._close_lingering()
+
+    async def _close_lingering(self) -> None:
+        """Close after the replies written so far, reading and dropping the client's input
+        meanwhile (a lingering close, as web servers do).
+
+        Closing a TCP socket whose input is unread makes the kernel send a reset at once,
+        and throw away what it had not yet sent: a pipelining client lost the last replies,
+        the 421 among them. So: FIN after our replies, then drop input until the client
+        closes (aiosmtpd's eof_received cancels this) or ``LINGER_SECONDS`` pass."""
+        transport = stream_transport(self.transport)
+        if transport is None or transport.is_closing():
+            return
+        if not transport.can_write_eof():  # TLS cannot half-close: plain close
+            transport.close()
+            return
+        self.lingering = True
+        transport.write_eof()
+        transport.resume_reading()  # the reader may have paused it: input must drain
+        await asyncio.sleep(LINGER_SECONDS)
+        transport.close()
 
     def restart_idle_timer(self) -> None:
         """Give the rest of this DATA phase a full ``timeout`` (see handler.py)."""
