@@ -6,7 +6,13 @@ rules, no logging, and a NEW downstream connection (aiosmtplib) for every messag
 
     python -m tests.perf.baseline_relay --listen 127.0.0.1:0 --next-hop 127.0.0.1:2526
 
-prints ``baseline listening on HOST:PORT`` once it accepts connections and runs until
+With ``--hold-ms N`` it waits N ms before relaying each message, and does nothing else:
+the "hold relay", the fastest that any relay which must wait for a classification of
+that latency before it answers can be. Its msgs/s is the throughput bound of a closed
+loop of S sessions (Little's law: at most S / (N ms) messages a second), measured on the
+same machine in the same run rather than computed.
+
+It prints ``baseline listening on HOST:PORT`` once it accepts connections and runs until
 SIGTERM/SIGINT.
 """
 
@@ -27,14 +33,17 @@ __all__ = ["PlainRelay", "main", "serve"]
 class PlainRelay:
     """aiosmtpd handler: relay each message over a fresh connection, answer its reply."""
 
-    def __init__(self, host: str, port: int, *, timeout: float = 60.0) -> None:
+    def __init__(self, host: str, port: int, *, timeout: float = 60.0, hold_s: float = 0.0) -> None:
         self.host = host
         self.port = port
         self.timeout = timeout
+        self.hold_s = hold_s
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        """Forward the message; 250 once the next hop has it, else 451."""
+        """Forward the message (after ``hold_s``); 250 once the next hop has it, else 451."""
         content = envelope.original_content or b""
+        if self.hold_s > 0:
+            await asyncio.sleep(self.hold_s)
         try:
             async with aiosmtplib.SMTP(
                 hostname=self.host, port=self.port, timeout=self.timeout, start_tls=False
@@ -49,14 +58,14 @@ class PlainRelay:
         return "451 4.3.0 Internal error"
 
 
-async def serve(listen: str, next_hop: str) -> None:
+async def serve(listen: str, next_hop: str, hold_ms: float = 0.0) -> None:
     """Relay until SIGTERM/SIGINT."""
     host, _, port = listen.rpartition(":")
     hop_host, _, hop_port = next_hop.rpartition(":")
     loop = asyncio.get_running_loop()
     factory = functools.partial(
         SMTP,
-        PlainRelay(hop_host, int(hop_port)),
+        PlainRelay(hop_host, int(hop_port), hold_s=hold_ms / 1000),
         hostname="baseline.example",  # else aiosmtpd calls getfqdn() per connection
         ident="baseline relay",
         decode_data=False,
@@ -81,8 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--listen", default="127.0.0.1:0")
     parser.add_argument("--next-hop", required=True)
+    parser.add_argument("--hold-ms", type=float, default=0.0)
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.listen, args.next_hop))
+    asyncio.run(serve(args.listen, args.next_hop, args.hold_ms))
     return 0
 
 

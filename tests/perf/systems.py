@@ -1,7 +1,8 @@
 """The systems the throughput benchmark compares, each started as its own process:
 
 - the Communications Mining emulator (``cm-gateway emulate``) with a fixed latency;
-- the plain relay baseline (``tests.perf.baseline_relay``);
+- the plain relay baseline (``tests.perf.baseline_relay``), and the same relay holding
+  each message for the API's latency (the throughput bound of the closed loop);
 - the gateway (``cm-gateway serve`` with a generated config: the emulator over HTTP as
   provider ``communications-mining``, ``on_error = "deliver"``, the shipped triage rules);
 - the next hops: Postfix's ``smtp-sink``, or ``tests.perf.tempfail_sink``.
@@ -157,13 +158,13 @@ def start_gateway(
     return proc, port
 
 
-def start_baseline(sink_port: int, log_dir: Path) -> tuple[Proc, int]:
-    """The plain aiosmtpd relay on a free port."""
+def start_baseline(sink_port: int, log_dir: Path, hold_ms: float = 0.0) -> tuple[Proc, int]:
+    """The plain aiosmtpd relay on a free port; with ``hold_ms``, the hold relay."""
     proc = Proc(
-        "baseline",
+        "hold-relay" if hold_ms else "baseline",
         python_module(
             "tests.perf.baseline_relay", "--listen", "127.0.0.1:0",
-            "--next-hop", f"127.0.0.1:{sink_port}",
+            "--next-hop", f"127.0.0.1:{sink_port}", "--hold-ms", str(hold_ms),
         ),
         log_dir=log_dir,
         banner=r"listening on \S+:(\d+)",
