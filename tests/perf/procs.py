@@ -145,7 +145,10 @@ def start_smtp_sink(log_dir: Path) -> tuple[Proc, int]:
     argv = [postfix_tool("smtp-sink")]
     if os.geteuid() == 0:
         argv += ["-u", "nobody"]  # smtp-sink refuses to run as root
-    argv += [f"127.0.0.1:{port}", "1024"]
+    # -m: smtp-sink serves 256 connections at once by default and leaves the rest queued
+    # in the kernel, unanswered: a half-load phase of more sessions timed out waiting for
+    # the banner. The backlog (1024) is the last argument.
+    argv += ["-m", "1024", f"127.0.0.1:{port}", "1024"]
     proc = Proc("smtp-sink", argv, log_dir=log_dir)
     wait_port(port)
     return proc, port
