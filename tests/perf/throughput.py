@@ -20,9 +20,10 @@ which no relay that waits for a classification can pass; ``--hold off`` leaves i
    is near its own peak, and its queueing would hide the gateway's latency.);
 3. peak RSS: VmHWM of the process tree (parent and workers), read before it stops.
 
-Then, per run, billing under retries: the gateway in front of ``tempfail_sink`` (the
-first attempt of ``--tempfail`` of the messages gets 451), driven by ``loadgen`` which
-retries 4xx like a queueing MTA: documents billed per distinct delivered message.
+Then, per run and per ``--workers`` count, billing under retries: the gateway in front
+of ``tempfail_sink`` (the first attempt of ``--tempfail`` of the messages gets 451),
+driven by ``loadgen`` which retries 4xx like a queueing MTA: documents billed per
+distinct delivered message (with several workers, a retry may reach another worker).
 Once per invocation, the big message (``bigmail``). Figures are medians over runs.
 """
 
@@ -100,7 +101,8 @@ class Report:
 
     options: Options
     runs: list[list[SystemFigures]] = field(default_factory=list)
-    billing: list[dict[str, float]] = field(default_factory=list)
+    # Per gateway system: one billing phase per run.
+    billing: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     big: BigMailResult | None = None
 
     def median(self, name: str, attr: str) -> float:
@@ -184,11 +186,14 @@ def _one_system(
         sink.stop()
 
 
-def _billing(emulator: Emulator, opts: Options, log_dir: Path, tag: str) -> dict[str, float]:
+def _billing(
+    emulator: Emulator, opts: Options, workers: int, log_dir: Path, tag: str
+) -> dict[str, float]:
     sink, sink_port = start_tempfail_sink(opts.tempfail, log_dir)
     try:
+        settings = GatewaySettings(**{**opts.gateway.__dict__, "workers": workers})
         proc, port = start_gateway(
-            sink_port, emulator.base_url, opts.gateway, log_dir, "gateway-billing"
+            sink_port, emulator.base_url, settings, log_dir, f"{_name(workers)}-billing"
         )
         try:
             emulator.reset()
@@ -235,9 +240,10 @@ def run_benchmark(opts: Options, out: object = sys.stdout) -> Report:
             for f in figures:
                 say(f"run {run + 1}: {_row(f)}\n")
             if opts.tempfail > 0 and opts.billing_messages:
-                billing = _billing(emulator, opts, log_dir, f"t{stamp}r{run}")
-                report.billing.append(billing)
-                say(f"run {run + 1}: billing {billing}\n")
+                for w in opts.workers:
+                    billing = _billing(emulator, opts, w, log_dir, f"t{w}{stamp}r{run}")
+                    report.billing.setdefault(_name(w), []).append(billing)
+                    say(f"run {run + 1}: {_name(w)} billing {billing}\n")
         if opts.big_mb > 0:
             report.big = big_mail_phase(emulator.base_url, opts.gateway, opts.big_mb, log_dir)
     finally:
@@ -300,10 +306,14 @@ def render(report: Report) -> str:
             share = report.median(name, "msgs_s") / bound
             lines.append(f"{name}: {share:.2f} x the hold relay's msgs/s")
     if report.billing:
-        per = statistics.median(b["billed_per_distinct"] for b in report.billing)
-        tf = statistics.median(b["tempfails"] / b["distinct"] for b in report.billing)
-        lines += ["", f"billed per distinct message with {tf:.0%} first attempts tempfailed:"
-                  f" {per:.2f}"]  # fmt: skip
+        lines.append("")
+    for name, phases in report.billing.items():
+        per = statistics.median(b["billed_per_distinct"] for b in phases)
+        tf = statistics.median(b["tempfails"] / b["distinct"] for b in phases)
+        lines.append(
+            f"{name}: billed per distinct message with {tf:.0%} first attempts tempfailed:"
+            f" {per:.2f}"
+        )
     if report.big is not None:
         lines += ["", report.big.describe()]
     return "\n".join(lines)

@@ -44,3 +44,16 @@ def test_a_target_missed_where_sessions_per_latency_allow_it_is_only_missed() ->
         [figures(BASELINE, 1000.0), figures(HOLD, 900.0), figures("gateway", 1400.0)]
     )
     assert "| throughput >= 1.5 x baseline | 1.40 x MISSED |" in render(report)
+
+
+def test_billing_is_reported_for_each_gateway_system_as_the_median_of_its_runs() -> None:
+    report = Report(options=Options())
+    report.runs.append([figures(BASELINE, 1000.0), figures("gateway-w2", 1600.0)])
+    phase = {"distinct": 100.0, "delivered": 100.0, "tempfails": 20.0}
+    report.billing["gateway"] = [{**phase, "billed_per_distinct": b} for b in (1.0, 1.02, 1.0)]
+    report.billing["gateway-w2"] = [{**phase, "billed_per_distinct": 1.04}]
+    text = render(report)
+    assert "gateway: billed per distinct message with 20% first attempts tempfailed: 1.00" in text
+    assert (
+        "gateway-w2: billed per distinct message with 20% first attempts tempfailed: 1.04" in text
+    )
