@@ -7,10 +7,10 @@ rules, no logging, and a NEW downstream connection (aiosmtplib) for every messag
     python -m tests.perf.baseline_relay --listen 127.0.0.1:0 --next-hop 127.0.0.1:2526
 
 With ``--hold-ms N`` it waits N ms before relaying each message, and does nothing else:
-the "hold relay", the fastest that any relay which must wait for a classification of
-that latency before it answers can be. Its msgs/s is the throughput bound of a closed
-loop of S sessions (Little's law: at most S / (N ms) messages a second), measured on the
-same machine in the same run rather than computed.
+the "hold relay". S closed-loop sessions carry at most S / (N ms) messages a second
+through any relay that waits that long per message (Little's law); the hold relay shows
+how near a relay that does no other work gets to that bound on this machine, in the
+same run. With many sessions its own CPU bounds it first, as it bounds the baseline.
 
 It prints ``baseline listening on HOST:PORT`` once it accepts connections and runs until
 SIGTERM/SIGINT.

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -48,8 +49,7 @@ __all__ = ["Options", "Report", "SystemFigures", "main", "render", "run_benchmar
 
 BASELINE = "baseline"
 # The baseline relay holding each message for the emulator's latency (baseline_relay.py
-# --hold-ms): the most any relay that waits for its classification can carry through
-# ``sessions`` closed-loop sessions, measured beside the others.
+# --hold-ms): how near a relay that only waits gets to the closed loop's bound.
 HOLD = "hold-relay"
 
 
@@ -176,7 +176,7 @@ def _one_system(
             hold_ms = opts.latency_ms if name == HOLD else 0.0
             proc, port = start_baseline(sink_port, log_dir, hold_ms)
         else:
-            settings = GatewaySettings(**{**opts.gateway.__dict__, "workers": workers})
+            settings = _with_workers(opts, workers)
             proc, port = start_gateway(sink_port, emulator.base_url, settings, log_dir, name)
         try:
             return _measure(name, proc, port, sink_port, emulator, opts, tag)
@@ -186,12 +186,16 @@ def _one_system(
         sink.stop()
 
 
+def _with_workers(opts: Options, workers: int) -> GatewaySettings:
+    return dataclasses.replace(opts.gateway, workers=workers)
+
+
 def _billing(
     emulator: Emulator, opts: Options, workers: int, log_dir: Path, tag: str
 ) -> dict[str, float]:
     sink, sink_port = start_tempfail_sink(opts.tempfail, log_dir)
     try:
-        settings = GatewaySettings(**{**opts.gateway.__dict__, "workers": workers})
+        settings = _with_workers(opts, workers)
         proc, port = start_gateway(
             sink_port, emulator.base_url, settings, log_dir, f"{_name(workers)}-billing"
         )
