@@ -74,10 +74,12 @@ class ConnectionTracker:
         self.live: set[GatewaySMTP] = set()
         self.draining = False
         self.refused = 0
+        self.accepted = 0  # connections taken into ``live`` since start
         self._empty = asyncio.Event()
         self._empty.set()
 
     def add(self, conn: GatewaySMTP) -> None:
+        self.accepted += 1
         self.live.add(conn)
         self._empty.clear()
 
