@@ -333,5 +333,6 @@ class GatewaySMTP(SMTP):
         transport = stream_transport(self.transport)
         if transport is None or transport.is_closing():
             return
-        transport.write(f"{replies.SHUTTING_DOWN}\r\n".encode("ascii"))
+        if not self.lingering:  # a lingering session said its goodbye, and wrote its EOF
+            transport.write(f"{replies.SHUTTING_DOWN}\r\n".encode("ascii"))
         transport.close()

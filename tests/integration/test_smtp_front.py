@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 
 from gateway import replies
 from gateway.errors import Defer, Reject
+from gateway.handler import RCPT_OVERSHOOT
 
 from .smtp_front_support import RawClient, RecordingProcessor, running_server, smtp_config
 
@@ -534,3 +535,34 @@ async def test_connections_the_client_drops_at_once_free_their_slots():
         assert tracker.accepted + tracker.refused == 40 and not tracker.live
         banner = await asyncio.to_thread(lambda: RawClient(srv.port).reply())
     assert banner.startswith("220")
+
+
+async def test_a_shutdown_while_an_overshooting_client_lingers_closes_it_at_once():
+    """A session closed for too many RCPTs (421 4.5.3) reads and drops the rest of the
+    client's pipelined input for a while before it closes; a shutdown in that window
+    closes it at once, without a second goodbye and without an error in the shutdown."""
+    loop = asyncio.get_running_loop()
+    async with running_server(RecordingProcessor(), smtp_config(max_recipients=1)) as srv:
+
+        def overshoot() -> RawClient:
+            client = RawClient(srv.port)
+            client.reply()  # the banner
+            rcpts = [b"RCPT TO:<r%d@example.com>" % i for i in range(2 + RCPT_OVERSHOOT)]
+            script = [b"EHLO c.test", b"MAIL FROM:<a@example.net>", *rcpts]
+            client.sock.sendall(b"\r\n".join(script) + b"\r\n")
+            return client
+
+        client = await asyncio.to_thread(overshoot)
+        for _ in range(200):  # up to 2 s for the session to reach its lingering close
+            if any(conn.lingering for conn in srv.tracker.live):
+                break
+            await asyncio.sleep(0.01)
+        assert any(conn.lingering for conn in srv.tracker.live)
+        started = loop.time()
+        await srv.aclose(grace=5.0)
+        took = loop.time() - started
+        assert not srv.tracker.live
+    seen = await asyncio.to_thread(client.read_all)
+    assert took < 1.0  # not the linger's LINGER_SECONDS
+    assert seen.endswith(f"{replies.TOO_MANY_RECIPIENTS_CLOSING}\r\n".encode())
+    assert str(replies.SHUTTING_DOWN).encode() not in seen
