@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import shutil
 import socket
 import ssl
@@ -129,15 +128,6 @@ class RawClient:
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
-
-    def read_all(self) -> bytes:
-        """Every byte until the server closes (those already buffered first); then close."""
-        data, self.buf = self.buf, b""
-        with contextlib.suppress(ConnectionResetError):
-            while chunk := self.sock.recv(65536):
-                data += chunk
-        self.sock.close()
-        return data
 
     def close(self) -> None:
         self.sock.close()
