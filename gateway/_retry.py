@@ -72,7 +72,7 @@ async def call_with_retries(
     attempts = 0
     last: ClassifierError | None = None
 
-    def backoff(exc: Exception) -> bool | float:
+    def backoff(exc: BaseException) -> bool | float:
         nonlocal retries
         if not isinstance(exc, RETRYABLE):
             return False

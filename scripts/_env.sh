@@ -1,5 +1,6 @@
 # Sourced by the other scripts: make .venv with cm-gateway and its dependencies,
-# re-installing only when pyproject.toml changed since the last install.
+# re-installing only when pyproject.toml or constraints.txt changed since the last install.
+# constraints.txt holds every package at the version CI passed with: a release cannot break it.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -11,13 +12,13 @@ fi
 VENV="$ROOT/.venv"
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 EXTRAS="${CM_GATEWAY_EXTRAS:-}"
-HASH="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+HASH="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
 stamp() { echo "$VENV/.cm-gateway-installed${1:+-$1}"; }
 installed() { [ -f "$(stamp "$1")" ] && [ "$(cat "$(stamp "$1")")" = "$HASH" ]; }
 # The dev install is a superset: `serve` after `test` installs nothing more.
 if ! installed "$EXTRAS" && ! installed dev; then
   echo "cm-gateway: installing Python dependencies into .venv ..." >&2
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".${EXTRAS:+[$EXTRAS]}" >&2
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -c constraints.txt -e ".${EXTRAS:+[$EXTRAS]}" >&2
   echo "$HASH" > "$(stamp "$EXTRAS")"
 fi
 export PATH="$VENV/bin:$PATH"
