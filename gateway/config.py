@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from .config_sections import (
+from gateway._config_sections import (
     CacheConfig,
     ClassifierConfig,
     DownstreamConfig,
@@ -38,8 +38,8 @@ from .config_sections import (
     _Section,
     parse_listen,
 )
-from .errors import ConfigError
-from .textfile import read_text
+from gateway.errors import ConfigError
+from gateway.textfile import read_text
 
 __all__ = [
     "CacheConfig",

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .documents import RawEmailDocument
-from .predictions import DocumentPrediction, PredictionBatch
+from gateway.documents import RawEmailDocument
+from gateway.predictions import DocumentPrediction, PredictionBatch
 
 __all__ = ["Attachment", "ClassificationStatus", "Classifier", "MessageContext"]
 

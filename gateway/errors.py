@@ -27,7 +27,7 @@ outside this tree that escapes a session is answered ``451 4.3.0`` (see ``replie
 
 from __future__ import annotations
 
-from .replies import Reply
+from gateway.replies import Reply
 
 __all__ = [
     "AuthError",

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from .redact import _SECRETS, contains_secret, register_secret, scrub
+from gateway.redact import _SECRETS, contains_secret, register_secret, scrub
 
 __all__ = ["configure_logging", "get_logger", "register_secret", "scrub"]
 

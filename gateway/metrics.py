@@ -7,7 +7,7 @@ The registry is not prometheus-client's global one, so several gateways (tests) 
 in one process. With ``[smtp] workers > 1`` every worker has its own registry and the
 workers share the metrics port (SO_REUSEPORT): a scrape sees one worker's counters.
 
-The circuit breaker (``gateway.circuit``) and the shadow model (``gateway.shadow``) report
+The circuit breaker and the shadow model (``gateway.classify``) report
 here too: ``cm_gateway_circuit_state{classifier}``, ``cm_gateway_circuit_transitions_total``,
 ``cm_gateway_shadow_messages_total{outcome}``, ``cm_gateway_shadow_rule_diff_total``.
 """
@@ -25,7 +25,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from .logsetup import get_logger
+from gateway.logsetup import get_logger
 
 __all__ = ["STAGES", "GatewayMetrics", "message_outcome"]
 

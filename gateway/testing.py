@@ -23,9 +23,9 @@ from typing import Any
 
 import httpx
 
-from .emulator.faults import FaultInjector, FaultSettings
-from .emulator.model import KeywordModel
-from .emulator.server import CLIENT_MAX_SIZE, EmulatorServer, EmulatorState, start_server
+from gateway.emulator._faults import FaultInjector, FaultSettings
+from gateway.emulator._model import KeywordModel
+from gateway.emulator._server import CLIENT_MAX_SIZE, EmulatorServer, EmulatorState, start_server
 
 __all__ = ["EmulatorHandle", "running_emulator"]
 

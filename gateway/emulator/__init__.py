@@ -7,7 +7,7 @@ keyword-based (``taxonomy.yaml``), deterministic, and NOT a trained model.
 
 from __future__ import annotations
 
-from .model import KeywordModel
-from .validate import RequestInvalid, validate_predict_raw_emails
+from ._model import KeywordModel
+from ._validate import RequestInvalid, validate_predict_raw_emails
 
 __all__ = ["KeywordModel", "RequestInvalid", "validate_predict_raw_emails"]

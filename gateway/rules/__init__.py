@@ -34,13 +34,14 @@ in the docstrings of each module):
 
 from __future__ import annotations
 
-from .decision import Decision, RuleMatch, RuleVerdict
-from .engine import RuleSet, RuleWarning
-from .facts import document_sentiment
-from .loader import check_rule_files, load_rules, parse_rules
-from .rule import Rule
-from .schema import render_schema, rules_json_schema
-from .subject import apply_subject_prefix, apply_subject_prefixes
+from gateway.mail._subject import apply_subject_prefix, apply_subject_prefixes
+
+from ._decision import Decision, RuleMatch, RuleVerdict
+from ._engine import RuleSet, RuleWarning
+from ._facts import document_sentiment
+from ._loader import check_rule_files, load_rules, parse_rules
+from ._rule import Rule
+from ._schema import render_schema, rules_json_schema
 
 __all__ = [
     "Decision",

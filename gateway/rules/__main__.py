@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .schema import render_schema
+from ._schema import render_schema
 
 print(render_schema(), end="")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway._retry import RetryPolicy
-from gateway.batcher import BatchingClassifier
-from gateway.client import CommunicationsMiningClient, TenantEndpoint
+from gateway.classify._batcher import BatchingClassifier
+from gateway.classify._client import CommunicationsMiningClient, TenantEndpoint
+from gateway.classify._retry import RetryPolicy
 from gateway.documents import RawEmailDocument
 from gateway.testing import EmulatorHandle
 

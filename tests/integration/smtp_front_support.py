@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from gateway import replies
-from gateway.auth import Authenticator
 from gateway.config import SmtpConfig
-from gateway.inbound import InboundMessage
+from gateway.pipeline._inbound import InboundMessage
 from gateway.replies import Reply
-from gateway.server import SmtpServer, build_tls_context
+from gateway.smtp._auth import Authenticator
+from gateway.smtp._server import SmtpServer, build_tls_context
 
 __all__ = [
     "RawClient",

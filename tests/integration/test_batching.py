@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from gateway._retry import RetryPolicy
-from gateway.batcher import BatchingClassifier
-from gateway.client import CommunicationsMiningClient, TenantEndpoint
-from gateway.dedup import DedupClassifier, MemoryCache
+from gateway.classify._batcher import BatchingClassifier
+from gateway.classify._client import CommunicationsMiningClient, TenantEndpoint
+from gateway.classify._dedup import DedupClassifier, MemoryCache
+from gateway.classify._retry import RetryPolicy
 from gateway.documents import RawEmailDocument
 from gateway.errors import InvalidRequestError
 from gateway.testing import EmulatorHandle, running_emulator

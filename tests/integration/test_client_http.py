@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import structlog
 
-from gateway.client import CommunicationsMiningClient, CustomEndpoint, TenantEndpoint
+from gateway.classify._client import CommunicationsMiningClient, CustomEndpoint, TenantEndpoint
 from gateway.config import build_config
 from gateway.documents import RawEmailDocument
 from gateway.errors import (
@@ -60,7 +60,7 @@ def emu(emu_module: EmulatorHandle) -> EmulatorHandle:
 def client_for(
     emu: EmulatorHandle, *, token: str = TOKEN, timeout: float = 10.0, **kw: Any
 ) -> CommunicationsMiningClient:
-    from gateway._retry import RetryPolicy
+    from gateway.classify._retry import RetryPolicy
 
     retry = RetryPolicy(**{**FAST, **kw.pop("retry", {})})
     endpoint = TenantEndpoint(emu.base_url, emu.project, emu.dataset, token)
@@ -268,7 +268,7 @@ async def test_the_token_never_reaches_exceptions_or_logs(
 
 
 def canned_client(base_url: str, **kw: Any) -> CommunicationsMiningClient:
-    from gateway._retry import RetryPolicy
+    from gateway.classify._retry import RetryPolicy
 
     endpoint = kw.pop("endpoint", None) or TenantEndpoint(base_url, "acme", "inbox", TOKEN)
     return CommunicationsMiningClient(endpoint, retry=RetryPolicy(**FAST), **kw)

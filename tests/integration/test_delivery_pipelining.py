@@ -16,9 +16,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from gateway import replies
-from gateway.delivery import SmtpDelivery
+from gateway.deliver._delivery import SmtpDelivery
+from gateway.deliver._xforward import XForward
 from gateway.replies import Reply
-from gateway.xforward import XForward
 
 from .downstream_sink import free_port
 from .pipelining_sink import Script, Sink, running

@@ -10,9 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import lineends, smtp_data
-from gateway.delivery import SmtpDelivery
-from gateway.smtp_data import CHUNK, stuffed_pieces
+from gateway.deliver import _smtp_data as smtp_data
+from gateway.deliver._delivery import SmtpDelivery
+from gateway.deliver._smtp_data import CHUNK, stuffed_pieces
+from gateway.mail import _lineends as lineends
 
 from .ops_support import running_gateway
 from .pipeline_support import mail

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from gateway.cmd_serve import shutdown_grace
+from gateway.cli._serve import shutdown_grace
 from gateway.config import Config, load_config, parse_listen
 
 from .deploy_support import DEPLOY, cli, dockerfile_stage, only, tool, yaml_documents

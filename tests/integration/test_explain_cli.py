@@ -1,5 +1,5 @@
 """``cm-gateway explain`` through the command line: a real ``python -m gateway`` process
-for the main paths, ``gateway.cli.main`` in-process for the rest."""
+for the main paths, ``gateway.cli._main.main`` in-process for the rest."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import structlog
 
-from gateway.cli import main
+from gateway.cli._main import main
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "rulesets"

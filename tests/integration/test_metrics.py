@@ -14,11 +14,11 @@ from typing import Any
 import aiosmtplib
 import httpx
 
-from gateway.cmd_serve import serve
+from gateway.cli._serve import serve
 from gateway.config import Config
 from gateway.metrics import GatewayMetrics
-from gateway.metrics_server import MetricsServer, Readiness
-from gateway.pipeline import build_processor
+from gateway.ops._metrics_server import MetricsServer, Readiness
+from gateway.pipeline._pipeline import build_processor
 
 from .downstream_sink import free_port, running_sink
 from .pipeline_support import mail, make_config
@@ -268,7 +268,7 @@ async def test_serve_starts_the_metrics_listener_and_stops_it_on_sigterm(tmp_pat
 
 async def test_an_empty_listen_disables_the_metrics_listener(tmp_path: Path):
     """[metrics] listen = "" starts no HTTP server (serve() keeps only the SMTP port)."""
-    from gateway.cmd_serve import _start_metrics
+    from gateway.cli._serve import _start_metrics
 
     config = make_config(tmp_path, downstream="maildir://m", metrics={"listen": ""})
     assert await _start_metrics(config, GatewayMetrics(), reuse_port=False) is None

@@ -14,7 +14,7 @@ import aiosmtplib
 import httpx
 import pytest
 
-from gateway.cmd_serve import serve
+from gateway.cli._serve import serve
 from gateway.testing import running_emulator
 
 from .downstream_sink import free_port, running_sink

@@ -1,5 +1,5 @@
 """``cm-gateway rules check`` through the command line: a real ``python -m gateway``
-process for the main paths, ``gateway.cli.main`` in-process (same parser, same exit
+process for the main paths, ``gateway.cli._main.main`` in-process (same parser, same exit
 codes, no interpreter start-up) for the rest."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import structlog
 
-from gateway.cli import main
-from gateway.cmd_rules import unknown_labels
-from gateway.emulator.model import KeywordModel
+from gateway.cli._main import main
+from gateway.cli._rules import unknown_labels
+from gateway.emulator._model import KeywordModel
 from gateway.predictions import join_label
 from gateway.rules import load_rules, parse_rules
 from gateway.testing import running_emulator

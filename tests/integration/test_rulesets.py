@@ -18,14 +18,14 @@ import pytest
 
 from gateway.config import embedded_default
 from gateway.context import CLASSIFIED
-from gateway.emulator.provider import EmulatorClassifier
-from gateway.explain import (
+from gateway.emulator._provider import EmulatorClassifier
+from gateway.mail._payload import build_document, parse_message
+from gateway.pipeline._prepare import (
     assumed_envelope,
     default_threshold,
     load_predictions_file,
     message_context,
 )
-from gateway.payload import build_document, parse_message
 from gateway.rules import Decision, RuleSet, load_rules
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from gateway.batch_client import RemoteClassifier
-from gateway.batch_server import BatchServer
-from gateway.classifier_metrics import MetricEvents
-from gateway.classifier_stack import build_live_classifier
+from gateway.classify._batch_client import RemoteClassifier
+from gateway.classify._metrics import MetricEvents
+from gateway.classify._stack import build_live_classifier
 from gateway.config import Config
 from gateway.documents import RawEmailDocument
 from gateway.errors import CircuitOpenError, ClassifierError, TransportError
 from gateway.metrics import GatewayMetrics
+from gateway.ops._batcher_process import BatchServer
 from gateway.testing import EmulatorHandle, running_emulator
 
 from . import batcher_support

@@ -9,8 +9,8 @@ import asyncio
 import socket
 from typing import cast
 
-from gateway.smtp_client import SmtpClient
-from gateway.smtp_data import CHUNK, send_data, stuffed_pieces
+from gateway.deliver._smtp_client import SmtpClient
+from gateway.deliver._smtp_data import CHUNK, send_data, stuffed_pieces
 
 SIZE = 12 * 2**20  # more than the kernel buffers on loopback can absorb (~4 MB)
 

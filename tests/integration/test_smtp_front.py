@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 from gateway import replies
 from gateway.errors import Defer, Reject
-from gateway.handler import RCPT_OVERSHOOT
+from gateway.smtp._handler import RCPT_OVERSHOOT
 
 from .smtp_front_support import RawClient, RecordingProcessor, running_server, smtp_config
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from gateway.data_reader import SLICE
+from gateway.smtp._data_reader import SLICE
 
 from .smtp_front_support import RawClient, RecordingProcessor, running_server
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from gateway import replies
-from gateway.auth import hash_password
 from gateway.config import SmtpConfig
+from gateway.smtp._auth import hash_password
 
 from .smtp_front_support import (
     RawClient,

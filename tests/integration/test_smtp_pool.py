@@ -8,7 +8,7 @@ from pathlib import Path
 
 from gateway import replies
 from gateway.config import load_config
-from gateway.delivery import DeliveryResult, SmtpDelivery, make_delivery
+from gateway.deliver._delivery import DeliveryResult, SmtpDelivery, make_delivery
 
 from .pool_sink import PoolSink, PoolSinkBehaviour, running_pool_sink, wait_until
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.delivery import SmtpDelivery
+from gateway.deliver._delivery import SmtpDelivery
 
 from .procs import Proc, free_port, postfix_tool, wait_port
 

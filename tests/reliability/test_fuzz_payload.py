@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from gateway.documents import RawEmailDocument
-from gateway.emulator.validate import validate_predict_raw_emails
-from gateway.payload import build_document, document_hash, parse_message
+from gateway.emulator._validate import validate_predict_raw_emails
+from gateway.mail._payload import build_document, document_hash, parse_message
 
 SOAK = bool(os.environ.get("CMGW_SOAK"))
 # Internal errors parse_message may report as a defect: the deep-nesting guard only.

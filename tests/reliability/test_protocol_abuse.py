@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from gateway import replies
-from gateway.handler import RCPT_OVERSHOOT, find_bare_line_ending
+from gateway.smtp._handler import RCPT_OVERSHOOT, find_bare_line_ending
 
 from ..integration.sink import SmtpSink
 from ..integration.smtp_front_support import (

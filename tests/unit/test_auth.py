@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.auth import Authenticator, hash_password, load_users, verify_password
 from gateway.errors import ConfigError
+from gateway.smtp._auth import Authenticator, hash_password, load_users, verify_password
 
 
 @pytest.mark.parametrize(("scheme", "cost"), [("scrypt", 4), ("pbkdf2-sha256", 1000)])
@@ -102,10 +102,10 @@ async def test_authenticator_verifies_known_users_only():
 
 
 def test_hash_command_reads_password_from_stdin_and_prints_user_line(tmp_path: Path):
-    """`python -m gateway.auth hash --user NAME` reads the password from stdin and
+    """`python -m gateway.smtp._auth hash --user NAME` reads the password from stdin and
     prints a line the users file accepts; `check` validates the file."""
     run = subprocess.run(
-        [sys.executable, "-m", "gateway.auth", "hash", "--user", "relay1", "--cost", "4"],
+        [sys.executable, "-m", "gateway.smtp._auth", "hash", "--user", "relay1", "--cost", "4"],
         input="correct horse\n",
         capture_output=True,
         text=True,
@@ -118,7 +118,7 @@ def test_hash_command_reads_password_from_stdin_and_prints_user_line(tmp_path: P
     path.write_text(line + "\n", encoding="utf-8")
     assert verify_password(b"correct horse", load_users(path)["relay1"])
     check = subprocess.run(
-        [sys.executable, "-m", "gateway.auth", "check", str(path)],
+        [sys.executable, "-m", "gateway.smtp._auth", "check", str(path)],
         capture_output=True,
         text=True,
     )
@@ -128,6 +128,9 @@ def test_hash_command_reads_password_from_stdin_and_prints_user_line(tmp_path: P
 def test_hash_command_refuses_empty_password():
     """An empty stdin is refused (exit 2) rather than hashing the empty string."""
     run = subprocess.run(
-        [sys.executable, "-m", "gateway.auth", "hash"], input="", capture_output=True, text=True
+        [sys.executable, "-m", "gateway.smtp._auth", "hash"],
+        input="",
+        capture_output=True,
+        text=True,
     )
     assert run.returncode == 2 and "empty password" in run.stderr

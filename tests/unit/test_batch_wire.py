@@ -8,8 +8,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway import batch_wire
-from gateway.batch_wire import WireError, WireReply, decode_request, encode_request
+from gateway.classify import _batch_wire as batch_wire
+from gateway.classify._batch_wire import WireError, WireReply, decode_request, encode_request
 from gateway.errors import (
     ClassifierError,
     InvalidRequestError,

@@ -11,12 +11,12 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from gateway import payload
 from gateway.context import Attachment
 from gateway.documents import MAX_HTML, MAX_PLAIN, MAX_RAW_HEADERS, RawEmailBody, RawEmailDocument
-from gateway.mimeheaders import raw_headers
-from gateway.mimetext import clean_text, fix_surrogates, has_surrogates, truncate_text
-from gateway.payload import ParsedMessage, body_text, build_document, parse_message
+from gateway.mail import _payload as payload
+from gateway.mail._mimeheaders import raw_headers
+from gateway.mail._mimetext import clean_text, fix_surrogates, has_surrogates, truncate_text
+from gateway.mail._payload import ParsedMessage, body_text, build_document, parse_message
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # What cleaning touches: line endings, NULs, surrogates (escaped bytes and others),

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from gateway import canonical_json as cj
-from gateway.payload import build_document, parse_message
+from gateway import _canonical_json as cj
+from gateway.mail._payload import build_document, parse_message
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "mail"
 

@@ -14,18 +14,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway._http import error_from_response, json_object, parse_retry_after
-from gateway._request_json import json_body
-from gateway._responses import (
-    parse_comment_predictions,
-    parse_prediction_batch,
-    parse_validation,
-)
-from gateway.client import (
+from gateway.classify._client import (
     CommunicationsMiningClient,
     CustomEndpoint,
     TenantEndpoint,
     label_thresholds,
+)
+from gateway.classify._http import error_from_response, json_object, parse_retry_after
+from gateway.classify._request_json import json_body
+from gateway.classify._responses import (
+    parse_comment_predictions,
+    parse_prediction_batch,
+    parse_validation,
 )
 from gateway.config import build_config
 from gateway.documents import RawEmailDocument
@@ -39,7 +39,7 @@ from gateway.errors import (
     RateLimitedError,
     ServerError,
 )
-from gateway.payload import build_document, parse_message
+from gateway.mail._payload import build_document, parse_message
 
 DOC: RawEmailDocument = {
     "raw_email": {"headers": {"raw": "Subject: hi"}, "body": {"plain": "refund please"}}

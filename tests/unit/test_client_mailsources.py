@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.mailsources import SourceMessage, SourceProblem, iter_messages, looks_like_message
+from gateway.cli._sources import SourceMessage, SourceProblem, iter_messages, looks_like_message
 
 
 def msg(n: int, body: str = "hello") -> bytes:

@@ -13,7 +13,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from gateway.data_reader import JOIN_IN_THREAD, SLICE, DataOutcome, DataResult, read_data
+from gateway.smtp._data_reader import JOIN_IN_THREAD, SLICE, DataOutcome, DataResult, read_data
 
 LIMIT = 64  # the stream limit: the longest line, as aiosmtpd's 1 MiB in production
 MAX_SIZE = 300

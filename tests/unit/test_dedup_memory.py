@@ -10,10 +10,10 @@ import tracemalloc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.classify._dedup import CacheEntry, MemoryCache
 from gateway.config import ClassifierConfig
-from gateway.dedup import CacheEntry, MemoryCache
 from gateway.documents import RawEmailDocument
-from gateway.emulator.provider import EmulatorClassifier
+from gateway.emulator._provider import EmulatorClassifier
 
 WORDS = [
     "invoice", "refund", "ORD-123456", "INV-0042", "urgent", "angry", "thank you",

@@ -12,13 +12,13 @@ from hypothesis import strategies as st
 
 from gateway.config import ClassifierConfig, LabelThreshold
 from gateway.documents import RawEmailDocument
-from gateway.emulator import entities as entities_module
-from gateway.emulator.entities import find_entities, luhn_ok
-from gateway.emulator.inputs import raw_email_docs
-from gateway.emulator.model import DocText, KeywordModel, Selection, TextPart
-from gateway.emulator.provider import EmulatorClassifier
-from gateway.emulator.taxonomy import load_taxonomy
-from gateway.emulator.text import email_text, html_to_text
+from gateway.emulator import _entities as entities_module
+from gateway.emulator._entities import find_entities, luhn_ok
+from gateway.emulator._inputs import raw_email_docs
+from gateway.emulator._model import DocText, KeywordModel, Selection, TextPart
+from gateway.emulator._provider import EmulatorClassifier
+from gateway.emulator._taxonomy import load_taxonomy
+from gateway.emulator._text import email_text, html_to_text
 from gateway.errors import ConfigError, InvalidRequestError, NotFoundError
 
 MODEL = KeywordModel.default()
@@ -522,7 +522,7 @@ def test_repeated_texts_answer_exactly_as_a_fresh_model_does(
 
 
 def test_the_memo_of_scored_texts_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gateway.emulator import model as model_module
+    from gateway.emulator import _model as model_module
 
     monkeypatch.setattr(model_module, "MEMO_ENTRIES", 3)
     warm = KeywordModel.default()

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from gateway.emulator.model import KeywordModel
-from gateway.emulator.validate import (
+from gateway.emulator._model import KeywordModel
+from gateway.emulator._validate import (
     RequestInvalid,
     validate_predict,
     validate_predict_comments,

@@ -9,7 +9,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway import redact
-from gateway.headers import (
+from gateway.mail._headers import (
     MAX_HEADER_BYTES,
     _clean,
     _fit,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gateway.mimeheaders import (
+from gateway.mail._mimeheaders import (
     _DROPPED,
     _rank,
     block_header_items,
@@ -14,7 +14,7 @@ from gateway.mimeheaders import (
     simple_header_items,
     stdlib_header_items,
 )
-from gateway.mimetext import one_line
+from gateway.mail._mimetext import one_line
 
 ENDINGS = [b"\r\n", b"\n", b"\r", b""]
 NAMES = [

@@ -11,9 +11,9 @@ from unittest import mock
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gateway import mimeparser
-from gateway.mimeheaders import header_block_end, simple_header_items, trim_header_block
-from gateway.mimeparser import (
+from gateway.mail import _mimeparser as mimeparser
+from gateway.mail._mimeheaders import header_block_end, simple_header_items, trim_header_block
+from gateway.mail._mimeparser import (
     _MAILPARSER_HEADERS,
     _single_part_tree,
     _text_part_categories,

@@ -7,7 +7,7 @@ import re
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from gateway.mimetext import clean_text, fix_surrogates
+from gateway.mail._mimetext import clean_text, fix_surrogates
 
 _ENDING = re.compile(r"\r\n|\r|\n")
 

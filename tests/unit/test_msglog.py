@@ -10,9 +10,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from gateway import redact
-from gateway.inbound import InboundMessage
 from gateway.logsetup import configure_logging
-from gateway.msglog import MessageLog
+from gateway.pipeline._inbound import InboundMessage
+from gateway.pipeline._msglog import MessageLog
 from gateway.replies import Reply
 
 TOKEN = "msglog-token-9f8e7d6c"

@@ -27,8 +27,8 @@ from gateway.documents import (
     MAX_RAW_HEADERS,
     RawEmailDocument,
 )
-from gateway.mimeheaders import header_items
-from gateway.payload import ParsedMessage, build_document, document_hash, parse_message
+from gateway.mail._mimeheaders import header_items
+from gateway.mail._payload import ParsedMessage, build_document, document_hash, parse_message
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "mail"
 ALL_FIXTURES = sorted(p.name for p in FIXTURES.glob("*.eml"))
@@ -80,7 +80,7 @@ def check_document(doc: RawEmailDocument) -> None:
 
 def check_with_emulator(doc: RawEmailDocument) -> None:
     """The emulator's strict validator, when that module is importable."""
-    validate = pytest.importorskip("gateway.emulator.validate")
+    validate = pytest.importorskip("gateway.emulator._validate")
     validate.validate_predict_raw_emails(
         {"documents": [doc], "transform_tag": "generic.0.CONVKER5"}
     )

@@ -6,7 +6,7 @@ import ipaddress
 
 from gateway import replies
 from gateway.config import SmtpConfig
-from gateway.policy import RelayPolicy, normalize_domain, parse_peer_ip, recipient_domain
+from gateway.smtp._policy import RelayPolicy, normalize_domain, parse_peer_ip, recipient_domain
 
 
 def policy(**overrides: object) -> RelayPolicy:

@@ -1,11 +1,11 @@
-"""``gateway.reload``: the mtime/size poll and the reload it triggers."""
+"""``gateway.ops._reload``: the mtime/size poll and the reload it triggers."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from gateway.reload import RuleReloader, files_signature
+from gateway.ops._reload import RuleReloader, files_signature
 
 
 class _Target:

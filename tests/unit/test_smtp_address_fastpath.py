@@ -8,7 +8,7 @@ from aiosmtpd.smtp import SMTP
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gateway.smtp_session import GatewaySMTP
+from gateway.smtp._session import GatewaySMTP
 
 
 def _front(local_part_limit: int = 0) -> GatewaySMTP:

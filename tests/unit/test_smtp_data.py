@@ -7,7 +7,7 @@ from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.smtp_data import stuffed_pieces
+from gateway.deliver._smtp_data import stuffed_pieces
 
 
 def _reference(content: bytes) -> bytes:

@@ -7,7 +7,7 @@ from email.utils import formatdate
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gateway.trace import _rfc5322_date
+from gateway.pipeline._trace import _rfc5322_date
 
 # 2001 .. 2065, at any sub-second offset, including the ones that round up a second.
 _TIMES = st.floats(min_value=1e9, max_value=3e9, allow_nan=False)

@@ -1,4 +1,4 @@
-"""XFORWARD encoding and command building (gateway.xforward), without sockets."""
+"""XFORWARD encoding and command building (gateway.deliver._xforward), without sockets."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import dataclasses
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway import xforward
-from gateway.xforward import ATTRIBUTES, XForward, XForwardState, commands, xtext_decode
+from gateway.deliver import _xforward as xforward
+from gateway.deliver._xforward import ATTRIBUTES, XForward, XForwardState, commands, xtext_decode
 
 LONG = XForward(
     name="n" * 255,

@@ -1,0 +1,59 @@
+"""``cm-gateway config check|show``."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from gateway.config import Config, load_config
+
+from ._tomlwrite import dumps
+
+__all__ = ["redacted", "run_check", "run_show"]
+
+
+def _redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = re.sub(r":[^:@]*@", ":[REDACTED]@", parts.netloc, count=1)
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def redacted(config: Config) -> tuple[dict[str, Any], dict[str, str]]:
+    """The effective config as plain data, with passwords in URLs masked, and comments
+    that say whether each secret is set (never its value)."""
+    data = config.model_dump(mode="json")
+    data["cache"]["url"] = _redact_url(data["cache"]["url"])
+    for key in ("url", "base_url"):
+        data["classifier"][key] = _redact_url(data["classifier"][key])
+    data["downstream"]["url"] = _redact_url(data["downstream"]["url"])
+    token = "set, redacted" if config.classifier.token() else "NOT SET"
+    comments = {"classifier.token_env": f"token: {token}"}
+    if config.classifier.secret_env:
+        state = "set, redacted" if config.classifier.secret() else "NOT SET"
+        comments["classifier.secret_env"] = f"secret: {state}"
+    return data, comments
+
+
+def run_check(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    source = config.source or "embedded default"
+    print(f"{source}: ok")
+    c = config.classifier
+    if c.provider == "communications-mining" and not c.token():
+        print(f"warning: {c.token_env} is not set: the API will answer 401", file=sys.stderr)
+    if c.provider == "custom" and c.secret_env and not c.secret():
+        print(f"warning: {c.secret_env} is not set", file=sys.stderr)
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    data, comments = redacted(config)
+    print(f"# effective config from {config.source or 'the embedded default'}")
+    print(dumps(data, comments), end="")
+    return 0

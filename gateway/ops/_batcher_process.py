@@ -1,0 +1,212 @@
+"""The shared batcher: one process that classifies for every ``[smtp] workers`` process.
+
+Each worker batches only its own sessions, so N workers sent N times the requests one
+process would, each 1/N as large. With ``[classifier] shared_batcher`` (the default) the
+parent of the workers starts this process first. It runs the whole classifier stack once
+(``classifier_stack.build_live_classifier``: dedup, batcher, circuit breaker, provider)
+and serves it on a Unix socket in a private directory; each worker's classifier is a
+``batch_client.RemoteClassifier``. So a batch holds the documents of every worker's
+sessions, a retried message that reaches another worker is still billed once (one dedup
+cache), and the circuit opens for all workers at once.
+
+It stops on SIGTERM (the parent sends it after the last worker has exited, so that
+sessions draining in the workers still get answers), ignores SIGINT and SIGHUP (a
+terminal's Ctrl-C reaches the whole process group; rules are the workers' business), and
+exits when the parent disappears.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import gc
+import os
+import signal
+import sys
+from typing import TYPE_CHECKING
+
+from gateway.classify._batch_wire import FrameError, decode_request, encode_reply, read_frame
+from gateway.classify._metrics import MetricEvents
+from gateway.classify._stack import build_live_classifier
+from gateway.cli._serve import shutdown_grace
+from gateway.config import Config
+from gateway.context import Classifier
+from gateway.documents import RawEmailDocument
+from gateway.errors import ClassifierError, ConfigError
+from gateway.logsetup import get_logger
+from gateway.predictions import PredictionBatch
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
+__all__ = ["BatchServer", "batcher_main"]
+
+_log = get_logger("cm-gateway.classify._batcher")
+
+# How often the process checks that its parent is still there.
+PARENT_POLL_S = 1.0
+
+
+def _forget(calls: dict[int, asyncio.Task[None]], key: int, _done: object) -> None:
+    calls.pop(key, None)
+
+
+class BatchServer:
+    """Serves ``classifier`` to workers over the Unix socket at ``path``."""
+
+    def __init__(self, classifier: Classifier, events: MetricEvents, path: str) -> None:
+        self.classifier = classifier
+        self.events = events
+        self.path = path
+        self._server: asyncio.Server | None = None
+        self._answers: set[asyncio.Task[None]] = set()
+        self._workers: dict[asyncio.StreamWriter, asyncio.Task[None]] = {}
+        self._no_workers = asyncio.Event()
+        self._no_workers.set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_unix_server(self._serve_worker, path=self.path)
+        os.chmod(self.path, 0o600)
+
+    async def workers_gone(self) -> None:
+        """Wait until no worker is connected."""
+        await self._no_workers.wait()
+
+    async def aclose(self) -> None:
+        """Stop accepting, answer what is under way, hang up, close the classifier."""
+        if self._server is not None:
+            self._server.close()
+        if self._answers:
+            await asyncio.gather(*self._answers, return_exceptions=True)
+        handlers = list(self._workers.values())
+        for writer in list(self._workers):
+            writer.close()
+        if handlers:
+            await asyncio.gather(*handlers, return_exceptions=True)
+        await self.classifier.aclose()
+
+    async def _serve_worker(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        handler = asyncio.current_task()
+        assert handler is not None
+        self._workers[writer] = handler
+        self._no_workers.clear()
+        calls: dict[int, asyncio.Task[None]] = {}
+        try:
+            while (payload := await read_frame(reader)) is not None:
+                request = decode_request(payload)
+                if "cancel" in request:
+                    call = calls.get(request["cancel"])
+                    if call is not None:
+                        call.cancel()
+                    continue
+                request_id = request["id"]
+                task = asyncio.create_task(self._answer(request_id, request["documents"], writer))
+                calls[request_id] = task
+                self._answers.add(task)
+                task.add_done_callback(self._answers.discard)
+                task.add_done_callback(functools.partial(_forget, calls, request_id))
+        except (FrameError, ValueError, KeyError, ConnectionError) as exc:
+            _log.error("batcher_worker_stream_broken", error=str(exc))
+        finally:
+            # A worker that went away no longer waits: its documents need not be billed.
+            for call in list(calls.values()):
+                call.cancel()
+            writer.close()
+            del self._workers[writer]
+            if not self._workers:
+                self._no_workers.set()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+    async def _answer(
+        self, request_id: int, documents: list[RawEmailDocument], writer: asyncio.StreamWriter
+    ) -> None:
+        batch: PredictionBatch | None = None
+        error: Exception | None = None
+        try:
+            batch = await self.classifier.predict_raw_emails(documents)
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:  # every failure goes back to the worker, by kind
+            if not isinstance(exc, ClassifierError):
+                _log.exception("batcher_unexpected_error")
+            error = exc
+        reply = encode_reply(
+            request_id,
+            batch=batch,
+            error=error,
+            events=self.events.take(),
+            circuits=self.events.circuits,
+        )
+        if not writer.is_closing():
+            writer.write(reply)
+
+
+async def _watch_parent(parent: int, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), PARENT_POLL_S)
+        if os.getppid() != parent:
+            _log.error("batcher_parent_gone")
+            stop.set()
+
+
+async def serve_batcher(config: Config, path: str, ready: Connection | None = None) -> int:
+    """Run the batcher on ``path`` until SIGTERM (or the parent's exit)."""
+    events = MetricEvents()
+    server = BatchServer(build_live_classifier(config, events), events, path)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    watcher = asyncio.create_task(_watch_parent(os.getppid(), stop))
+    # As in the workers (cmd_serve.serve): what start-up built lives as long as the
+    # process, so full collections need not walk it again and again.
+    gc.collect()
+    gc.freeze()
+    _log.info("batcher_ready", classifier=server.classifier.description, pid=os.getpid())
+    if ready is not None:
+        ready.send_bytes(b"ready")
+        ready.close()
+    try:
+        await stop.wait()
+        # SIGTERM may reach the whole process group at once (`kill -- -PGID`, a
+        # terminal's or a supervisor's group signal): the workers draining their sessions
+        # still need answers, so wait for them to hang up, as long as they may drain.
+        grace = shutdown_grace(config) + config.classifier.timeout
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(server.workers_gone(), grace)
+    finally:
+        watcher.cancel()
+        loop.remove_signal_handler(signal.SIGTERM)
+        await server.aclose()
+    _log.info("batcher_stopped")
+    return 0
+
+
+def batcher_main(config_path: str | None, path: str, ready: Connection) -> None:
+    """The batcher process (spawned by ``supervisor.run_workers``)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # Imported here, as in the workers: the spawned process starts from nothing.
+    from gateway.cli._serve import register_secrets
+    from gateway.config import load_config
+    from gateway.logsetup import configure_logging
+
+    from . import _eventloop as eventloop
+
+    config = load_config(config_path)
+    configure_logging(config.log.level, config.log.format)
+    register_secrets(config)
+    import structlog
+
+    structlog.contextvars.bind_contextvars(worker="batcher")
+    try:
+        status = eventloop.run(serve_batcher(config, path, ready), config.smtp.event_loop)
+    except ConfigError as exc:
+        print(f"cm-gateway: batcher: {exc}", file=sys.stderr)
+        status = 2
+    sys.exit(status)

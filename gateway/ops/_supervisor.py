@@ -1,0 +1,242 @@
+"""``[smtp] workers = N`` (N > 1): the parent process and its children.
+
+The parent starts N worker processes (multiprocessing, spawn), each running
+``cmd_serve.serve`` on the shared port (SO_REUSEPORT). With ``[classifier]
+shared_batcher`` (the default) it first starts the batcher process (``batch_server``),
+which classifies for all of them over a Unix socket in a private directory, and waits
+until it listens. Then the parent only forwards signals (SIGHUP to the workers) and waits.
+
+Stopping: SIGTERM/SIGINT go to the workers; the batcher gets SIGTERM once the last
+worker has exited, so that the sessions the workers drain still get answers. A child that
+exits on its own stops the rest (exit status 1) rather than leaving a degraded gateway.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from multiprocessing.process import BaseProcess
+
+from gateway.config import Config, load_config, parse_listen
+from gateway.errors import ConfigError
+from gateway.logsetup import configure_logging, get_logger
+
+__all__ = ["BATCHER_START_TIMEOUT", "run_workers"]
+
+log = get_logger("cm-gateway.serve")
+
+# How long the batcher process may take to listen before the parent gives up.
+BATCHER_START_TIMEOUT = 60.0
+SOCKET_NAME = "batcher.sock"
+# sun_path holds 108 octets on Linux, its NUL included; a longer path cannot be bound.
+_SUN_PATH_MAX = 107
+
+
+def _worker_main(config_path: str | None, index: int, batcher_socket: str | None) -> None:
+    """One worker process (spawned): the same config, the shared port (SO_REUSEPORT)."""
+    from gateway.cli._serve import register_secrets, serve
+
+    from . import _eventloop as eventloop
+
+    config = load_config(config_path)
+    configure_logging(config.log.level, config.log.format)
+    register_secrets(config)
+    import structlog
+
+    structlog.contextvars.bind_contextvars(worker=index)
+    # The parent prints the banner; workers stay quiet on stdout.
+    with open(os.devnull, "w", encoding="utf-8") as devnull:
+        try:
+            status = eventloop.run(
+                serve(config, out=devnull, reuse_port=True, batcher_socket=batcher_socket),
+                config.smtp.event_loop,
+            )
+        except ConfigError as exc:
+            print(f"cm-gateway: worker {index}: {exc}", file=sys.stderr)
+            status = 2
+    sys.exit(status)
+
+
+def _check_once(config: Config) -> None:
+    """Fail here, once, with exit 2, rather than in every worker."""
+    if parse_listen(config.smtp.listen)[1] == 0:
+        raise ConfigError("workers > 1 needs a fixed port (not 0)", where="smtp.listen")
+    if not hasattr(socket, "SO_REUSEPORT"):  # pragma: no cover - Windows
+        raise ConfigError("workers > 1 needs SO_REUSEPORT (Linux, BSD)", where="smtp.workers")
+    from gateway.smtp._auth import load_users
+    from gateway.smtp._server import build_tls_context
+
+    if config.smtp.tls_cert_file:
+        build_tls_context(config.smtp.tls_cert_file, config.smtp.tls_key_file)
+    if config.smtp.auth_users_file:
+        load_users(config.smtp.auth_users_file)
+
+
+class _StoppedWhileStarting(Exception):
+    """SIGTERM or SIGINT before the workers started."""
+
+
+def _stop_starting(_signum: int, _frame: object) -> None:
+    # Once: a second signal must not interrupt the clean-up that this one starts.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise _StoppedWhileStarting
+
+
+def _start_batcher(
+    ctx: multiprocessing.context.SpawnContext, config_path: str | None, path: str
+) -> BaseProcess | int:
+    """The batcher process, listening at ``path``; or the exit status it failed with."""
+    from ._batcher_process import batcher_main
+
+    # A pipe rather than an Event: no POSIX semaphore, so nothing needed in /dev/shm.
+    ready, tell_ready = ctx.Pipe(duplex=False)
+    proc = ctx.Process(
+        target=batcher_main, args=(config_path, path, tell_ready), name="cm-gateway-batcher"
+    )
+    try:
+        proc.start()
+        tell_ready.close()
+        # Readable: either "ready", or the end of the pipe when the process died first.
+        if ready.poll(BATCHER_START_TIMEOUT):
+            ready.recv_bytes()
+            return proc
+        log.error("batcher_start_timeout", seconds=BATCHER_START_TIMEOUT)
+        proc.terminate()
+        proc.join()
+        return 1
+    except EOFError:
+        proc.join()
+        log.error("batcher_exited", exitcode=proc.exitcode)
+        return 2 if proc.exitcode == 2 else 1
+    except _StoppedWhileStarting:
+        if proc.pid is not None:
+            proc.terminate()
+            proc.join()
+        raise
+    finally:
+        tell_ready.close()
+        ready.close()
+
+
+def run_workers(config: Config, config_path: str | None) -> int:
+    """Run the workers (and the batcher) until a signal stops them; the exit status."""
+    _check_once(config)
+    ctx = multiprocessing.get_context("spawn")
+    shared = config.classifier.shared_batcher
+    rundir = _private_dir() if shared else None
+    try:
+        batcher: BaseProcess | None = None
+        socket_path = os.path.join(rundir, SOCKET_NAME) if rundir is not None else None
+        # SIGHUP ignored from here, and inherited so by the children until they listen.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        try:
+            if socket_path is not None:
+                # A stop asked for while the batcher starts (up to BATCHER_START_TIMEOUT)
+                # ends it and the private directory too, not the parent alone; until
+                # _supervise installs its own handlers, before any worker starts.
+                signal.signal(signal.SIGTERM, _stop_starting)
+                signal.signal(signal.SIGINT, _stop_starting)
+                log.info("batcher_starting")
+                started = _start_batcher(ctx, config_path, socket_path)
+                if isinstance(started, int):
+                    return started
+                batcher = started
+            return _supervise(ctx, config, config_path, socket_path, batcher)
+        except _StoppedWhileStarting:
+            if batcher is not None:
+                batcher.terminate()
+                batcher.join()
+            log.info("stopped_while_starting")
+            return 0
+    finally:
+        if rundir is not None:
+            shutil.rmtree(rundir, ignore_errors=True)
+
+
+def _private_dir() -> str:
+    """A directory only this user may enter (the batcher spends the API token), in
+    $TMPDIR; in /tmp when $TMPDIR is too deep for the socket's path to be bound."""
+    rundir = tempfile.mkdtemp(prefix="cm-gateway-")
+    if len(os.fsencode(os.path.join(rundir, SOCKET_NAME))) <= _SUN_PATH_MAX:
+        return rundir
+    os.rmdir(rundir)
+    log.info("batcher_socket_in_tmp", tmpdir=tempfile.gettempdir())
+    return tempfile.mkdtemp(prefix="cm-gateway-", dir="/tmp")
+
+
+def _supervise(
+    ctx: multiprocessing.context.SpawnContext,
+    config: Config,
+    config_path: str | None,
+    socket_path: str | None,
+    batcher: BaseProcess | None,
+) -> int:
+    procs = [
+        ctx.Process(
+            target=_worker_main,
+            args=(config_path, i, socket_path),
+            name=f"cm-gateway-worker-{i}",
+        )
+        for i in range(config.smtp.workers)
+    ]
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for proc in procs:
+            if proc.pid is not None and proc.is_alive():
+                os.kill(proc.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for proc in procs:
+        proc.start()
+
+    def forward_reload(signum: int, _frame: object) -> None:
+        for proc in procs:
+            if not stopping and proc.pid is not None and proc.is_alive():
+                os.kill(proc.pid, signum)
+
+    # Set after the start: the workers inherit SIG_IGN (not a handler) until they listen.
+    signal.signal(signal.SIGHUP, forward_reload)
+    log.info(
+        "workers_started",
+        workers=len(procs),
+        listen=config.smtp.listen,
+        shared_batcher=batcher is not None,
+    )
+    print(f"cm-gateway listening on {config.smtp.listen} ({len(procs)} workers)", flush=True)
+    status = 0
+    while procs:
+        if batcher is not None and batcher.exitcode is not None and not stopping:
+            log.error("batcher_exited", exitcode=batcher.exitcode)
+            status = 1
+            forward(signal.SIGTERM, None)
+        for proc in list(procs):
+            proc.join(timeout=0.5 / len(procs))
+            if proc.exitcode is None:
+                continue
+            procs.remove(proc)
+            # A worker still starting up when we forward SIGTERM dies of it before its
+            # handler is installed: it held no session, so that is a clean stop too.
+            clean = (0, -signal.SIGTERM, -signal.SIGINT) if stopping else (0,)
+            if proc.exitcode not in clean:
+                status = 1
+            if not stopping:
+                # A worker died on its own: stop the rest rather than run degraded.
+                log.error("worker_exited", worker=proc.name, exitcode=proc.exitcode)
+                forward(signal.SIGTERM, None)
+    if batcher is not None:
+        if batcher.exitcode is None:
+            batcher.terminate()  # SIGTERM: it answers what is under way, then exits
+        batcher.join()
+        if batcher.exitcode not in (0, -signal.SIGTERM) and status == 0:
+            status = 1
+    return status

@@ -1,0 +1,96 @@
+"""Validated rule models -> ``Rule`` objects made of predicates and actions, once, at
+load time (regexes compiled, globs translated, templates parsed)."""
+
+from __future__ import annotations
+
+from gateway.predictions import split_label
+
+from . import _actions as act
+from . import _predicates as pred
+from ._addresses import compile_address_pattern
+from ._model import ActionModel, ConditionModel, RuleModel
+from ._rule import Rule
+
+__all__ = ["compile_action", "compile_condition", "compile_rule"]
+
+
+def _label(model: ConditionModel) -> pred.Predicate:
+    assert model.label is not None
+    parts = split_label(model.label)
+    if parts[-1] == "*":
+        return pred.LabelDescendant(parts[:-1], model.min_probability, model.max_probability)
+    return pred.LabelExact(parts, model.min_probability, model.max_probability)
+
+
+def compile_condition(model: ConditionModel) -> pred.Predicate:
+    """One condition mapping: its keys, in the model's order, all must hold."""
+    out: list[pred.Predicate] = []
+    if model.label is not None:
+        out.append(_label(model))
+    if model.sentiment is not None:
+        out.append(pred.SentimentIs(model.sentiment.below, model.sentiment.above))
+    if model.entity is not None:
+        out.append(pred.EntityIs(model.entity.kind, model.entity.value))
+    if model.label_property is not None:
+        lp = model.label_property
+        out.append(pred.LabelPropertyIs(lp.name, lp.below, lp.above))
+    if model.header is not None:
+        h = model.header
+        if h.matches is not None:
+            out.append(pred.HeaderMatches(h.name, h.matches))
+        elif h.contains is not None:
+            out.append(pred.HeaderContains(h.name, h.contains))
+        else:
+            out.append(pred.HeaderExists(h.name, bool(h.exists)))
+    if model.from_ is not None:
+        out.append(pred.EnvelopeFrom([compile_address_pattern(p) for p in model.from_]))
+    if model.to is not None:
+        out.append(pred.EnvelopeTo([compile_address_pattern(p) for p in model.to]))
+    if model.size is not None:
+        out.append(pred.SizeIs(model.size.above, model.size.below))
+    if model.attachment is not None:
+        out.append(pred.AttachmentIs(model.attachment.name, model.attachment.content_type))
+    if model.unclassified is not None:
+        out.append(pred.Unclassified(model.unclassified))
+    if model.all is not None:
+        out.append(pred.AllOf([compile_condition(c) for c in model.all]))
+    if model.any is not None:
+        out.append(pred.AnyOf([compile_condition(c) for c in model.any]))
+    if model.not_ is not None:
+        out.append(pred.Not(compile_condition(model.not_)))
+    return out[0] if len(out) == 1 else pred.AllOf(out)
+
+
+def compile_action(model: ActionModel, rule: str) -> act.Action:
+    """One action mapping (exactly one key, checked by the model) of the rule ``rule``."""
+    if model.add_header is not None:
+        return act.AddHeader(list(model.add_header.items()), rule)
+    if model.prefix_subject is not None:
+        return act.PrefixSubject(model.prefix_subject)
+    if model.bcc is not None:
+        return act.Bcc(model.bcc)
+    if model.redirect is not None:
+        return act.Redirect(model.redirect)
+    if model.quarantine is not None:
+        return act.Quarantine(model.quarantine, rule)
+    if model.reject is not None:
+        return act.Reject(model.reject)
+    if model.defer is not None:
+        return act.Defer(model.defer)
+    return act.Discard()
+
+
+def compile_rule(model: RuleModel, *, file: str, line: int, file_audit: bool) -> Rule:
+    """A ``Rule`` ready to evaluate; ``file_audit`` is the file's top-level ``audit``."""
+    predicate = compile_condition(model.when) if model.when is not None else pred.Always()
+    return Rule(
+        name=model.name,
+        file=file,
+        line=line,
+        enabled=model.enabled,
+        audit=model.audit or file_audit,
+        stop=model.stop,
+        predicate=predicate,
+        actions=tuple(compile_action(a, model.name) for a in model.actions),
+        model=model,
+    )

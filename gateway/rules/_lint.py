@@ -1,0 +1,122 @@
+"""Rules that can never take effect, for ``rules check``.
+
+- a disabled rule;
+- a conjunction (one condition mapping, or ``all``) that asks for ``unclassified: true``
+  together with a condition that needs a prediction (``label``, ``sentiment``, ``entity``,
+  ``label_property``), or for both ``unclassified: true`` and ``false``;
+- a rule after an enforced ``stop`` rule whose condition is implied by its own: the
+  earlier rule has no condition, the same condition, or a subset of its conjuncts.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from ._model import ConditionModel
+
+if TYPE_CHECKING:
+    from ._engine import RuleSet, RuleWarning
+
+__all__ = ["conjuncts", "lint"]
+
+_NEEDS_PREDICTION = ("label", "sentiment", "entity", "label_property")
+
+
+def _dump(condition: ConditionModel) -> dict[str, Any]:
+    return condition.model_dump(by_alias=True, exclude_none=True)
+
+
+def conjuncts(condition: dict[str, Any] | None) -> frozenset[str]:
+    """The condition as a set of canonical conjuncts (``all`` flattened, a label with
+    its probability bounds as one conjunct). A rule holds only if all of them hold."""
+    if not condition:
+        return frozenset()
+    out: set[str] = set()
+    for key, value in condition.items():
+        if key in ("min_probability", "max_probability"):
+            continue
+        if key == "all":
+            for child in value:
+                out |= conjuncts(child)
+        elif key == "label":
+            bounds = {k: condition.get(k) for k in ("min_probability", "max_probability")}
+            out.add(json.dumps({"label": value, **bounds}, sort_keys=True))
+        else:
+            out.add(json.dumps({key: value}, sort_keys=True))
+    return frozenset(out)
+
+
+def _contradiction(condition: dict[str, Any]) -> str | None:
+    flat: list[tuple[str, Any]] = []
+
+    def walk(cond: dict[str, Any]) -> None:
+        for key, value in cond.items():
+            if key == "all":
+                for child in value:
+                    walk(child)
+            else:
+                flat.append((key, value))
+
+    walk(condition)
+    unclassified = {value for key, value in flat if key == "unclassified"}
+    if unclassified == {True, False}:
+        return "asks for unclassified: true and false at once"
+    if True in unclassified:
+        needs = sorted({key for key, _ in flat if key in _NEEDS_PREDICTION})
+        if needs:
+            return (
+                f"asks for unclassified: true together with {', '.join(needs)} (needs a prediction)"
+            )
+    return None
+
+
+def _contradictions(condition: dict[str, Any]) -> list[str]:
+    """Contradictions in this mapping, and in nested any/not children."""
+    found = []
+    problem = _contradiction(condition)
+    if problem:
+        found.append(problem)
+    for child in condition.get("any", ()):
+        found.extend(_contradictions(child))
+    for child in condition.get("all", ()):
+        found.extend(p for p in _contradictions(child) if p not in found)
+    return found
+
+
+def lint(ruleset: RuleSet) -> list[RuleWarning]:
+    from ._engine import RuleWarning
+
+    out: list[RuleWarning] = []
+    stops: list[tuple[str, frozenset[str]]] = []
+    for rule in ruleset.rules:
+        if not rule.enabled:
+            out.append(RuleWarning(rule.file, rule.line, rule.name, "disabled: never evaluated"))
+            continue
+        dumped = _dump(rule.model.when) if rule.model.when is not None else {}
+        for problem in _contradictions(dumped):
+            out.append(RuleWarning(rule.file, rule.line, rule.name, f"can never match: {problem}"))
+        mine = conjuncts(dumped)
+        for stopper, theirs in stops:
+            if theirs <= mine:
+                how = (
+                    "has no condition"
+                    if not theirs
+                    else (
+                        "has the same condition"
+                        if theirs == mine
+                        else "has a more general condition"
+                    )
+                )
+                out.append(
+                    RuleWarning(
+                        rule.file,
+                        rule.line,
+                        rule.name,
+                        f"shadowed: earlier rule '{stopper}' stops and {how}",
+                    )
+                )
+                break
+        if rule.stop and not rule.audit and ruleset.mode != "audit":
+            stops.append((rule.name, mine))
+    return out
