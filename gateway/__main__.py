@@ -1,3 +1,3 @@
-from gateway.cli._main import main
+from gateway.cli import main
 
 raise SystemExit(main())

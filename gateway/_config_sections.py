@@ -68,7 +68,7 @@ class SmtpConfig(_Section):
     max_recipients: int = Field(1000, ge=1)
     max_hops: int = Field(30, ge=1)
     workers: int = Field(1, ge=1, le=64)
-    # uvloop does aiosmtpd's socket work in C (gateway/eventloop.py); "asyncio": stdlib.
+    # uvloop does aiosmtpd's socket work in C (gateway/ops/_eventloop.py); "asyncio": stdlib.
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     timeout: float = Field(300.0, gt=0)
     relay_networks: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
@@ -204,6 +204,12 @@ class ClassifierConfig(_Section):
             raise ValueError(f"model_version must be an integer, 'live' or 'staging', got {v!r}")
         return v
 
+    @property
+    def default_threshold(self) -> float:
+        """The ``min_probability`` of rule label conditions that give none. With
+        ``threshold = "auto"`` the model already dropped labels under their own cut-off."""
+        return 0.0 if self.threshold == "auto" else float(self.threshold)
+
     @field_validator("threshold")
     @classmethod
     def _threshold(cls, v: float | str) -> float | str:
@@ -293,7 +299,7 @@ class CacheConfig(_Section):
 class ShadowConfig(_Section):
     model_version: int | str = ""
     sample: float = Field(0.0, ge=0.0, le=1.0)
-    # Shadow calls running at once (gateway.classify._shadow); a sampled message over it is dropped.
+    # Shadow calls running at once (gateway.pipeline._shadow); a sampled message over it is dropped.
     max_in_flight: int = Field(8, ge=1)
 
 

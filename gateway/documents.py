@@ -6,7 +6,10 @@ builder keeps under them and the emulator enforces them.
 
 from __future__ import annotations
 
+import hashlib
 from typing import NotRequired, TypedDict
+
+from gateway._canonical_json import canonical_json
 
 __all__ = [
     "MAX_ATTACHMENTS",
@@ -21,6 +24,7 @@ __all__ = [
     "RawEmailDocument",
     "RawEmailHeaders",
     "UserProperties",
+    "document_hash",
 ]
 
 MAX_DOCUMENTS = 4096
@@ -59,3 +63,9 @@ class RawEmailDocument(TypedDict):
     raw_email: RawEmail
     user_properties: NotRequired[UserProperties]
     comment_id: NotRequired[str]
+
+
+def document_hash(doc: RawEmailDocument) -> str:
+    """SHA-256 hex of the canonical JSON (sorted keys, compact, UTF-8) of ``doc``: the
+    digest in the dedup key and the shadow sample."""
+    return hashlib.sha256(canonical_json(doc)).hexdigest()

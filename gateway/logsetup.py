@@ -22,9 +22,12 @@ from typing import Any, TextIO
 
 import structlog
 
-from gateway.redact import _SECRETS, contains_secret, register_secret, scrub
+from gateway.redact import _SECRETS, contains_secret, scrub
 
-__all__ = ["configure_logging", "get_logger", "register_secret", "scrub"]
+__all__ = [
+    "configure_logging",
+    "get_logger",
+]
 
 _NOISY = ("mail.log", "httpx", "httpcore", "aiohttp.access", "asyncio", "hpack")
 # Values no secret can hide in: skipped without a look (type(), not isinstance: a

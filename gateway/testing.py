@@ -23,9 +23,15 @@ from typing import Any
 
 import httpx
 
-from gateway.emulator._faults import FaultInjector, FaultSettings
-from gateway.emulator._model import KeywordModel
-from gateway.emulator._server import CLIENT_MAX_SIZE, EmulatorServer, EmulatorState, start_server
+from gateway.emulator import (
+    CLIENT_MAX_SIZE,
+    EmulatorServer,
+    EmulatorState,
+    FaultInjector,
+    FaultSettings,
+    KeywordModel,
+    start_server,
+)
 
 __all__ = ["EmulatorHandle", "running_emulator"]
 

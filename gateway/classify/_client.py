@@ -42,7 +42,6 @@ __all__ = [
     "CommunicationsMiningClient",
     "CustomEndpoint",
     "Endpoint",
-    "RetryPolicy",
     "TenantEndpoint",
     "label_thresholds",
 ]

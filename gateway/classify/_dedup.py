@@ -25,8 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 from pydantic import TypeAdapter
 
 from gateway.context import Classifier
-from gateway.documents import RawEmailDocument
-from gateway.mail._payload import document_hash
+from gateway.documents import RawEmailDocument, document_hash
 from gateway.predictions import DocumentPrediction, ModelInfo, PredictionBatch
 
 if TYPE_CHECKING:

@@ -34,7 +34,7 @@ def make_classifier(
     settings = config.classifier
     if settings.provider == "emulator":
         # Imported here: the emulator package loads the taxonomy and is not needed otherwise.
-        from gateway.emulator._provider import EmulatorClassifier
+        from gateway.emulator import EmulatorClassifier
 
         if model_version is not None:
             settings = settings.model_copy(update={"model_version": model_version})
@@ -75,7 +75,7 @@ async def model_validation(
     try:
         if isinstance(classifier, CommunicationsMiningClient):
             return classifier.description, await classifier.validation(version)
-        from gateway.emulator._provider import EmulatorClassifier
+        from gateway.emulator import EmulatorClassifier
 
         assert isinstance(classifier, EmulatorClassifier)
         selector = settings.model_version if version is None else version

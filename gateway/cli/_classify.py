@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from gateway.classify._providers import make_classifier
+from gateway.classify import make_classifier
 from gateway.config import Config, load_config
 from gateway.context import CLASSIFIED, ClassificationStatus, Classifier, MessageContext
 from gateway.documents import RawEmailDocument
@@ -75,8 +75,8 @@ class Tally:
 
 
 def _prepare(source: SourceMessage, config: Config) -> _Item:
-    from gateway.mail._payload import build_document, parse_message
-    from gateway.pipeline._prepare import assumed_envelope, message_context, skip_reason
+    from gateway.mail import build_document, parse_message
+    from gateway.pipeline import assumed_envelope, message_context, skip_reason
 
     parsed = parse_message(source.raw)
     mail_from, rcpt_tos = assumed_envelope(parsed)

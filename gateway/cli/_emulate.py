@@ -14,12 +14,10 @@ import os
 import signal
 import sys
 
-from gateway.emulator._faults import FaultInjector, FaultSettings
-from gateway.emulator._model import KeywordModel
-from gateway.emulator._server import EmulatorState, start_server
+from gateway.emulator import EmulatorState, FaultInjector, FaultSettings, KeywordModel, start_server
 from gateway.errors import ConfigError
 from gateway.logsetup import configure_logging, get_logger
-from gateway.ops import _eventloop as eventloop
+from gateway.ops import run_loop
 from gateway.redact import register_secret
 
 __all__ = ["run"]
@@ -87,4 +85,4 @@ def run(args: argparse.Namespace) -> int:
     state = _state(args)
     # uvloop: the emulator shares the machine with the gateway in tests and benchmarks,
     # where the real API would cost the gateway's host nothing.
-    return eventloop.run(_serve(state, args.host, args.port), "uvloop")
+    return run_loop(_serve(state, args.host, args.port), "uvloop")

@@ -27,12 +27,16 @@ from gateway.context import CLASSIFIED, ClassificationStatus, MessageContext
 from gateway.documents import RawEmailDocument
 from gateway.errors import ClassifierError, ConfigError
 from gateway.logsetup import configure_logging
-from gateway.mail._headers import safe_header_value
-from gateway.mail._payload import ParsedMessage, build_document, parse_message
-from gateway.pipeline._prepare import (
+from gateway.mail import (
+    ParsedMessage,
+    apply_subject_prefixes,
+    build_document,
+    parse_message,
+    safe_header_value,
+)
+from gateway.pipeline import (
     GivenPredictions,
     assumed_envelope,
-    default_threshold,
     gateway_headers,
     load_predictions_file,
     message_context,
@@ -40,7 +44,7 @@ from gateway.pipeline._prepare import (
 )
 from gateway.predictions import DocumentPrediction
 from gateway.replies import CLASSIFIER_DEFER
-from gateway.rules import Decision, RuleSet, apply_subject_prefixes, load_rules
+from gateway.rules import Decision, RuleSet, load_rules
 
 __all__ = ["explain_message", "render_text", "run"]
 
@@ -103,7 +107,7 @@ def _payload(path: str, parsed: ParsedMessage, document: RawEmailDocument) -> di
 async def _classify(
     config: Config, document: RawEmailDocument
 ) -> tuple[str, GivenPredictions, str | None]:
-    from gateway.classify._providers import make_classifier
+    from gateway.classify import make_classifier
 
     classifier = make_classifier(config)
     description = classifier.description
@@ -193,7 +197,7 @@ def explain_message(
         else:
             source, given, error = asyncio.run(_classify(config, document))
     ctx = context(given)
-    decision = ruleset.evaluate(ctx, default_threshold=default_threshold(config))
+    decision = ruleset.evaluate(ctx, default_threshold=config.classifier.default_threshold)
     verdict: str = decision.verdict
     reply = decision.reply
     deferred = error is not None and config.classifier.on_error == "defer"
@@ -213,7 +217,7 @@ def explain_message(
         "rules": {
             "files": list(ruleset.files),
             "mode": ruleset.mode,
-            "default_threshold": default_threshold(config),
+            "default_threshold": config.classifier.default_threshold,
             "verdicts": _rules_json(ruleset, decision),
         },
         "envelope": {

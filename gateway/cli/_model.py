@@ -12,7 +12,7 @@ import json
 import sys
 from typing import Any
 
-from gateway.classify._providers import model_validation
+from gateway.classify import model_validation
 from gateway.config import load_config
 from gateway.errors import ClassifierError
 from gateway.logsetup import configure_logging

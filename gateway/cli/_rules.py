@@ -113,13 +113,12 @@ def unknown_labels(ruleset: RuleSet, taxonomy: Iterable[str]) -> list[UnknownLab
 
 
 async def _taxonomy(config: Config) -> tuple[str, list[str]]:
-    from gateway.classify._client import CommunicationsMiningClient
-    from gateway.classify._providers import make_classifier
+    from gateway.classify import CommunicationsMiningClient, make_classifier
 
     classifier = make_classifier(config)
     try:
         if config.classifier.provider == "emulator":
-            from gateway.emulator._provider import EmulatorClassifier
+            from gateway.emulator import EmulatorClassifier
 
             assert isinstance(classifier, EmulatorClassifier)
             names = [join_label(parts) for parts in classifier.model.label_names]

@@ -54,11 +54,9 @@ from ._xforward import XForward
 
 __all__ = [
     "Delivery",
-    "DeliveryResult",
     "MaildirDelivery",
     "SmtpDelivery",
     "make_delivery",
-    "parse_reply",
 ]
 
 _QUEUE_ID = re.compile(r"queued as ([A-Za-z0-9._-]+)", re.IGNORECASE)

@@ -49,7 +49,7 @@ from aiosmtplib import (
     SMTPServerDisconnected,
 )
 
-from gateway.mail._lineends import find_bare_line_ending, line_pieces
+from gateway.mail import find_bare_line_ending, line_pieces
 
 from ._smtp_client import SmtpClient, mailbox
 

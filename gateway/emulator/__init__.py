@@ -7,7 +7,21 @@ keyword-based (``taxonomy.yaml``), deterministic, and NOT a trained model.
 
 from __future__ import annotations
 
+from ._faults import FaultInjector, FaultSettings
 from ._model import KeywordModel
+from ._provider import EmulatorClassifier
+from ._server import CLIENT_MAX_SIZE, EmulatorServer, EmulatorState, start_server
 from ._validate import RequestInvalid, validate_predict_raw_emails
 
-__all__ = ["KeywordModel", "RequestInvalid", "validate_predict_raw_emails"]
+__all__ = [
+    "CLIENT_MAX_SIZE",
+    "EmulatorClassifier",
+    "EmulatorServer",
+    "EmulatorState",
+    "FaultInjector",
+    "FaultSettings",
+    "KeywordModel",
+    "RequestInvalid",
+    "start_server",
+    "validate_predict_raw_emails",
+]

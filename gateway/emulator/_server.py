@@ -6,13 +6,11 @@ plus ``/_emulator/*`` to read the billing ledger and change faults at run time.
     GET  /_emulator/stats       POST /_emulator/faults              POST /_emulator/reset
 
 Every ``/api/`` call: ``Authorization: Bearer`` (401), then a fault draw, then the
-route (unknown route or version -> 404, bad body -> 400/422, see ``validate``). The answer
-leaves no sooner than the configured latency after the call arrived: the emulator's own
-work counts toward it, as a remote API's would. Every error body is ``{"status":
-"error", "message": ...}`` (except the deliberate HTML 502 fault); every success carries
-``"status": "ok"``. ``/_emulator/*`` needs no token: it is a test tool, bind it to
-loopback.
-"""
+route (unknown route or version -> 404, bad body -> 400/422, see ``_validate``). The
+answer leaves no sooner than the configured latency after the call arrived (the emulator's
+own work counts, as a remote API's would). Error bodies are ``{"status": "error",
+"message": ...}`` (but the deliberate HTML 502 fault); successes carry ``"status": "ok"``.
+``/_emulator/*`` needs no token: it is a test tool, bind it to loopback."""
 
 from __future__ import annotations
 

@@ -1,11 +1,10 @@
 """Raw message bytes -> one ``predict-raw-emails`` document.
 
 ``parse_message`` reads a message with mail-parser (tolerant, and guarded against deep
-nesting) and our own iterative MIME walk (``mimewalk``); ``build_document`` turns the
-result into a document that is always within the API's limits; ``document_hash`` is the
-dedup key's digest. None of them raises on any input, and none keeps state between
-calls other than ``mimeparser``'s thread-safe cache of parsed From/To values, so large
-messages can be parsed in a worker thread.
+nesting) and our own iterative MIME walk (``_mimewalk``); ``build_document`` turns the
+result into a document that is always within the API's limits. Neither raises on any
+input, and neither keeps state between calls other than ``_mimeparser``'s thread-safe
+cache of parsed From/To values, so large messages can be parsed in a worker thread.
 
 Choices (see also ``mimewalk``):
 
@@ -30,7 +29,6 @@ from dataclasses import dataclass, field
 from email.utils import getaddresses
 from types import MappingProxyType
 
-from gateway._canonical_json import canonical_json
 from gateway.context import Attachment
 from gateway.documents import (
     MAX_ATTACHMENT_FIELD,
@@ -61,7 +59,7 @@ from ._mimetext import (
 )
 from ._user_properties import checked_property
 
-__all__ = ["ParsedMessage", "body_text", "build_document", "document_hash", "parse_message"]
+__all__ = ["ParsedMessage", "body_text", "build_document", "parse_message"]
 
 _NO_PROPERTIES: Mapping[str, str | float] = MappingProxyType({})
 
@@ -124,11 +122,6 @@ def build_document(
         return _build(parsed, raw, user_properties, mailbox)
     except Exception:  # a bug here must not lose the message: send the smallest valid doc
         return {"raw_email": {"headers": {"raw": ""}, "body": {"plain": ""}, "attachments": []}}
-
-
-def document_hash(doc: RawEmailDocument) -> str:
-    """SHA-256 hex of the canonical JSON (sorted keys, compact, UTF-8) of ``doc``."""
-    return hashlib.sha256(canonical_json(doc)).hexdigest()
 
 
 # --- parsing -----------------------------------------------------------------------

@@ -26,16 +26,22 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
-from gateway.classify._batch_wire import FrameError, decode_request, encode_reply, read_frame
-from gateway.classify._metrics import MetricEvents
-from gateway.classify._stack import build_live_classifier
-from gateway.cli._serve import shutdown_grace
+from gateway.classify import (
+    FrameError,
+    MetricEvents,
+    build_live_classifier,
+    decode_request,
+    encode_reply,
+    read_frame,
+)
 from gateway.config import Config
 from gateway.context import Classifier
 from gateway.documents import RawEmailDocument
 from gateway.errors import ClassifierError, ConfigError
 from gateway.logsetup import get_logger
 from gateway.predictions import PredictionBatch
+
+from ._process import shutdown_grace
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -192,11 +198,11 @@ def batcher_main(config_path: str | None, path: str, ready: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     # Imported here, as in the workers: the spawned process starts from nothing.
-    from gateway.cli._serve import register_secrets
     from gateway.config import load_config
     from gateway.logsetup import configure_logging
 
-    from . import _eventloop as eventloop
+    from ._eventloop import run_loop
+    from ._process import register_secrets
 
     config = load_config(config_path)
     configure_logging(config.log.level, config.log.format)
@@ -205,7 +211,7 @@ def batcher_main(config_path: str | None, path: str, ready: Connection) -> None:
 
     structlog.contextvars.bind_contextvars(worker="batcher")
     try:
-        status = eventloop.run(serve_batcher(config, path, ready), config.smtp.event_loop)
+        status = run_loop(serve_batcher(config, path, ready), config.smtp.event_loop)
     except ConfigError as exc:
         print(f"cm-gateway: batcher: {exc}", file=sys.stderr)
         status = 2

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["run"]
+__all__ = ["run_loop"]
 
 T = TypeVar("T")
 
@@ -28,7 +28,7 @@ def _loop_factory(kind: str) -> Callable[[], asyncio.AbstractEventLoop]:
     return asyncio.new_event_loop
 
 
-def run(main: Coroutine[Any, Any, T], kind: str) -> T:
+def run_loop(main: Coroutine[Any, Any, T], kind: str) -> T:
     """``asyncio.run(main)`` on the loop ``kind`` names."""
     with asyncio.Runner(loop_factory=_loop_factory(kind)) as runner:
         return runner.run(main)

@@ -39,26 +39,25 @@ _SUN_PATH_MAX = 107
 
 def _worker_main(config_path: str | None, index: int, batcher_socket: str | None) -> None:
     """One worker process (spawned): the same config, the shared port (SO_REUSEPORT)."""
-    from gateway.cli._serve import register_secrets, serve
+    import structlog
 
-    from . import _eventloop as eventloop
+    from ._eventloop import run_loop
+    from ._process import register_secrets
+    from ._service import serve
 
     config = load_config(config_path)
     configure_logging(config.log.level, config.log.format)
     register_secrets(config)
-    import structlog
-
     structlog.contextvars.bind_contextvars(worker=index)
-    # The parent prints the banner; workers stay quiet on stdout.
-    with open(os.devnull, "w", encoding="utf-8") as devnull:
-        try:
-            status = eventloop.run(
-                serve(config, out=devnull, reuse_port=True, batcher_socket=batcher_socket),
-                config.smtp.event_loop,
-            )
-        except ConfigError as exc:
-            print(f"cm-gateway: worker {index}: {exc}", file=sys.stderr)
-            status = 2
+    # The parent prints the banner; workers stay quiet on stdout (no announce).
+    try:
+        status = run_loop(
+            serve(config, reuse_port=True, batcher_socket=batcher_socket),
+            config.smtp.event_loop,
+        )
+    except ConfigError as exc:
+        print(f"cm-gateway: worker {index}: {exc}", file=sys.stderr)
+        status = 2
     sys.exit(status)
 
 
@@ -68,8 +67,7 @@ def _check_once(config: Config) -> None:
         raise ConfigError("workers > 1 needs a fixed port (not 0)", where="smtp.listen")
     if not hasattr(socket, "SO_REUSEPORT"):  # pragma: no cover - Windows
         raise ConfigError("workers > 1 needs SO_REUSEPORT (Linux, BSD)", where="smtp.workers")
-    from gateway.smtp._auth import load_users
-    from gateway.smtp._server import build_tls_context
+    from gateway.smtp import build_tls_context, load_users
 
     if config.smtp.tls_cert_file:
         build_tls_context(config.smtp.tls_cert_file, config.smtp.tls_key_file)

@@ -1,0 +1,33 @@
+"""One message, from the end of DATA to our reply.
+
+A front (SMTP, milter) hands an ``InboundMessage`` to a ``MessageProcessor``; the
+``Pipeline`` parses it once, builds the context the rules see, skips what must not be
+classified, classifies, runs the rules, writes the gateway's headers, hands the message
+to the next hop and writes the one log line. ``cm-gateway classify`` and ``explain``
+prepare messages with the same functions.
+"""
+
+from __future__ import annotations
+
+from ._inbound import InboundMessage, MessageProcessor
+from ._pipeline import build_processor
+from ._prepare import (
+    GivenPredictions,
+    assumed_envelope,
+    gateway_headers,
+    load_predictions_file,
+    message_context,
+    skip_reason,
+)
+
+__all__ = [
+    "GivenPredictions",
+    "InboundMessage",
+    "MessageProcessor",
+    "assumed_envelope",
+    "build_processor",
+    "gateway_headers",
+    "load_predictions_file",
+    "message_context",
+    "skip_reason",
+]

@@ -12,8 +12,7 @@ import asyncio
 from collections.abc import Callable
 from typing import TypeVar
 
-from gateway.mail._headers import header_fields
-from gateway.mail._payload import ParsedMessage
+from gateway.mail import ParsedMessage, header_fields
 
 __all__ = ["COPY_IN_THREAD", "PARSE_IN_THREAD", "light_parse", "off_loop"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from gateway.deliver._xforward import XForward, from_session
+from gateway.deliver import XForward, from_session
 from gateway.replies import Reply
 
 __all__ = ["InboundMessage", "MessageProcessor"]

@@ -42,16 +42,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway import replies
-from gateway.classify._shadow import ShadowRunner
-from gateway.classify._stack import build_live_classifier
+from gateway.classify import build_live_classifier
 from gateway.config import Config
 from gateway.context import CLASSIFIED, ClassificationStatus, Classifier, MessageContext
-from gateway.deliver._delivery import Delivery, make_delivery
+from gateway.deliver import Delivery, make_delivery
 from gateway.documents import RawEmailDocument
 from gateway.errors import ClassifierError, ClassifierTimeout, ConfigError, MalformedResponseError
 from gateway.logsetup import get_logger
-from gateway.mail._headers import header_fields, prefix_subject, prepend_headers, strip_headers
-from gateway.mail._payload import ParsedMessage, build_document, parse_message
+from gateway.mail import (
+    ParsedMessage,
+    build_document,
+    header_fields,
+    parse_message,
+    prefix_subject,
+    prepend_headers,
+    strip_headers,
+)
+from gateway.pipeline._shadow import ShadowRunner
 from gateway.predictions import DocumentPrediction
 from gateway.replies import Reply
 from gateway.rules import Decision, RuleSet, load_rules
@@ -61,7 +68,6 @@ from ._inbound import InboundMessage
 from ._msglog import MessageLog, labels_brief
 from ._prepare import (
     HEADER_PREFIX,
-    default_threshold,
     gateway_headers,
     message_context,
     skip_reason,
@@ -71,7 +77,10 @@ from ._trace import count_hops, received_header
 if TYPE_CHECKING:
     from gateway.metrics import GatewayMetrics
 
-__all__ = ["Pipeline", "build_processor", "count_hops", "received_header"]
+__all__ = [
+    "Pipeline",
+    "build_processor",
+]
 
 _CLASSIFICATION_HEADERS = {f"{HEADER_PREFIX}{n}".lower() for n in ("Labels", "Model", "Status")}
 ALREADY_CLASSIFIED = "already-classified"
@@ -100,7 +109,7 @@ class Pipeline:
         # Failed rule reloads since start (the old rules stayed): for monitoring.
         self.reload_failures = 0
         self.delivery = delivery
-        self._threshold = default_threshold(config)
+        self._threshold = config.classifier.default_threshold
         # The classifier enforces classifier.timeout itself (retries included) and reports
         # the last real error (server-error, rate-limited...); this outer deadline is the
         # backstop, with room for the batch window and a little scheduling slack.

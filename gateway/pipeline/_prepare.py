@@ -25,11 +25,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gateway.classify._responses import parse_prediction_batch
+from gateway.classify import parse_prediction_batch
 from gateway.config import Config
 from gateway.context import CLASSIFIED, ClassificationStatus, MessageContext
 from gateway.errors import ConfigError, MalformedResponseError
-from gateway.mail._payload import ParsedMessage
+from gateway.mail import ParsedMessage
 from gateway.predictions import DocumentPrediction, ModelInfo
 from gateway.rules import Decision
 from gateway.textfile import read_text
@@ -37,7 +37,6 @@ from gateway.textfile import read_text
 __all__ = [
     "GivenPredictions",
     "assumed_envelope",
-    "default_threshold",
     "gateway_headers",
     "load_predictions_file",
     "message_context",
@@ -175,13 +174,6 @@ def skip_reason(config: Config, ctx: MessageContext) -> str | None:
     if ctx.size > settings.classify_max_size:
         return "too-large"
     return None
-
-
-def default_threshold(config: Config) -> float:
-    """The ``min_probability`` of label conditions that give none. With
-    ``threshold = "auto"`` the model already dropped labels under their own cut-off."""
-    threshold = config.classifier.threshold
-    return 0.0 if threshold == "auto" else float(threshold)
 
 
 def gateway_headers(ctx: MessageContext, decision: Decision) -> list[tuple[str, str]]:

@@ -6,7 +6,7 @@ import re
 from datetime import UTC, datetime
 from email.utils import formatdate
 
-from gateway.mail._headers import header_block
+from gateway.mail import header_block
 
 from ._inbound import InboundMessage
 

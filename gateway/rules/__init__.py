@@ -3,8 +3,8 @@
     ruleset = load_rules([Path("rules/shared-inbox-triage.yaml")], mode="enforce")
     decision = ruleset.evaluate(ctx, default_threshold=0.25)
 
-The rule language is DESIGN.md §5. The points it leaves open are decided here (details
-in the docstrings of each module):
+The rule language is documented in ``docs/rules.md``. The points it leaves open are
+decided here (details in the docstrings of each module):
 
 - A condition mapping with several keys holds when all of them hold (implicit ``all``);
   ``min_probability``/``max_probability`` qualify the ``label`` of the same mapping.
@@ -34,11 +34,10 @@ in the docstrings of each module):
 
 from __future__ import annotations
 
-from gateway.mail._subject import apply_subject_prefix, apply_subject_prefixes
-
 from ._decision import Decision, RuleMatch, RuleVerdict
-from ._engine import RuleSet, RuleWarning
+from ._engine import RuleSet
 from ._facts import document_sentiment
+from ._lint import RuleWarning
 from ._loader import check_rule_files, load_rules, parse_rules
 from ._rule import Rule
 from ._schema import render_schema, rules_json_schema
@@ -50,8 +49,6 @@ __all__ = [
     "RuleSet",
     "RuleVerdict",
     "RuleWarning",
-    "apply_subject_prefix",
-    "apply_subject_prefixes",
     "check_rule_files",
     "document_sentiment",
     "load_rules",

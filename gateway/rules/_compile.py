@@ -7,6 +7,7 @@ from gateway.predictions import split_label
 
 from . import _actions as act
 from . import _predicates as pred
+from . import _predicates_message as msg
 from ._addresses import compile_address_pattern
 from ._model import ActionModel, ConditionModel, RuleModel
 from ._rule import Rule
@@ -37,19 +38,19 @@ def compile_condition(model: ConditionModel) -> pred.Predicate:
     if model.header is not None:
         h = model.header
         if h.matches is not None:
-            out.append(pred.HeaderMatches(h.name, h.matches))
+            out.append(msg.HeaderMatches(h.name, h.matches))
         elif h.contains is not None:
-            out.append(pred.HeaderContains(h.name, h.contains))
+            out.append(msg.HeaderContains(h.name, h.contains))
         else:
-            out.append(pred.HeaderExists(h.name, bool(h.exists)))
+            out.append(msg.HeaderExists(h.name, bool(h.exists)))
     if model.from_ is not None:
-        out.append(pred.EnvelopeFrom([compile_address_pattern(p) for p in model.from_]))
+        out.append(msg.EnvelopeFrom([compile_address_pattern(p) for p in model.from_]))
     if model.to is not None:
-        out.append(pred.EnvelopeTo([compile_address_pattern(p) for p in model.to]))
+        out.append(msg.EnvelopeTo([compile_address_pattern(p) for p in model.to]))
     if model.size is not None:
-        out.append(pred.SizeIs(model.size.above, model.size.below))
+        out.append(msg.SizeIs(model.size.above, model.size.below))
     if model.attachment is not None:
-        out.append(pred.AttachmentIs(model.attachment.name, model.attachment.content_type))
+        out.append(msg.AttachmentIs(model.attachment.name, model.attachment.content_type))
     if model.unclassified is not None:
         out.append(pred.Unclassified(model.unclassified))
     if model.all is not None:

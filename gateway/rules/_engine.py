@@ -22,41 +22,14 @@ from gateway.predictions import join_label, split_label
 from ._actions import Draft, Effect
 from ._decision import Decision, RuleMatch, RuleVerdict, finalize
 from ._facts import Facts
+from ._lint import RuleWarning, lint
 from ._rule import Rule
 
-__all__ = ["Mode", "RuleSet", "RuleWarning"]
+__all__ = ["Mode", "RuleSet"]
 
 Mode = Literal["enforce", "audit"]
 _log = get_logger("cm-gateway.rules")
 _new = tuple.__new__
-
-
-class RuleWarning(tuple[str, int, str, str]):
-    """(file, line, rule, text): a rule that can never take effect."""
-
-    __slots__ = ()
-
-    def __new__(cls, file: str, line: int, rule: str, text: str) -> RuleWarning:
-        return super().__new__(cls, (file, line, rule, text))
-
-    @property
-    def file(self) -> str:
-        return self[0]
-
-    @property
-    def line(self) -> int:
-        return self[1]
-
-    @property
-    def rule(self) -> str:
-        return self[2]
-
-    @property
-    def text(self) -> str:
-        return self[3]
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}: rule '{self.rule}': {self.text}"
 
 
 class RuleSet:
@@ -93,9 +66,7 @@ class RuleSet:
 
     def warnings(self) -> list[RuleWarning]:
         """Rules that can never take effect (see ``gateway.rules._lint``)."""
-        from ._lint import lint
-
-        return lint(self)
+        return lint(self.rules, self.mode)
 
     def evaluate(self, ctx: MessageContext, *, default_threshold: float) -> Decision:
         """Evaluate every rule in order; never raises, same input -> same Decision.

@@ -11,16 +11,43 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any
 
 from ._model import ConditionModel
+from ._rule import Rule
 
-if TYPE_CHECKING:
-    from ._engine import RuleSet, RuleWarning
-
-__all__ = ["conjuncts", "lint"]
+__all__ = ["RuleWarning", "conjuncts", "lint"]
 
 _NEEDS_PREDICTION = ("label", "sentiment", "entity", "label_property")
+
+
+class RuleWarning(tuple[str, int, str, str]):
+    """(file, line, rule, text): a rule that can never take effect."""
+
+    __slots__ = ()
+
+    def __new__(cls, file: str, line: int, rule: str, text: str) -> RuleWarning:
+        return super().__new__(cls, (file, line, rule, text))
+
+    @property
+    def file(self) -> str:
+        return self[0]
+
+    @property
+    def line(self) -> int:
+        return self[1]
+
+    @property
+    def rule(self) -> str:
+        return self[2]
+
+    @property
+    def text(self) -> str:
+        return self[3]
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: rule '{self.rule}': {self.text}"
 
 
 def _dump(condition: ConditionModel) -> dict[str, Any]:
@@ -84,12 +111,11 @@ def _contradictions(condition: dict[str, Any]) -> list[str]:
     return found
 
 
-def lint(ruleset: RuleSet) -> list[RuleWarning]:
-    from ._engine import RuleWarning
-
+def lint(rules: Sequence[Rule], mode: str) -> list[RuleWarning]:
+    """The warnings of a rule set, in rule order (``mode``: the set's enforce/audit)."""
     out: list[RuleWarning] = []
     stops: list[tuple[str, frozenset[str]]] = []
-    for rule in ruleset.rules:
+    for rule in rules:
         if not rule.enabled:
             out.append(RuleWarning(rule.file, rule.line, rule.name, "disabled: never evaluated"))
             continue
@@ -117,6 +143,6 @@ def lint(ruleset: RuleSet) -> list[RuleWarning]:
                     )
                 )
                 break
-        if rule.stop and not rule.audit and ruleset.mode != "audit":
+        if rule.stop and not rule.audit and mode != "audit":
             stops.append((rule.name, mine))
     return out

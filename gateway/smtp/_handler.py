@@ -28,15 +28,11 @@ from aiosmtpd.smtp import AuthResult, Envelope, Session, TLSSetupException
 
 from gateway import replies
 from gateway.config import SmtpConfig
-from gateway.deliver._xforward import EHLO_KEYWORD, XForwardState
+from gateway.deliver import EHLO_KEYWORD, XForwardState
 from gateway.errors import SmtpOutcome
 from gateway.logsetup import get_logger
-from gateway.mail._lineends import (
-    find_bare_line_ending,
-    normalize_line_endings,
-    scan_bare_line_ending,
-)
-from gateway.pipeline._inbound import InboundMessage, MessageProcessor
+from gateway.mail import normalize_line_endings, scan_bare_line_ending
+from gateway.pipeline import InboundMessage, MessageProcessor
 from gateway.redact import scrub
 from gateway.replies import Reply
 
@@ -47,11 +43,8 @@ __all__ = [
     "RCPT_OVERSHOOT",
     "GatewayEnvelope",
     "GatewayHandler",
-    "find_bare_line_ending",
     "new_queue_id",
-    "normalize_line_endings",
     "processing_deadline",
-    "scan_bare_line_ending",
 ]
 
 log = get_logger("cm-gateway.smtp")

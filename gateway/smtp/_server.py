@@ -17,19 +17,16 @@ import ssl
 from gateway.config import SmtpConfig, parse_listen
 from gateway.errors import ConfigError
 from gateway.logsetup import get_logger
-from gateway.pipeline._inbound import MessageProcessor
+from gateway.pipeline import MessageProcessor
 from gateway.transports import stream_transport
 
 from ._auth import Authenticator
 from ._handler import GatewayHandler
 from ._policy import RelayPolicy
-from ._session import MAX_LINE_OCTETS, ConnectionTracker, GatewaySMTP
+from ._session import ConnectionTracker, GatewaySMTP
 
 __all__ = [
     "IDENT",
-    "MAX_LINE_OCTETS",
-    "ConnectionTracker",
-    "GatewaySMTP",
     "SmtpServer",
     "build_tls_context",
     "command_call_limits",

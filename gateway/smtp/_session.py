@@ -36,7 +36,7 @@ import structlog
 from aiosmtpd.smtp import MISSING, SMTP, syntax
 
 from gateway import replies
-from gateway.deliver._xforward import XForwardError, XForwardState
+from gateway.deliver import XForwardError, XForwardState
 from gateway.logsetup import get_logger
 from gateway.transports import stream_transport
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.classify._batcher import BatchingClassifier
-from gateway.classify._client import CommunicationsMiningClient, TenantEndpoint
+from gateway.classify import BatchingClassifier, CommunicationsMiningClient
+from gateway.classify._client import TenantEndpoint
 from gateway.classify._retry import RetryPolicy
 from gateway.documents import RawEmailDocument
 from gateway.testing import EmulatorHandle

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from gateway.cli._main import main
+from gateway.cli import main
 
 __all__ = [
     "DEPLOY",

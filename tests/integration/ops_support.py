@@ -14,9 +14,10 @@ import aiosmtplib
 
 from gateway.config import Config
 from gateway.context import Classifier
-from gateway.mail._headers import header_fields
+from gateway.mail import header_fields
 from gateway.metrics import GatewayMetrics
-from gateway.pipeline._pipeline import Pipeline, build_processor
+from gateway.pipeline import build_processor
+from gateway.pipeline._pipeline import Pipeline
 from gateway.testing import EmulatorHandle
 
 from .downstream_sink import Received, running_sink

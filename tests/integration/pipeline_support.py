@@ -9,7 +9,7 @@ from typing import Any
 
 from gateway.config import Config, build_config
 from gateway.documents import RawEmailDocument
-from gateway.pipeline._inbound import InboundMessage
+from gateway.pipeline import InboundMessage
 from gateway.predictions import DocumentPrediction, Label, ModelInfo, PredictionBatch
 
 __all__ = ["RULES", "FixedClassifier", "inbound", "mail", "make_config"]

@@ -14,10 +14,9 @@ from typing import Any
 
 from gateway import replies
 from gateway.config import SmtpConfig
-from gateway.pipeline._inbound import InboundMessage
+from gateway.pipeline import InboundMessage
 from gateway.replies import Reply
-from gateway.smtp._auth import Authenticator
-from gateway.smtp._server import SmtpServer, build_tls_context
+from gateway.smtp import Authenticator, SmtpServer, build_tls_context
 
 __all__ = [
     "RawClient",

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.classify._batcher import BatchingClassifier
+from gateway.classify import BatchingClassifier
 from gateway.testing import EmulatorHandle, running_emulator
 
 from .batcher_support import http_client, staggered

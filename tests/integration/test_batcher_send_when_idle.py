@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from gateway.classify._batcher import HEAD_START_TURNS, BatchingClassifier
+from gateway.classify import BatchingClassifier
+from gateway.classify._batcher import HEAD_START_TURNS
 from gateway.documents import RawEmailDocument
 from gateway.testing import EmulatorHandle, running_emulator
 

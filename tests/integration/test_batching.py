@@ -11,9 +11,13 @@ from typing import Any
 
 import pytest
 
-from gateway.classify._batcher import BatchingClassifier
-from gateway.classify._client import CommunicationsMiningClient, TenantEndpoint
-from gateway.classify._dedup import DedupClassifier, MemoryCache
+from gateway.classify import (
+    BatchingClassifier,
+    CommunicationsMiningClient,
+    DedupClassifier,
+    MemoryCache,
+)
+from gateway.classify._client import TenantEndpoint
 from gateway.classify._retry import RetryPolicy
 from gateway.documents import RawEmailDocument
 from gateway.errors import InvalidRequestError

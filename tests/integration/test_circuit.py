@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from gateway.classify._circuit import circuit_breaker
-from gateway.classify._providers import make_classifier
+from gateway.classify import circuit_breaker, make_classifier
 from gateway.classify._stack import build_classifier_stack
 from gateway.config import Config
 from gateway.context import Classifier
 from gateway.errors import CircuitOpenError, ClassifierError
-from gateway.mail._payload import build_document, parse_message
+from gateway.mail import build_document, parse_message
 from gateway.metrics import GatewayMetrics
 from gateway.predictions import PredictionBatch
 from gateway.testing import EmulatorHandle, running_emulator

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import structlog
 
-from gateway.classify._client import CommunicationsMiningClient, CustomEndpoint, TenantEndpoint
+from gateway.classify import CommunicationsMiningClient
+from gateway.classify._client import CustomEndpoint, TenantEndpoint
 from gateway.config import build_config
 from gateway.documents import RawEmailDocument
 from gateway.errors import (

@@ -12,12 +12,13 @@ import pytest
 from structlog.testing import capture_logs
 
 from gateway import replies
+from gateway.classify import DedupClassifier, MemoryCache, make_classifier
 from gateway.classify._cache_redis import KEY_PREFIX, RedisCache, redis_key
-from gateway.classify._dedup import DedupClassifier, MemoryCache, TieredCache
-from gateway.classify._providers import make_classifier
+from gateway.classify._dedup import TieredCache
 from gateway.classify._stack import build_cache, build_classifier_stack
-from gateway.mail._headers import header_fields
-from gateway.pipeline._pipeline import Pipeline, build_processor
+from gateway.mail import header_fields
+from gateway.pipeline import build_processor
+from gateway.pipeline._pipeline import Pipeline
 from gateway.predictions import DocumentPrediction, Label, ModelInfo
 from gateway.testing import EmulatorHandle, running_emulator
 

@@ -9,7 +9,9 @@ import pytest
 
 from gateway import replies
 from gateway.config import Config, load_config
-from gateway.deliver._delivery import MaildirDelivery, SmtpDelivery, make_delivery, parse_reply
+from gateway.deliver import make_delivery
+from gateway.deliver._delivery import MaildirDelivery, SmtpDelivery
+from gateway.deliver._result import parse_reply
 from gateway.replies import Reply
 
 from .downstream_sink import SinkBehaviour, free_port, running_sink

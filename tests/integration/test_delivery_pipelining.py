@@ -16,8 +16,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from gateway import replies
+from gateway.deliver import XForward
 from gateway.deliver._delivery import SmtpDelivery
-from gateway.deliver._xforward import XForward
 from gateway.replies import Reply
 
 from .downstream_sink import free_port

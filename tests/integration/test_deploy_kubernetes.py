@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from gateway.cli._serve import shutdown_grace
 from gateway.config import Config, load_config, parse_listen
+from gateway.ops import shutdown_grace
 
 from .deploy_support import DEPLOY, cli, dockerfile_stage, only, tool, yaml_documents
 

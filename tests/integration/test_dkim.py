@@ -11,8 +11,8 @@ from pathlib import Path
 import dkim
 import pytest
 
-from gateway.mail._headers import header_fields
-from gateway.pipeline._pipeline import build_processor
+from gateway.mail import header_fields
+from gateway.pipeline import build_processor
 
 from .downstream_sink import running_sink
 from .pipeline_support import inbound, make_config

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import structlog
 
-from gateway.cli._main import main
+from gateway.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "rulesets"

@@ -6,7 +6,7 @@ import asyncio
 import io
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -14,11 +14,11 @@ from typing import Any
 import aiosmtplib
 import httpx
 
-from gateway.cli._serve import serve
 from gateway.config import Config
 from gateway.metrics import GatewayMetrics
+from gateway.ops import serve
 from gateway.ops._metrics_server import MetricsServer, Readiness
-from gateway.pipeline._pipeline import build_processor
+from gateway.pipeline import build_processor
 
 from .downstream_sink import free_port, running_sink
 from .pipeline_support import mail, make_config
@@ -52,6 +52,11 @@ def _sample(text: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"no sample {name!r} in:\n{text}")
+
+
+def announcer(out: io.StringIO) -> Callable[[str], None]:
+    """What ``cm-gateway serve`` prints once it listens, into ``out``."""
+    return lambda address: print(f"cm-gateway listening on {address}", file=out)
 
 
 async def test_metrics_count_a_delivered_message_its_stages_and_its_rule_hit(tmp_path: Path):
@@ -233,7 +238,7 @@ async def test_serve_starts_the_metrics_listener_and_stops_it_on_sigterm(tmp_pat
             metrics={"listen": f"127.0.0.1:{metrics_port}"},
         )
         out = io.StringIO()
-        task = asyncio.create_task(serve(config, out=out))
+        task = asyncio.create_task(serve(config, announce=announcer(out)))
         for _ in range(500):
             if "listening on" in out.getvalue() or task.done():
                 break
@@ -268,10 +273,10 @@ async def test_serve_starts_the_metrics_listener_and_stops_it_on_sigterm(tmp_pat
 
 async def test_an_empty_listen_disables_the_metrics_listener(tmp_path: Path):
     """[metrics] listen = "" starts no HTTP server (serve() keeps only the SMTP port)."""
-    from gateway.cli._serve import _start_metrics
+    from gateway.ops import start_metrics
 
     config = make_config(tmp_path, downstream="maildir://m", metrics={"listen": ""})
-    assert await _start_metrics(config, GatewayMetrics(), reuse_port=False) is None
+    assert await start_metrics(config, GatewayMetrics(), reuse_port=False) is None
 
 
 async def test_metrics_show_the_downstream_pool_and_classifier_retries(tmp_path: Path):

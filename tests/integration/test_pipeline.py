@@ -11,9 +11,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from gateway import replies
-from gateway.mail._headers import header_fields
-from gateway.pipeline._inbound import MessageProcessor
-from gateway.pipeline._pipeline import build_processor, count_hops, received_header
+from gateway.mail import header_fields
+from gateway.pipeline import MessageProcessor, build_processor
+from gateway.pipeline._trace import count_hops, received_header
 from gateway.replies import Reply
 from gateway.testing import EmulatorHandle, running_emulator
 

@@ -8,18 +8,24 @@ import gc
 import io
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import aiosmtplib
 import httpx
 import pytest
 
-from gateway.cli._serve import serve
+from gateway.ops import serve
 from gateway.testing import running_emulator
 
 from .downstream_sink import free_port, running_sink
 from .ops_support import emulator_classifier, numbered_mail
 from .pipeline_support import make_config
+
+
+def announcer(out: io.StringIO) -> Callable[[str], None]:
+    """What ``cm-gateway serve`` prints once it listens, into ``out``."""
+    return lambda address: print(f"cm-gateway listening on {address}", file=out)
 
 
 async def _listening_port(out: io.StringIO, task: asyncio.Task[int]) -> int:
@@ -47,7 +53,7 @@ async def test_readyz_is_503_draining_while_a_message_in_data_finishes(
             metrics={"listen": f"127.0.0.1:{metrics_port}"},
         )
         out = io.StringIO()
-        task = asyncio.create_task(serve(config, out=out))
+        task = asyncio.create_task(serve(config, announce=announcer(out)))
         smtp_port = await _listening_port(out, task)
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{metrics_port}", timeout=30
@@ -100,7 +106,7 @@ async def test_serve_freezes_what_start_up_built_out_of_the_collectors_walk(
             smtp={"listen": "127.0.0.1:0"},
         )
         out = io.StringIO()
-        task = asyncio.create_task(serve(config, out=out))
+        task = asyncio.create_task(serve(config, announce=announcer(out)))
         try:
             await _listening_port(out, task)
             assert gc.get_freeze_count() > 10_000

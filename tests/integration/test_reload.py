@@ -18,8 +18,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from gateway.documents import RawEmailDocument
-from gateway.mail._headers import header_fields
-from gateway.pipeline._pipeline import build_processor
+from gateway.mail import header_fields
+from gateway.pipeline import build_processor
 from gateway.predictions import PredictionBatch
 
 from .downstream_sink import running_sink

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gateway.metrics import GatewayMetrics
-from gateway.pipeline._pipeline import build_processor
+from gateway.pipeline import build_processor
 
 from .ops_support import sample
 from .pipeline_support import make_config

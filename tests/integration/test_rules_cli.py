@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import structlog
 
-from gateway.cli._main import main
+from gateway.cli import main
 from gateway.cli._rules import unknown_labels
-from gateway.emulator._model import KeywordModel
+from gateway.emulator import KeywordModel
 from gateway.predictions import join_label
 from gateway.rules import load_rules, parse_rules
 from gateway.testing import running_emulator

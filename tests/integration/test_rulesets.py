@@ -18,21 +18,16 @@ import pytest
 
 from gateway.config import embedded_default
 from gateway.context import CLASSIFIED
-from gateway.emulator._provider import EmulatorClassifier
-from gateway.mail._payload import build_document, parse_message
-from gateway.pipeline._prepare import (
-    assumed_envelope,
-    default_threshold,
-    load_predictions_file,
-    message_context,
-)
+from gateway.emulator import EmulatorClassifier
+from gateway.mail import build_document, parse_message
+from gateway.pipeline import assumed_envelope, load_predictions_file, message_context
 from gateway.rules import Decision, RuleSet, load_rules
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "rules"
 FIXTURES = ROOT / "tests" / "fixtures" / "rulesets"
 RULE_SETS = ("inline-routing", "shared-inbox-triage", "compliance-tagging")
-THRESHOLD = default_threshold(embedded_default(env={}))
+THRESHOLD = embedded_default(env={}).classifier.default_threshold
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from gateway.classify._shadow import ShadowRunner, is_sampled
 from gateway.config import build_config
 from gateway.errors import ConfigError
-from gateway.mail._payload import build_document, parse_message
+from gateway.mail import build_document, parse_message
+from gateway.pipeline._shadow import ShadowRunner, is_sampled
 from gateway.testing import EmulatorHandle, running_emulator
 
 from .ops_support import emulator_classifier, header, numbered_mail, running_gateway

@@ -15,9 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.classify._batch_client import RemoteClassifier
-from gateway.classify._metrics import MetricEvents
-from gateway.classify._stack import build_live_classifier
+from gateway.classify import MetricEvents, RemoteClassifier, build_live_classifier
 from gateway.config import Config
 from gateway.documents import RawEmailDocument
 from gateway.errors import CircuitOpenError, ClassifierError, TransportError

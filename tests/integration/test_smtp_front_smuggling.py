@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway import replies
-from gateway.mail._lineends import find_bare_line_ending, normalize_line_endings
+from gateway.mail import find_bare_line_ending, normalize_line_endings
 
 from .smtp_front_support import RawClient, RecordingProcessor, running_server, smtp_config
 

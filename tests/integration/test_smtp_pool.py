@@ -8,7 +8,9 @@ from pathlib import Path
 
 from gateway import replies
 from gateway.config import load_config
-from gateway.deliver._delivery import DeliveryResult, SmtpDelivery, make_delivery
+from gateway.deliver import make_delivery
+from gateway.deliver._delivery import SmtpDelivery
+from gateway.deliver._result import DeliveryResult
 
 from .pool_sink import PoolSink, PoolSinkBehaviour, running_pool_sink, wait_until
 

@@ -12,9 +12,9 @@ from typing import Any
 from structlog.testing import capture_logs
 
 from gateway import replies
+from gateway.deliver import XForward
 from gateway.deliver._delivery import SmtpDelivery
-from gateway.deliver._xforward import XForward
-from gateway.pipeline._pipeline import build_processor
+from gateway.pipeline import build_processor
 
 from .pipeline_support import make_config
 from .smtp_front_support import RawClient, RecordingProcessor, running_server, smtp_config

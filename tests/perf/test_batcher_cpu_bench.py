@@ -19,14 +19,15 @@ import httpx
 import pytest
 
 from gateway._canonical_json import canonical_json_slow
-from gateway.classify._batch_wire import WireReply, encode_reply, frame
-from gateway.classify._dedup import DedupClassifier, MemoryCache, PredictionCache
+from gateway.classify import DedupClassifier, MemoryCache, encode_reply, parse_prediction_batch
+from gateway.classify._batch_wire import WireReply, frame
+from gateway.classify._dedup import PredictionCache
 from gateway.classify._request_json import json_body
-from gateway.classify._responses import parse_prediction_batch
-from gateway.documents import RawEmailDocument
+from gateway.documents import RawEmailDocument, document_hash
+from gateway.emulator import KeywordModel
 from gateway.emulator._inputs import raw_email_docs
-from gateway.emulator._model import KeywordModel, Selection
-from gateway.mail._payload import build_document, document_hash, parse_message
+from gateway.emulator._model import Selection
+from gateway.mail import build_document, parse_message
 from gateway.predictions import DocumentPrediction, PredictionBatch
 
 from .loadgen import make_message

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from gateway.emulator import KeywordModel, validate_predict_raw_emails
 from gateway.emulator._inputs import raw_email_docs
-from gateway.emulator._model import KeywordModel, Selection
-from gateway.emulator._validate import validate_predict_raw_emails
+from gateway.emulator._model import Selection
 
 pytestmark = pytest.mark.perf
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.mail._payload import build_document, parse_message
+from gateway.mail import build_document, parse_message
 
 pytestmark = pytest.mark.perf
 

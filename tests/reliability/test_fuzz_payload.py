@@ -22,9 +22,9 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from gateway.documents import RawEmailDocument
-from gateway.emulator._validate import validate_predict_raw_emails
-from gateway.mail._payload import build_document, document_hash, parse_message
+from gateway.documents import RawEmailDocument, document_hash
+from gateway.emulator import validate_predict_raw_emails
+from gateway.mail import build_document, parse_message
 
 SOAK = bool(os.environ.get("CMGW_SOAK"))
 # Internal errors parse_message may report as a defect: the deep-nesting guard only.

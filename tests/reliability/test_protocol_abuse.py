@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from gateway import replies
-from gateway.smtp._handler import RCPT_OVERSHOOT, find_bare_line_ending
+from gateway.mail import find_bare_line_ending
+from gateway.smtp._handler import RCPT_OVERSHOOT
 
 from ..integration.sink import SmtpSink
 from ..integration.smtp_front_support import (

@@ -39,7 +39,8 @@ from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import RuleFileError
-from gateway.pipeline._pipeline import Pipeline, build_processor
+from gateway.pipeline import build_processor
+from gateway.pipeline._pipeline import Pipeline
 from gateway.rules import parse_rules
 from gateway.testing import running_emulator
 from tests.integration.downstream_sink import Sink, running_sink

@@ -47,9 +47,9 @@ from hypothesis.stateful import (
 
 from gateway import replies
 from gateway.config import SmtpConfig
-from gateway.pipeline._inbound import InboundMessage
+from gateway.pipeline import InboundMessage
 from gateway.replies import Reply
-from gateway.smtp._server import SmtpServer
+from gateway.smtp import SmtpServer
 
 SOAK = bool(os.environ.get("CMGW_SOAK"))
 MAX_SIZE = 4000

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import ConfigError
-from gateway.smtp._auth import Authenticator, hash_password, load_users, verify_password
+from gateway.smtp import Authenticator, load_users
+from gateway.smtp._auth import hash_password, verify_password
 
 
 @pytest.mark.parametrize(("scheme", "cost"), [("scrypt", 4), ("pbkdf2-sha256", 1000)])

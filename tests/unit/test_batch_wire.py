@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.classify import _batch_wire as batch_wire
-from gateway.classify._batch_wire import WireError, WireReply, decode_request, encode_request
+from gateway.classify import decode_request
+from gateway.classify._batch_wire import WireError, WireReply, encode_request
 from gateway.errors import (
     ClassifierError,
     InvalidRequestError,

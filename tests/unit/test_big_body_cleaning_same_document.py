@@ -12,11 +12,19 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.context import Attachment
-from gateway.documents import MAX_HTML, MAX_PLAIN, MAX_RAW_HEADERS, RawEmailBody, RawEmailDocument
+from gateway.documents import (
+    MAX_HTML,
+    MAX_PLAIN,
+    MAX_RAW_HEADERS,
+    RawEmailBody,
+    RawEmailDocument,
+    document_hash,
+)
+from gateway.mail import ParsedMessage, build_document, parse_message
 from gateway.mail import _payload as payload
 from gateway.mail._mimeheaders import raw_headers
 from gateway.mail._mimetext import clean_text, fix_surrogates, has_surrogates, truncate_text
-from gateway.mail._payload import ParsedMessage, body_text, build_document, parse_message
+from gateway.mail._payload import body_text
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # What cleaning touches: line endings, NULs, surrogates (escaped bytes and others),
@@ -158,9 +166,7 @@ def test_a_big_body_gives_the_same_document(plain: str, html: str | None) -> Non
         header_items=parsed.header_items,
     )
     assert build_document(parsed, raw) == old_build(parsed, raw)
-    assert payload.document_hash(build_document(parsed, raw)) == payload.document_hash(
-        old_build(parsed, raw)
-    )
+    assert document_hash(build_document(parsed, raw)) == document_hash(old_build(parsed, raw))
 
 
 CONTAINER_PARTS = st.sampled_from(

@@ -13,7 +13,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from gateway import _canonical_json as cj
-from gateway.mail._payload import build_document, parse_message
+from gateway.mail import build_document, parse_message
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "mail"
 

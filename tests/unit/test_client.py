@@ -14,19 +14,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.classify._client import (
-    CommunicationsMiningClient,
-    CustomEndpoint,
-    TenantEndpoint,
-    label_thresholds,
-)
+from gateway.classify import CommunicationsMiningClient, parse_prediction_batch
+from gateway.classify._client import CustomEndpoint, TenantEndpoint, label_thresholds
 from gateway.classify._http import error_from_response, json_object, parse_retry_after
 from gateway.classify._request_json import json_body
-from gateway.classify._responses import (
-    parse_comment_predictions,
-    parse_prediction_batch,
-    parse_validation,
-)
+from gateway.classify._responses import parse_comment_predictions, parse_validation
 from gateway.config import build_config
 from gateway.documents import RawEmailDocument
 from gateway.errors import (
@@ -39,7 +31,7 @@ from gateway.errors import (
     RateLimitedError,
     ServerError,
 )
-from gateway.mail._payload import build_document, parse_message
+from gateway.mail import build_document, parse_message
 
 DOC: RawEmailDocument = {
     "raw_email": {"headers": {"raw": "Subject: hi"}, "body": {"plain": "refund please"}}

@@ -10,10 +10,11 @@ import tracemalloc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.classify._dedup import CacheEntry, MemoryCache
+from gateway.classify import MemoryCache
+from gateway.classify._dedup import CacheEntry
 from gateway.config import ClassifierConfig
 from gateway.documents import RawEmailDocument
-from gateway.emulator._provider import EmulatorClassifier
+from gateway.emulator import EmulatorClassifier
 
 WORDS = [
     "invoice", "refund", "ORD-123456", "INV-0042", "urgent", "angry", "thank you",

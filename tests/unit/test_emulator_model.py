@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 
 from gateway.config import ClassifierConfig, LabelThreshold
 from gateway.documents import RawEmailDocument
+from gateway.emulator import EmulatorClassifier, KeywordModel
 from gateway.emulator import _entities as entities_module
 from gateway.emulator._entities import find_entities, luhn_ok
 from gateway.emulator._inputs import raw_email_docs
-from gateway.emulator._model import DocText, KeywordModel, Selection, TextPart
-from gateway.emulator._provider import EmulatorClassifier
+from gateway.emulator._model import DocText, Selection, TextPart
 from gateway.emulator._taxonomy import load_taxonomy
 from gateway.emulator._text import email_text, html_to_text
 from gateway.errors import ConfigError, InvalidRequestError, NotFoundError

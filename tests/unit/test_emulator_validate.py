@@ -8,13 +8,8 @@ from typing import Any
 
 import pytest
 
-from gateway.emulator._model import KeywordModel
-from gateway.emulator._validate import (
-    RequestInvalid,
-    validate_predict,
-    validate_predict_comments,
-    validate_predict_raw_emails,
-)
+from gateway.emulator import KeywordModel, RequestInvalid, validate_predict_raw_emails
+from gateway.emulator._validate import validate_predict, validate_predict_comments
 
 KNOWN = KeywordModel.default().label_names
 

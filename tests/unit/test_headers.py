@@ -9,6 +9,14 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway import redact
+from gateway.mail import (
+    header_block,
+    header_fields,
+    prefix_subject,
+    prepend_headers,
+    safe_header_value,
+    strip_headers,
+)
 from gateway.mail._headers import (
     MAX_HEADER_BYTES,
     _clean,
@@ -16,12 +24,6 @@ from gateway.mail._headers import (
     _fold_ascii,
     _fold_words,
     decode_header_value,
-    header_block,
-    header_fields,
-    prefix_subject,
-    prepend_headers,
-    safe_header_value,
-    strip_headers,
     valid_header_name,
 )
 

@@ -7,7 +7,7 @@ import asyncio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.smtp._handler import find_bare_line_ending, scan_bare_line_ending
+from gateway.mail import find_bare_line_ending, scan_bare_line_ending
 
 FRAGMENTS = st.sampled_from([b"\r\n", b"\n", b"\r", b"a", b"bc", b".", b"\r\r\n"])
 

@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 
 from gateway import redact
 from gateway.logsetup import configure_logging
-from gateway.pipeline._inbound import InboundMessage
+from gateway.pipeline import InboundMessage
 from gateway.pipeline._msglog import MessageLog
 from gateway.replies import Reply
 

@@ -26,9 +26,10 @@ from gateway.documents import (
     MAX_PLAIN,
     MAX_RAW_HEADERS,
     RawEmailDocument,
+    document_hash,
 )
+from gateway.mail import ParsedMessage, build_document, parse_message
 from gateway.mail._mimeheaders import header_items
-from gateway.mail._payload import ParsedMessage, build_document, document_hash, parse_message
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "mail"
 ALL_FIXTURES = sorted(p.name for p in FIXTURES.glob("*.eml"))

@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
+from gateway.documents import document_hash
 from gateway.mail import _mimeparser as mimeparser
-from gateway.mail._payload import build_document, document_hash, parse_message
+from gateway.mail import build_document, parse_message
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "mail"
 GOLDEN = Path(__file__).with_name("payload_golden.json")

@@ -13,12 +13,12 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from gateway.documents import MAX_ATTACHMENTS, RawEmailDocument
-from gateway.mail._payload import build_document, parse_message
+from gateway.mail import build_document, parse_message
 from tests.unit.test_payload import check_document
 
 validate_predict_raw_emails: Callable[..., None] | None
 try:
-    from gateway.emulator._validate import validate_predict_raw_emails
+    from gateway.emulator import validate_predict_raw_emails
 except ImportError:  # pragma: no cover  # the emulator is another engineer's module
     validate_predict_raw_emails = None
 

@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.context import MessageContext
+from gateway.mail import apply_subject_prefix, apply_subject_prefixes
 from gateway.replies import rule_defer, rule_reject
-from gateway.rules import apply_subject_prefix, apply_subject_prefixes
 from tests.unit.test_rules_support import context, decide, prediction, rules
 
 INVOICE = prediction({"Finance": 0.92, "Finance > Invoice": 0.92, "Urgent": 0.66})

@@ -7,8 +7,9 @@ import dataclasses
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.deliver import XForward, XForwardState
 from gateway.deliver import _xforward as xforward
-from gateway.deliver._xforward import ATTRIBUTES, XForward, XForwardState, commands, xtext_decode
+from gateway.deliver._xforward import ATTRIBUTES, commands, xtext_decode
 
 LONG = XForward(
     name="n" * 255,

@@ -34,20 +34,20 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from gateway.classify import (
+    BatchingClassifier,
+    DedupClassifier,
+    MemoryCache,
+    circuit_breaker,
+    make_classifier,
+)
 from gateway.config import Config
 from gateway.context import CLASSIFIED, Classifier, MessageContext
-from gateway.documents import RawEmailDocument
+from gateway.documents import RawEmailDocument, document_hash
 from gateway.errors import ClassifierError, ClassifierTimeout, ConfigError
 from gateway.logsetup import get_logger
-from gateway.mail._payload import document_hash
-from gateway.pipeline._prepare import default_threshold
 from gateway.predictions import DocumentPrediction
 from gateway.rules import Decision, RuleSet
-
-from ._batcher import BatchingClassifier
-from ._circuit import circuit_breaker
-from ._dedup import DedupClassifier, MemoryCache
-from ._providers import make_classifier
 
 if TYPE_CHECKING:
     from gateway.metrics import GatewayMetrics
@@ -59,7 +59,7 @@ CLOSE_GRACE = 5.0
 _SHADOW_CACHE_ENTRIES = 10_000
 _SHADOW_REQUESTS = 2  # concurrent requests of the shadow batcher
 
-_log = get_logger("cm-gateway.classify._shadow")
+_log = get_logger("cm-gateway.pipeline._shadow")
 
 
 def is_sampled(document: RawEmailDocument, sample: float) -> bool:
@@ -197,7 +197,7 @@ class ShadowRunner:
             model_version=shadow.model_version,
             max_in_flight=shadow.max_in_flight,
             timeout=settings.timeout + settings.max_wait_ms / 1000 + 0.25,
-            threshold=default_threshold(config),
+            threshold=config.classifier.default_threshold,
             metrics=metrics,
         )
         _log.info(

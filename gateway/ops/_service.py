@@ -1,0 +1,223 @@
+"""One gateway process: the fronts, the pipeline and the metrics server, in steps.
+
+    service = Service(config)           # nothing runs yet
+    await service.start()               # build (TLS, AUTH users, pipeline), listen
+    await service.wait()                # until SIGTERM/SIGINT
+    await service.drain()               # stop accepting, let sessions in DATA finish
+
+``serve(config)`` does all four. Config errors raise ``ConfigError`` from ``start`` before
+anything listens. Shutdown: sessions inside DATA get ``shutdown_grace`` seconds, idle
+sessions are told ``421 4.3.2``, then the pipeline closes. A second stop signal (more
+than ``SAME_STOP_WINDOW`` after the first) cuts the drain short. SIGHUP reloads the rule
+files, and so does a change of their mtime or size (polled every 2 s): see ``_reload``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import signal
+from collections.abc import Callable
+from typing import Any
+
+from gateway.classify import RemoteClassifier
+from gateway.config import Config
+from gateway.logsetup import get_logger
+from gateway.metrics import GatewayMetrics
+from gateway.pipeline import MessageProcessor, build_processor
+from gateway.smtp import Authenticator, SmtpServer, build_tls_context
+
+from ._metrics_server import MetricsServer
+from ._process import shutdown_grace
+from ._reload import RuleReloader
+
+__all__ = ["SAME_STOP_WINDOW", "Service", "serve", "start_metrics"]
+
+log = get_logger("cm-gateway.serve")
+
+# A stop signal within this many seconds of the first is the same request, not the
+# second one that cuts the drain short.
+SAME_STOP_WINDOW = 1.0
+
+
+class Service:
+    """The gateway's parts in one process. ``processor`` replaces the configured pipeline
+    (tests); ``batcher_socket``: classify through the shared batcher process there."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        processor: MessageProcessor | None = None,
+        reuse_port: bool = False,
+        batcher_socket: str | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = GatewayMetrics()
+        self._processor = processor
+        self._reuse_port = reuse_port
+        self._batcher_socket = batcher_socket
+        self._server: SmtpServer | None = None
+        self._metrics_server: MetricsServer | None = None
+        self._reloader: RuleReloader | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self._stop_at = 0.0
+
+    @property
+    def address(self) -> str:
+        """``host:port`` the SMTP front listens on (after ``start``)."""
+        assert self._server is not None, "start() first"
+        return self._server.address
+
+    def _build_processor(self) -> MessageProcessor:
+        if self._processor is not None:
+            return self._processor
+        classifier = None
+        if self._batcher_socket is not None:
+            # The batcher process keeps the API's own deadline; this one only covers a
+            # batcher that stopped answering (it also waits up to max_wait_ms to send).
+            settings = self.config.classifier
+            deadline = settings.timeout + settings.max_wait_ms / 1000 + 1.0
+            classifier = RemoteClassifier(
+                self._batcher_socket, deadline=deadline, metrics=self.metrics
+            )
+        return build_processor(self.config, classifier=classifier, metrics=self.metrics)
+
+    async def start(self) -> None:
+        """Build everything, then listen; raises ``ConfigError`` before listening."""
+        smtp = self.config.smtp
+        tls = (
+            build_tls_context(smtp.tls_cert_file, smtp.tls_key_file) if smtp.tls_cert_file else None
+        )
+        authenticator = (
+            Authenticator.from_file(smtp.auth_users_file) if smtp.auth_users_file else None
+        )
+        if authenticator is not None and len(authenticator) == 0:
+            log.warning("auth_users_file_empty", file=smtp.auth_users_file)
+        processor = self._build_processor()
+        server = SmtpServer(
+            smtp,
+            processor,
+            authenticator=authenticator,
+            tls_context=tls,
+            reuse_port=self._reuse_port,
+        )
+        try:
+            await server.start()
+        except BaseException:
+            closer = getattr(processor, "aclose", None)
+            if closer is not None:
+                await closer()
+            raise
+        self._server = server
+        self.metrics.track_sessions(lambda: len(server.tracker.live))
+        self._metrics_server = await start_metrics(
+            self.config,
+            self.metrics,
+            reuse_port=self._reuse_port,
+            draining=lambda: server.tracker.draining,
+        )
+        # What start-up built (modules, schemas, rules, clients) lives as long as the
+        # process: frozen out of the collector's sight, a full collection no longer walks
+        # it. Unfrozen, each one held the loop for 100-170 ms here, stalling every session.
+        gc.collect()
+        gc.freeze()
+        self._install_signals(processor)
+
+    def _install_signals(self, processor: Any) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_stop, signum)
+        if hasattr(processor, "reload_rules"):
+            self._reloader = RuleReloader(processor)
+            loop.add_signal_handler(signal.SIGHUP, self._reloader.reload)
+            self._watcher = asyncio.create_task(self._reloader.watch())
+        else:  # a processor without rules (tests)
+            loop.add_signal_handler(
+                signal.SIGHUP, lambda: log.info("sighup_ignored", reason="processor has no rules")
+            )
+
+    def _on_stop(self, signum: int) -> None:
+        loop = asyncio.get_running_loop()
+        name = signal.Signals(signum).name
+        if self._stop.is_set():
+            if loop.time() - self._stop_at < SAME_STOP_WINDOW:
+                # With workers, a terminal's Ctrl-C (or a group kill) reaches a worker
+                # both from the terminal and forwarded by the parent: one request.
+                log.info("shutdown_signal_repeated", signal=name)
+                return
+            # A second request while draining: stop waiting for sessions in DATA.
+            log.warning("shutdown_forced", signal=name)
+            assert self._server is not None
+            self._server.abort_drain()
+            return
+        log.info("shutdown_requested", signal=name)
+        self._stop_at = loop.time()
+        self._stop.set()
+
+    def stop(self) -> None:
+        """Ask ``wait`` to return, as SIGTERM does."""
+        self._on_stop(signal.SIGTERM)
+
+    async def wait(self) -> None:
+        """Until a stop signal (or ``stop()``)."""
+        await self._stop.wait()
+
+    async def drain(self) -> None:
+        """Stop accepting, let sessions in DATA finish, close the pipeline and metrics."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+        loop = asyncio.get_running_loop()
+        try:
+            if self._server is not None:
+                await self._server.aclose(grace=shutdown_grace(self.config))
+        finally:
+            # Kept until here so that a second signal during the drain can cut it short.
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
+            if self._metrics_server is not None:
+                await self._metrics_server.aclose()
+
+
+async def serve(
+    config: Config,
+    *,
+    processor: MessageProcessor | None = None,
+    announce: Callable[[str], None] | None = None,
+    reuse_port: bool = False,
+    batcher_socket: str | None = None,
+) -> int:
+    """Serve until SIGTERM/SIGINT; returns the exit status. ``announce(address)`` is
+    called once the front listens."""
+    service = Service(
+        config, processor=processor, reuse_port=reuse_port, batcher_socket=batcher_socket
+    )
+    await service.start()
+    if announce is not None:
+        announce(service.address)
+    try:
+        await service.wait()
+    finally:
+        await service.drain()
+    return 0
+
+
+async def start_metrics(
+    config: Config,
+    metrics: GatewayMetrics,
+    *,
+    reuse_port: bool,
+    draining: Callable[[], bool] | None = None,
+) -> MetricsServer | None:
+    """The ``[metrics] listen`` server, or None when disabled or when it cannot listen
+    (logged: mail keeps flowing without metrics). ``draining`` true: /readyz is 503."""
+    if not config.metrics.listen:
+        return None
+    metrics_server = MetricsServer(config, metrics, reuse_port=reuse_port, draining=draining)
+    try:
+        await metrics_server.start()
+    except OSError as exc:
+        log.error("metrics_listen_failed", listen=config.metrics.listen, error=str(exc))
+        return None
+    return metrics_server
