@@ -205,6 +205,12 @@ class ClassifierConfig(_Section):
         return v
 
     @property
+    def deadline(self) -> float:
+        """How long one message's classification may take in all: ``timeout`` (the API's
+        own budget, retries included), the batch window, and a little scheduling slack."""
+        return self.timeout + self.max_wait_ms / 1000 + 0.25
+
+    @property
     def default_threshold(self) -> float:
         """The ``min_probability`` of rule label conditions that give none. With
         ``threshold = "auto"`` the model already dropped labels under their own cut-off."""

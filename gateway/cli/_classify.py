@@ -1,8 +1,8 @@
 """``cm-gateway classify PATH... [--config] [--rules FILE...] [--json]``: classify mail
 files in batches and print the labels (and the routing decision) per message. Sends no mail.
 
-Messages are read lazily (``mailsources``), parsed and turned into documents exactly as
-the SMTP path does (``payload``, ``explain.message_context``), sent in batches of
+Messages are read lazily (``_sources``), parsed and turned into documents exactly as
+the SMTP path does (``gateway.pipeline.prepare_message``), sent in batches of
 ``classifier.max_batch`` with up to ``classifier.max_in_flight`` batches under way, and
 printed in input order. A broken file is reported on stderr and skipped; a failed batch
 marks its messages ``unclassified; reason=<kind>`` and the run goes on. After an
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -75,25 +76,10 @@ class Tally:
 
 
 def _prepare(source: SourceMessage, config: Config) -> _Item:
-    from gateway.mail import build_document, parse_message
-    from gateway.pipeline import assumed_envelope, message_context, skip_reason
+    from gateway.pipeline import prepare_message
 
-    parsed = parse_message(source.raw)
-    mail_from, rcpt_tos = assumed_envelope(parsed)
-    ctx = message_context(
-        parsed,
-        mail_from=mail_from,
-        rcpt_tos=rcpt_tos,
-        prediction=None,
-        status=ClassificationStatus("unclassified", "pending"),
-        model_version=None,
-    )
-    reason = skip_reason(config, ctx)
-    if reason is not None:
-        status = ClassificationStatus("skipped", reason)
-        return _Item(source.source, _with(ctx, None, status, None), None)
-    document = build_document(parsed, source.raw, user_properties=config.classifier.user_properties)
-    return _Item(source.source, ctx, document)
+    prepared = prepare_message(config, source.raw)
+    return _Item(source.source, prepared.ctx, prepared.document)
 
 
 def _with(
@@ -102,17 +88,8 @@ def _with(
     status: ClassificationStatus,
     model_version: int | None,
 ) -> MessageContext:
-    return MessageContext(
-        mail_from=ctx.mail_from,
-        rcpt_tos=ctx.rcpt_tos,
-        headers=ctx.headers,
-        size=ctx.size,
-        attachments=ctx.attachments,
-        prediction=prediction,
-        status=status,
-        model_version=model_version,
-        message_id=ctx.message_id,
-        subject=ctx.subject,
+    return dataclasses.replace(
+        ctx, prediction=prediction, status=status, model_version=model_version
     )
 
 

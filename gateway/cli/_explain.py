@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import re
 import sys
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import Config, load_config
-from gateway.context import CLASSIFIED, ClassificationStatus, MessageContext
+from gateway.context import MessageContext
 from gateway.documents import RawEmailDocument
 from gateway.errors import ClassifierError, ConfigError
 from gateway.logsetup import configure_logging
@@ -31,16 +32,15 @@ from gateway.mail import (
     ParsedMessage,
     apply_subject_prefixes,
     build_document,
-    parse_message,
     safe_header_value,
 )
 from gateway.pipeline import (
-    GivenPredictions,
-    assumed_envelope,
+    Prepared,
+    classify_message,
+    defers,
     gateway_headers,
     load_predictions_file,
-    message_context,
-    skip_reason,
+    prepare_message,
 )
 from gateway.predictions import DocumentPrediction
 from gateway.replies import CLASSIFIER_DEFER
@@ -105,21 +105,18 @@ def _payload(path: str, parsed: ParsedMessage, document: RawEmailDocument) -> di
 
 
 async def _classify(
-    config: Config, document: RawEmailDocument
-) -> tuple[str, GivenPredictions, str | None]:
+    config: Config, prepared: Prepared
+) -> tuple[str, MessageContext, ClassifierError | None]:
     from gateway.classify import make_classifier
 
     classifier = make_classifier(config)
-    description = classifier.description
     try:
-        batch = await classifier.predict_raw_emails([document])
-    except ClassifierError as exc:
-        status = ClassificationStatus("unclassified", exc.kind)
-        return description, GivenPredictions(None, status, None), f"{exc.kind}: {exc}"
+        ctx, error = await classify_message(
+            classifier, prepared, deadline=config.classifier.deadline
+        )
     finally:
         await classifier.aclose()
-    given = GivenPredictions(batch.predictions[0], CLASSIFIED, batch.model_version)
-    return description, given, None
+    return classifier.description, ctx, error
 
 
 def _prediction_json(prediction: DocumentPrediction | None) -> dict[str, Any] | None:
@@ -170,37 +167,30 @@ def explain_message(
     predictions_file: str | None = None,
 ) -> dict[str, Any]:
     """Everything ``explain`` shows, as one JSON-ready mapping."""
-    parsed = parse_message(raw)
-    document = build_document(parsed, raw, user_properties=config.classifier.user_properties)
-    mail_from, rcpts = assumed_envelope(parsed)
-    unclassified = ClassificationStatus("unclassified", "not-asked")
-
-    def context(given: GivenPredictions) -> MessageContext:
-        return message_context(
-            parsed,
-            mail_from=mail_from,
-            rcpt_tos=rcpts,
-            prediction=given.prediction,
-            status=given.status,
-            model_version=given.model_version,
-        )
-
-    error: str | None = None
+    prepared = prepare_message(config, raw)
+    parsed, ctx = prepared.parsed, prepared.ctx
+    # Shown even when the gateway would not send it: what the classifier would read.
+    document = prepared.document or build_document(
+        parsed, raw, user_properties=config.classifier.user_properties
+    )
+    error: ClassifierError | None = None
     if predictions_file is not None:
         given = load_predictions_file(predictions_file)
         source = f"file {predictions_file}"
+        ctx = dataclasses.replace(
+            ctx,
+            prediction=given.prediction if given.status.classified else None,
+            status=given.status,
+            model_version=given.model_version,
+        )
+    elif prepared.document is None:
+        source = "not classified (the gateway would skip it)"
     else:
-        reason = skip_reason(config, context(GivenPredictions(None, unclassified, None)))
-        if reason is not None:
-            given = GivenPredictions(None, ClassificationStatus("skipped", reason), None)
-            source = "not classified (the gateway would skip it)"
-        else:
-            source, given, error = asyncio.run(_classify(config, document))
-    ctx = context(given)
+        source, ctx, error = asyncio.run(_classify(config, prepared))
     decision = ruleset.evaluate(ctx, default_threshold=config.classifier.default_threshold)
     verdict: str = decision.verdict
     reply = decision.reply
-    deferred = error is not None and config.classifier.on_error == "defer"
+    deferred = defers(config, error)
     if deferred:
         verdict, reply = "defer", CLASSIFIER_DEFER
     headers = [(n, safe_header_value(v, name=n)) for n, v in gateway_headers(ctx, decision)]
@@ -210,7 +200,7 @@ def explain_message(
         "classification": {
             "source": source,
             "status": ctx.status.header_value,
-            "error": error,
+            "error": f"{error.kind}: {error}" if error else None,
             "model_version": ctx.model_version,
             "prediction": _prediction_json(ctx.prediction),
         },
@@ -224,14 +214,14 @@ def explain_message(
             "assumed": True,
             "note": "a file has no envelope: sender = first From address,"
             " recipients = To and Cc addresses",
-            "mail_from": mail_from,
-            "rcpt_tos": list(rcpts),
+            "mail_from": ctx.mail_from,
+            "rcpt_tos": list(ctx.rcpt_tos),
         },
         "decision": {
             "verdict": verdict,
             "reply": str(reply) if reply else None,
             "on_error_defer": deferred,
-            "recipients": list(rcpts if decision.audit else decision.recipients),
+            "recipients": list(ctx.rcpt_tos if decision.audit else decision.recipients),
             "quarantine_address": decision.quarantine_address,
             "rules_hit": list(decision.rules_hit),
             "audit": decision.audit,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from ._headers import (
     header_block,
-    header_fields,
     prefix_subject,
     prepend_headers,
     safe_header_value,
@@ -23,7 +22,8 @@ from ._lineends import (
     normalize_line_endings,
     scan_bare_line_ending,
 )
-from ._payload import ParsedMessage, build_document, parse_message
+from ._mimeheaders import header_fields
+from ._payload import ParsedMessage, build_document, parse_headers, parse_message
 from ._subject import apply_subject_prefix, apply_subject_prefixes
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "header_fields",
     "line_pieces",
     "normalize_line_endings",
+    "parse_headers",
     "parse_message",
     "prefix_subject",
     "prepend_headers",

@@ -1,6 +1,6 @@
 """Header surgery on raw messages, without ever re-serialising them.
 
-DESIGN.md §6: header lines are *prepended*, the rest of the message passes byte for byte
+Header lines are *prepended*, the rest of the message passes byte for byte
 (so DKIM signatures stay valid), and ``prefix_subject`` is the only rewrite of an existing
 header. Only the header block is read (up to the first empty line); the body is never
 parsed or touched.
@@ -18,17 +18,15 @@ import base64
 import functools
 import re
 from collections.abc import Iterator, Sequence
-from email.header import decode_header, make_header
 
 from gateway.redact import scrub
 
+from ._mimetext import decode_header_value, one_line
 from ._subject import apply_subject_prefix
 
 __all__ = [
     "MAX_HEADER_BYTES",
-    "decode_header_value",
     "header_block",
-    "header_fields",
     "prefix_subject",
     "prepend_headers",
     "safe_header_value",
@@ -198,17 +196,6 @@ def _fit(text: str, name: str) -> str:
     return encoded
 
 
-def decode_header_value(raw_value: bytes) -> str:
-    """An unfolded, RFC 2047-decoded header value (raw UTF-8 allowed, as with SMTPUTF8)."""
-    text = raw_value.decode("utf-8", errors="replace")
-    text = re.sub(r"\r?\n(?=[ \t])", "", text).strip("\r\n").strip()
-    try:
-        return str(make_header(decode_header(text)))
-    except (LookupError, UnicodeError, ValueError):
-        # An unknown charset or broken base64 inside an encoded-word: keep the text.
-        return text
-
-
 def _lines(raw: bytes) -> Iterator[tuple[int, int]]:
     """(start, end) of each header line, end including its line ending, stopping before
     the empty line that ends the header block (or at the end of the message)."""
@@ -247,20 +234,6 @@ def _fields(raw: bytes) -> Iterator[tuple[bytes, int, int]]:
         start, end = line_start, line_end
     if start >= 0:
         yield name, start, end
-
-
-def header_fields(raw: bytes) -> list[tuple[str, str]]:
-    """(name as written, decoded unfolded value) of each header field, in order; a cheap
-    reader for what is needed before (or instead of) a full parse."""
-    result: list[tuple[str, str]] = []
-    for _name, start, end in _fields(raw):
-        field = raw[start:end]
-        colon = field.find(b":")
-        if colon <= 0:
-            continue
-        name = field[:colon].decode("ascii", errors="replace").strip()
-        result.append((name, decode_header_value(field[colon + 1 :])))
-    return result
 
 
 def _linesep(raw: bytes) -> bytes:
@@ -317,7 +290,10 @@ def prefix_subject(raw: bytes, prefix: str) -> bytes:
         return _field_bytes("Subject", new_value, linesep) + raw
     start, end = subject
     field = raw[start:end]
-    old_value = decode_header_value(field[field.find(b":") + 1 :])
+    # Decoded as the header reader decodes it (_mimeheaders.decoded_fields), so that the
+    # subject a rule saw is the one that gets the prefix.
+    raw_value = field[field.find(b":") + 1 :].decode("ascii", "surrogateescape")
+    old_value = decode_header_value(one_line(raw_value)).strip()
     new_value = apply_subject_prefix(old_value, prefix)
     if new_value == old_value:
         return raw

@@ -1,7 +1,10 @@
-"""The top-level header block: read it, trim it, and render it for the API.
+"""The top-level header block: read it, decode it, trim it, and render it for the API.
 
-Reading only the header block (never the body) keeps this cheap and unable to recurse,
-whatever the message holds.
+This is the one header reader of the gateway: the rules, the payload, ``explain`` and
+``classify`` see header values from ``header_fields`` (or ``decoded_fields`` of the items
+already read), whether the message is parsed whole or, past ``classify_max_size``, only
+its header block. Reading only the header block (never the body) keeps this cheap and
+unable to recurse, whatever the message holds.
 """
 
 from __future__ import annotations
@@ -11,11 +14,13 @@ from collections.abc import Iterable
 from email.parser import BytesParser
 from email.policy import compat32
 
-from ._mimetext import one_line
+from ._mimetext import decode_header_value, one_line
 
 __all__ = [
     "block_header_items",
+    "decoded_fields",
     "header_block_end",
+    "header_fields",
     "header_items",
     "raw_headers",
     "simple_header_items",
@@ -64,6 +69,17 @@ def header_block_end(raw: bytes) -> int:
 def header_items(raw: bytes) -> list[tuple[str, str]]:
     """The top-level header fields as (name, raw value), folding kept, in message order."""
     return block_header_items(raw[: header_block_end(raw)])
+
+
+def decoded_fields(items: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """(name, value) pairs as read -> values unfolded, RFC 2047-decoded, raw 8-bit octets
+    decoded as UTF-8 else windows-1252, control characters made spaces, trimmed."""
+    return tuple((name, decode_header_value(one_line(value)).strip()) for name, value in items)
+
+
+def header_fields(raw: bytes) -> tuple[tuple[str, str], ...]:
+    """(name as written, decoded value) of each top-level header field, in order."""
+    return decoded_fields(header_items(raw))
 
 
 def block_header_items(block: bytes) -> list[tuple[str, str]]:

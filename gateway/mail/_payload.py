@@ -43,6 +43,8 @@ from gateway.documents import (
 )
 
 from ._mimeheaders import (
+    block_header_items,
+    decoded_fields,
     header_block_end,
     header_items,
     raw_headers,
@@ -52,14 +54,13 @@ from ._mimeheaders import (
 from ._mimeparser import MimeResult, read_mime
 from ._mimetext import (
     clean_text,
-    decode_header_value,
     has_surrogates,
     one_line,
     truncate_text,
 )
 from ._user_properties import checked_property
 
-__all__ = ["ParsedMessage", "body_text", "build_document", "parse_message"]
+__all__ = ["ParsedMessage", "body_text", "build_document", "parse_headers", "parse_message"]
 
 _NO_PROPERTIES: Mapping[str, str | float] = MappingProxyType({})
 
@@ -132,7 +133,7 @@ def _parse(raw: bytes) -> ParsedMessage:
     block = raw[: header_block_end(raw)]
     simple = simple_header_items(block)
     items = simple if simple is not None else stdlib_header_items(block)
-    headers = tuple((name, decode_header_value(one_line(value)).strip()) for name, value in items)
+    headers = decoded_fields(items)
 
     mime = MimeResult()
     if _too_many_containers(raw):
@@ -162,6 +163,29 @@ def _parse(raw: bytes) -> ParsedMessage:
         attachments=tuple(walk.attachments),
         size=len(raw),
         defects=tuple(dict.fromkeys(defects)),
+        header_block=block,
+        header_items=tuple(items),
+    )
+
+
+def parse_headers(raw: bytes) -> ParsedMessage:
+    """What the rules need of a message that is not classified (too large, or classified
+    before us): its header block, read and decoded as ``parse_message`` reads it; From/To
+    addresses from those values; no body, no attachments, no MIME parse of megabytes."""
+    block = raw[: header_block_end(raw)]
+    items = block_header_items(block)
+    headers = decoded_fields(items)
+    return ParsedMessage(
+        headers=headers,
+        subject=_first(headers, "subject") or "",
+        message_id=_message_id(items),
+        from_addresses=_fallback_addresses(headers, "from"),
+        to_addresses=_fallback_addresses(headers, "to"),
+        text_plain=None,
+        text_html=None,
+        attachments=(),
+        size=len(raw),
+        defects=(),
         header_block=block,
         header_items=tuple(items),
     )

@@ -76,11 +76,9 @@ class Service:
         classifier = None
         if self._batcher_socket is not None:
             # The batcher process keeps the API's own deadline; this one only covers a
-            # batcher that stopped answering (it also waits up to max_wait_ms to send).
-            settings = self.config.classifier
-            deadline = settings.timeout + settings.max_wait_ms / 1000 + 1.0
+            # batcher that stopped answering.
             classifier = RemoteClassifier(
-                self._batcher_socket, deadline=deadline, metrics=self.metrics
+                self._batcher_socket, deadline=self.config.classifier.deadline, metrics=self.metrics
             )
         return build_processor(self.config, classifier=classifier, metrics=self.metrics)
 

@@ -9,14 +9,17 @@ prepare messages with the same functions.
 
 from __future__ import annotations
 
+from ._given import GivenPredictions, load_predictions_file
 from ._inbound import InboundMessage, MessageProcessor
 from ._pipeline import build_processor
 from ._prepare import (
-    GivenPredictions,
+    Prepared,
     assumed_envelope,
+    classify_message,
+    defers,
     gateway_headers,
-    load_predictions_file,
     message_context,
+    prepare_message,
     skip_reason,
 )
 
@@ -24,10 +27,14 @@ __all__ = [
     "GivenPredictions",
     "InboundMessage",
     "MessageProcessor",
+    "Prepared",
     "assumed_envelope",
     "build_processor",
+    "classify_message",
+    "defers",
     "gateway_headers",
     "load_predictions_file",
     "message_context",
+    "prepare_message",
     "skip_reason",
 ]

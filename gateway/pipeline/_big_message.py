@@ -1,7 +1,6 @@
 """Work on a message that may be many megabytes, kept from stalling the event loop.
 
     off_loop(content, work)   ``work(content)``, in a thread past ``COPY_IN_THREAD``
-    light_parse(raw)          what the rules need of a message too large to classify
 
 Every session shares one loop: a step that holds it for 100 ms holds every session.
 """
@@ -12,9 +11,7 @@ import asyncio
 from collections.abc import Callable
 from typing import TypeVar
 
-from gateway.mail import ParsedMessage, header_fields
-
-__all__ = ["COPY_IN_THREAD", "PARSE_IN_THREAD", "light_parse", "off_loop"]
+__all__ = ["COPY_IN_THREAD", "PARSE_IN_THREAD", "off_loop"]
 
 # Past these sizes the parse (PARSE_IN_THREAD) and whole-message copies (COPY_IN_THREAD)
 # run in a thread.
@@ -32,23 +29,3 @@ async def off_loop(content: bytes, work: Callable[[bytes], _T]) -> _T:
     if len(content) > COPY_IN_THREAD:
         return await asyncio.to_thread(work, content)
     return work(content)
-
-
-def light_parse(raw: bytes) -> ParsedMessage:
-    # For messages too large to classify: what the rules need from the header block
-    # only, without a full MIME parse of many megabytes.
-    fields = tuple(header_fields(raw))
-    first = {name.lower(): value for name, value in reversed(fields)}
-    message_id = first.get("message-id", "").strip().strip("<>") or None
-    return ParsedMessage(
-        headers=fields,
-        subject=first.get("subject", ""),
-        message_id=message_id,
-        from_addresses=(),
-        to_addresses=(),
-        text_plain=None,
-        text_html=None,
-        attachments=(),
-        size=len(raw),
-        defects=(),
-    )

@@ -35,7 +35,6 @@ the queue id and stage, by type only (an exception's text may quote the message)
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,33 +43,32 @@ from typing import TYPE_CHECKING
 from gateway import replies
 from gateway.classify import build_live_classifier
 from gateway.config import Config
-from gateway.context import CLASSIFIED, ClassificationStatus, Classifier, MessageContext
+from gateway.context import Classifier, MessageContext
 from gateway.deliver import Delivery, make_delivery
 from gateway.documents import RawEmailDocument
-from gateway.errors import ClassifierError, ClassifierTimeout, ConfigError, MalformedResponseError
+from gateway.errors import ConfigError
 from gateway.logsetup import get_logger
 from gateway.mail import (
-    ParsedMessage,
-    build_document,
     header_fields,
-    parse_message,
     prefix_subject,
     prepend_headers,
     strip_headers,
 )
 from gateway.pipeline._shadow import ShadowRunner
-from gateway.predictions import DocumentPrediction
 from gateway.replies import Reply
 from gateway.rules import Decision, RuleSet, load_rules
 
-from ._big_message import PARSE_IN_THREAD, light_parse, off_loop
+from ._big_message import PARSE_IN_THREAD, off_loop
 from ._inbound import InboundMessage
 from ._msglog import MessageLog, labels_brief
 from ._prepare import (
+    ALREADY_CLASSIFIED,
     HEADER_PREFIX,
+    Prepared,
+    classify_message,
+    defers,
     gateway_headers,
-    message_context,
-    skip_reason,
+    prepare_message,
 )
 from ._trace import count_hops, received_header
 
@@ -83,7 +81,6 @@ __all__ = [
 ]
 
 _CLASSIFICATION_HEADERS = {f"{HEADER_PREFIX}{n}".lower() for n in ("Labels", "Model", "Status")}
-ALREADY_CLASSIFIED = "already-classified"
 
 _log = get_logger("cm-gateway.pipeline._pipeline")
 
@@ -110,11 +107,6 @@ class Pipeline:
         self.reload_failures = 0
         self.delivery = delivery
         self._threshold = config.classifier.default_threshold
-        # The classifier enforces classifier.timeout itself (retries included) and reports
-        # the last real error (server-error, rate-limited...); this outer deadline is the
-        # backstop, with room for the batch window and a little scheduling slack.
-        settings = config.classifier
-        self._classify_deadline = settings.timeout + settings.max_wait_ms / 1000 + 0.25
 
     def rule_paths(self) -> list[Path]:
         """The rule files this pipeline loads (and reloads)."""
@@ -170,25 +162,22 @@ class Pipeline:
                 log.set(status="not-processed", hops=hops)
                 return self._done(log, replies.LOOP_DETECTED)
             stage = "parse"
-            status, parsed = await self._parse(msg, content, log)
-            ctx = message_context(
-                parsed,
-                mail_from=msg.mail_from,
-                rcpt_tos=msg.rcpt_tos,
-                prediction=None,
-                status=status,
-                model_version=None,
-            )
-            if status.classified:
-                reason = skip_reason(self.config, ctx)
-                if reason is not None:
-                    ctx = dataclasses.replace(ctx, status=ClassificationStatus("skipped", reason))
-            if ctx.status.classified:
+            prepared = await self._prepare(msg, content, log)
+            ctx = prepared.ctx
+            if prepared.document is not None:
                 stage = "classify"
-                outcome = await self._classify(parsed, content, ctx, log)
-                if isinstance(outcome, Reply):
-                    return self._done(log, outcome)
-                ctx, document = outcome
+                with log.stage("classify"):
+                    # The classifier enforces classifier.timeout itself (retries included)
+                    # and reports the last real error; the deadline is the backstop.
+                    ctx, error = await classify_message(
+                        self.classifier, prepared, deadline=self.config.classifier.deadline
+                    )
+                if error is not None:
+                    log.set(classifier_error=error.kind)
+                    if defers(self.config, error):
+                        log.set(status=ctx.status.header_value)
+                        return self._done(log, replies.CLASSIFIER_DEFER)
+            document = prepared.document
             log.set(
                 message_id=ctx.message_id,
                 status=ctx.status.header_value,
@@ -222,57 +211,24 @@ class Pipeline:
             )
             raise
 
-    async def _parse(
-        self, msg: InboundMessage, content: bytes, log: MessageLog
-    ) -> tuple[ClassificationStatus, ParsedMessage]:
+    async def _prepare(self, msg: InboundMessage, content: bytes, log: MessageLog) -> Prepared:
         with log.stage("parse"):
-            if msg.trusted_peer and any(
+            # A trusted peer's X-CM-Status: a gateway before us classified and routed it.
+            already = msg.trusted_peer and any(
                 name.lower() == f"{HEADER_PREFIX}status".lower()
                 for name, _ in await off_loop(content, header_fields)
-            ):
-                skipped = ClassificationStatus("skipped", ALREADY_CLASSIFIED)
-                return skipped, await off_loop(content, light_parse)
-            if len(content) > self.config.classifier.classify_max_size:
-                # skip_reason() names it (after bounce / auto-submitted, in that order).
-                return CLASSIFIED, await off_loop(content, light_parse)
+            )
+            prepare = functools.partial(
+                prepare_message,
+                self.config,
+                content,
+                mail_from=msg.mail_from,
+                rcpt_tos=msg.rcpt_tos,
+                already_classified=already,
+            )
             if len(content) > PARSE_IN_THREAD:
-                return CLASSIFIED, await asyncio.to_thread(parse_message, content)
-            return CLASSIFIED, parse_message(content)
-
-    async def _classify(
-        self, parsed: ParsedMessage, content: bytes, ctx: MessageContext, log: MessageLog
-    ) -> tuple[MessageContext, RawEmailDocument] | Reply:
-        settings = self.config.classifier
-        with log.stage("classify"):
-            if len(content) > PARSE_IN_THREAD:
-                # Like the parse: a message of many header fields takes seconds here.
-                document = await asyncio.to_thread(
-                    build_document, parsed, content, user_properties=settings.user_properties
-                )
-            else:
-                document = build_document(parsed, content, user_properties=settings.user_properties)
-            try:
-                try:
-                    async with asyncio.timeout(self._classify_deadline):
-                        batch = await self.classifier.predict_raw_emails([document])
-                except TimeoutError:
-                    raise ClassifierTimeout(f"no prediction within {settings.timeout:g}s") from None
-                if len(batch.predictions) != 1:
-                    # The contract is one prediction per document; anything else is a
-                    # malformed answer, handled like any classifier failure.
-                    raise MalformedResponseError(f"{len(batch.predictions)} predictions for 1")
-            except ClassifierError as exc:
-                log.set(classifier_error=exc.kind)
-                if settings.on_error == "defer":
-                    log.set(status=f"unclassified; reason={exc.kind}")
-                    return replies.CLASSIFIER_DEFER
-                status = ClassificationStatus("unclassified", exc.kind)
-                return dataclasses.replace(ctx, status=status), document
-        prediction: DocumentPrediction = batch.predictions[0]
-        ctx = dataclasses.replace(
-            ctx, prediction=prediction, model_version=batch.model_version, status=CLASSIFIED
-        )
-        return ctx, document
+                return await asyncio.to_thread(prepare)
+            return prepare()
 
     def _headers(self, ctx: MessageContext, decision: Decision) -> list[tuple[str, str]]:
         headers = gateway_headers(ctx, decision)

@@ -1,122 +1,134 @@
-"""What the gateway would do with one message file, without sending anything.
+"""One recipe to make a message ready for the classifier and the rules, shared by
+``cm-gateway serve`` (the pipeline), ``classify`` and ``explain``:
 
-Shared by ``cm-gateway explain`` and the rule-set fixture tests, so that a fixture's
-expected decision is exactly what ``explain`` shows for it.
+    prepared = prepare_message(config, raw, mail_from=..., rcpt_tos=...)
+        parse (whole, or only the header block past ``classify_max_size`` or for a
+        message a gateway before us classified) -> context -> skip -> document
+    ctx, error = await classify_message(classifier, prepared, deadline=...)
+    gateway_headers(ctx, decision)   the X-CM-* fields and the rules' own, in order
 
-    load_predictions_file(path)     -> GivenPredictions   (raises ConfigError)
-    assumed_envelope(parsed)        -> (mail_from, rcpt_tos)
-    message_context(parsed, ...)    -> MessageContext
-    skip_reason(config, ctx)        -> str | None
-    gateway_headers(ctx, decision)  -> [(name, value)]     values not yet sanitized
-
-The ``--predictions`` file holds one document's prediction, or a whole
-``predict-raw-emails`` response with exactly one document, or ``{"unclassified": reason}``
-/ ``{"skipped": reason}`` (see rules/README.md).
+``classify_message`` holds the one deadline of a classification
+(``config.classifier.deadline``) and turns every classifier failure into an
+``unclassified; reason=<kind>`` context plus the error; what to do with it
+(``on_error``) is the caller's: ``defers(config, error)``.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import getaddresses
-from pathlib import Path
-from typing import Any
 
-from pydantic import ValidationError
-
-from gateway.classify import parse_prediction_batch
 from gateway.config import Config
-from gateway.context import CLASSIFIED, ClassificationStatus, MessageContext
-from gateway.errors import ConfigError, MalformedResponseError
-from gateway.mail import ParsedMessage
-from gateway.predictions import DocumentPrediction, ModelInfo
+from gateway.context import CLASSIFIED, ClassificationStatus, Classifier, MessageContext
+from gateway.documents import RawEmailDocument
+from gateway.errors import ClassifierError, ClassifierTimeout, MalformedResponseError
+from gateway.mail import ParsedMessage, build_document, parse_headers, parse_message
+from gateway.predictions import DocumentPrediction
 from gateway.rules import Decision
-from gateway.textfile import read_text
 
 __all__ = [
-    "GivenPredictions",
+    "ALREADY_CLASSIFIED",
+    "HEADER_PREFIX",
+    "Prepared",
     "assumed_envelope",
+    "classify_message",
+    "defers",
     "gateway_headers",
-    "load_predictions_file",
     "message_context",
-    "parse_predictions",
+    "prepare_message",
     "skip_reason",
 ]
 
 HEADER_PREFIX = "X-CM-"
+ALREADY_CLASSIFIED = "already-classified"
 
 
 @dataclass(frozen=True, slots=True)
-class GivenPredictions:
-    """Predictions read from a file: what the classifier would have answered."""
+class Prepared:
+    """A message ready for the classifier: ``document`` is None when it is not to be
+    classified (``ctx.status`` says why: skipped, with its reason)."""
 
-    prediction: DocumentPrediction | None
-    status: ClassificationStatus
-    model_version: int | None
-
-
-def _sentiment(value: Any) -> Any:
-    # The API sends {"total": x} per document; one-document files often say just x.
-    if isinstance(value, dict):
-        return value.get("total")
-    return value
+    parsed: ParsedMessage
+    ctx: MessageContext
+    document: RawEmailDocument | None
 
 
-def _why(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "prediction"
-    return f"{loc}: {err['msg']}"
+def prepare_message(
+    config: Config,
+    raw: bytes,
+    *,
+    mail_from: str | None = None,
+    rcpt_tos: Sequence[str] | None = None,
+    already_classified: bool = False,
+) -> Prepared:
+    """Parse ``raw`` once and build what the classifier and the rules need. Never raises
+    on the message's content; may take seconds on a hostile one (run it in a thread).
+    Without an envelope (a message from a file) it is ``assumed_envelope``'s."""
+    if already_classified:
+        status = ClassificationStatus("skipped", ALREADY_CLASSIFIED)
+        parsed = parse_headers(raw)
+    elif len(raw) > config.classifier.classify_max_size:
+        status = CLASSIFIED  # skip_reason() names it, after bounce / auto-submitted
+        parsed = parse_headers(raw)
+    else:
+        status = CLASSIFIED
+        parsed = parse_message(raw)
+    if mail_from is None or rcpt_tos is None:
+        assumed_from, assumed_rcpts = assumed_envelope(parsed)
+        mail_from = assumed_from if mail_from is None else mail_from
+        rcpt_tos = assumed_rcpts if rcpt_tos is None else rcpt_tos
+    ctx = message_context(
+        parsed,
+        mail_from=mail_from,
+        rcpt_tos=rcpt_tos,
+        prediction=None,
+        status=status,
+        model_version=None,
+    )
+    if status.classified:
+        reason = skip_reason(config, ctx)
+        if reason is not None:
+            ctx = dataclasses.replace(ctx, status=ClassificationStatus("skipped", reason))
+    if not ctx.status.classified:
+        return Prepared(parsed, ctx, None)
+    document = build_document(parsed, raw, user_properties=config.classifier.user_properties)
+    return Prepared(parsed, ctx, document)
 
 
-def parse_predictions(data: Any) -> GivenPredictions:
-    """Any of the accepted shapes -> ``GivenPredictions``; raises ``ValueError``."""
-    if not isinstance(data, dict):
-        raise ValueError("expected a JSON object")
-    for state in ("unclassified", "skipped"):
-        if state in data:
-            reason = data[state]
-            if not isinstance(reason, str) or not reason.strip():
-                raise ValueError(f"{state!r} needs a reason, e.g. {{{state!r}: 'timeout'}}")
-            return GivenPredictions(None, ClassificationStatus(state, reason.strip()), None)
-    if isinstance(data.get("predictions"), list):
-        count = len(data["predictions"])
-        if count != 1:
-            raise ValueError(f"the response holds {count} documents; exactly one is needed")
+async def classify_message(
+    classifier: Classifier, prepared: Prepared, *, deadline: float
+) -> tuple[MessageContext, ClassifierError | None]:
+    """The prepared message's context once classified, or unclassified with the error
+    (a timeout past ``deadline`` seconds included). A skipped message is returned as is."""
+    ctx, document = prepared.ctx, prepared.document
+    if document is None:
+        return ctx, None
+    try:
         try:
-            batch = parse_prediction_batch(data, 1)
-        except MalformedResponseError as exc:
-            raise ValueError(str(exc)) from None
-        return GivenPredictions(batch.predictions[0], CLASSIFIED, batch.model_version)
-    try:
-        prediction = DocumentPrediction.model_validate(
-            {
-                "labels": data.get("labels") or (),
-                "entities": data.get("entities") or (),
-                "label_properties": data.get("label_properties") or (),
-                "sentiment": _sentiment(data.get("sentiment")),
-            }
-        )
-        model = ModelInfo.model_validate(data["model"]) if data.get("model") else None
-    except ValidationError as exc:
-        raise ValueError(_why(exc)) from None
-    return GivenPredictions(prediction, CLASSIFIED, model.version if model else None)
+            async with asyncio.timeout(deadline):
+                batch = await classifier.predict_raw_emails([document])
+        except TimeoutError:
+            raise ClassifierTimeout(f"no prediction within {deadline:g}s") from None
+        if len(batch.predictions) != 1:
+            # The contract is one prediction per document; anything else is a malformed
+            # answer, handled like any classifier failure.
+            raise MalformedResponseError(f"{len(batch.predictions)} predictions for 1")
+    except ClassifierError as exc:
+        status = ClassificationStatus("unclassified", exc.kind)
+        return dataclasses.replace(ctx, status=status), exc
+    prediction: DocumentPrediction = batch.predictions[0]
+    classified = dataclasses.replace(
+        ctx, prediction=prediction, model_version=batch.model_version, status=CLASSIFIED
+    )
+    return classified, None
 
 
-def load_predictions_file(path: str | Path) -> GivenPredictions:
-    """Read a ``--predictions`` file; errors name the file (and line:column for JSON)."""
-    file = str(path)
-    text = read_text(path)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"not JSON: {exc.msg}", file=file, where=f"{exc.lineno}:{exc.colno}"
-        ) from None
-    try:
-        return parse_predictions(data)
-    except ValueError as exc:
-        raise ConfigError(str(exc), file=file) from None
+def defers(config: Config, error: ClassifierError | None) -> bool:
+    """A failed classification is answered ``451 4.4.3`` (``on_error = "defer"``)."""
+    return error is not None and config.classifier.on_error == "defer"
 
 
 def _header_addresses(parsed: ParsedMessage, name: str) -> list[str]:
@@ -177,7 +189,7 @@ def skip_reason(config: Config, ctx: MessageContext) -> str | None:
 
 
 def gateway_headers(ctx: MessageContext, decision: Decision) -> list[tuple[str, str]]:
-    """The header fields the gateway prepends (DESIGN.md §6), values not sanitized:
+    """The header fields the gateway prepends, values not sanitized:
     ``X-CM-Labels``, ``X-CM-Model``, ``X-CM-Status``, ``X-CM-Rules``, then the rules'."""
     out: list[tuple[str, str]] = []
     if ctx.prediction is not None and ctx.status.classified:

@@ -196,7 +196,7 @@ class ShadowRunner:
             sample=shadow.sample,
             model_version=shadow.model_version,
             max_in_flight=shadow.max_in_flight,
-            timeout=settings.timeout + settings.max_wait_ms / 1000 + 0.25,
+            timeout=settings.deadline,
             threshold=config.classifier.default_threshold,
             metrics=metrics,
         )
