@@ -1,4 +1,4 @@
-"""The canonical JSON of a document, the text ``payload.document_hash`` hashes.
+"""The canonical JSON of a document, the text ``gateway.documents.document_hash`` hashes.
 
 Canonical means ``json.dumps(doc, sort_keys=True, ensure_ascii=False,
 separators=(",", ":"))`` encoded as UTF-8 (lone surrogates kept, ``surrogatepass``). The

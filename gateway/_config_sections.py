@@ -78,7 +78,7 @@ class SmtpConfig(_Section):
     require_tls: bool = False
     auth_users_file: str = ""
     bare_lf: Literal["reject", "normalize"] = "reject"
-    # Empty by default (DESIGN.md said 127.0.0.0/8): behind Postfix every message comes
+    # Empty by default, not loopback: behind Postfix every message comes
     # from loopback, so trusting it would keep X-CM-* verdicts forged by any sender.
     trusted_networks: list[str] = Field(default_factory=list)
     # Peers offered XFORWARD (Postfix's smtpd_authorized_xforward_hosts): a separate list,
@@ -176,7 +176,7 @@ class ClassifierConfig(_Section):
     min_batch: int = Field(1, ge=1, le=4096)
     # 0: off. Else a batch this big goes at once, even while another request runs.
     target_batch: int = Field(0, ge=0, le=4096)
-    # With [smtp] workers > 1: one batcher process serves every worker (batch_server.py),
+    # With [smtp] workers > 1: one batcher process serves every worker (ops/_batcher_process.py),
     # so a batch holds the documents of all workers' sessions, and their dedup is one.
     shared_batcher: bool = True
     on_error: Literal["deliver", "defer"] = "deliver"

@@ -1,4 +1,4 @@
-"""The TOML configuration (DESIGN.md §4): a default for every key, env overrides, and
+"""The TOML configuration (docs/configuration.md): a default for every key, env overrides, and
 errors that name the file and the key.
 
     load_config(path)       -> Config      raises ConfigError (the CLI exits 2)

@@ -7,7 +7,7 @@ so a rule behaves identically whether it runs live, in a dry run, or in a test.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.documents import RawEmailDocument
@@ -64,7 +64,6 @@ class MessageContext:
     model_version: int | None = None
     message_id: str | None = None
     subject: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
 
     def header_values(self, name: str) -> list[str]:
         """Every value of the header ``name`` (case-insensitive), in order."""

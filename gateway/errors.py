@@ -1,16 +1,15 @@
 """The one exception tree of cm-gateway.
 
-Every error the gateway raises on purpose sits below ``GatewayError``. For mail, the
-branch says what the SMTP client hears: a ``Defer`` becomes a 4xx (the sending MTA keeps
-the message and retries), a ``Reject`` becomes a 5xx (the sender gets a bounce). Anything
-outside this tree that escapes a session is answered ``451 4.3.0`` (see ``replies``).
+Every error the gateway raises on purpose sits below ``GatewayError``, and its branch
+says what happens: a ``ConfigError`` stops a command with exit status 2 (file and line);
+a ``ClassifierError`` is handled as ``[classifier] on_error`` says (deliver the message
+unclassified, or answer ``451 4.4.3`` so that the sending MTA retries). Replies to mail
+decided on purpose (rule reject/defer, next-hop failures) are values, not exceptions (see
+``replies``). Anything that escapes a session is answered ``451 4.3.0``, never a 5xx.
 
     GatewayError
     ├── ConfigError                  bad config or rule file: file, line/key; CLI exit 2
     │   └── RuleFileError
-    ├── SmtpOutcome                  carries the SMTP reply to send
-    │   ├── Defer                    4xx: try again later
-    │   └── Reject                   5xx: refused for good
     └── ClassifierError              the model could not answer (routes by on_error)
         ├── ClassifierRequestError   the API said no to this request: never retried
         │   ├── AuthError            401 / 403
@@ -27,8 +26,6 @@ outside this tree that escapes a session is answered ``451 4.3.0`` (see ``replie
 
 from __future__ import annotations
 
-from gateway.replies import Reply
-
 __all__ = [
     "AuthError",
     "CircuitOpenError",
@@ -37,16 +34,13 @@ __all__ = [
     "ClassifierTimeout",
     "ClassifierUnavailable",
     "ConfigError",
-    "Defer",
     "GatewayError",
     "InvalidRequestError",
     "MalformedResponseError",
     "NotFoundError",
     "RateLimitedError",
-    "Reject",
     "RuleFileError",
     "ServerError",
-    "SmtpOutcome",
     "TransportError",
     "error_for_kind",
 ]
@@ -69,32 +63,6 @@ class ConfigError(GatewayError):
 
 class RuleFileError(ConfigError):
     """A rule file does not validate; ``where`` is ``line:column``."""
-
-
-class SmtpOutcome(GatewayError):
-    """An outcome of a mail transaction that carries the exact reply for the client."""
-
-    def __init__(self, reply: Reply):
-        self.reply = reply
-        super().__init__(str(reply))
-
-
-class Defer(SmtpOutcome):
-    """Temporary failure: the client must keep the message and retry (4xx)."""
-
-    def __init__(self, reply: Reply):
-        if not 400 <= reply.code < 500:
-            raise ValueError(f"Defer needs a 4xx reply, got {reply.code}")
-        super().__init__(reply)
-
-
-class Reject(SmtpOutcome):
-    """Permanent refusal (5xx)."""
-
-    def __init__(self, reply: Reply):
-        if not 500 <= reply.code < 600:
-            raise ValueError(f"Reject needs a 5xx reply, got {reply.code}")
-        super().__init__(reply)
 
 
 class ClassifierError(GatewayError):

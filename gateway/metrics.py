@@ -1,5 +1,5 @@
-"""Prometheus metrics (DESIGN.md §4); served with the health endpoints by
-``metrics_server``.
+"""Prometheus metrics; served with the health endpoints by ``gateway.ops`` (the
+``[metrics] listen`` server).
 
     GatewayMetrics()                 the metric objects, in a registry of their own
 
@@ -142,7 +142,7 @@ class GatewayMetrics:
         self._rule_children: dict[str, Counter] = {}
 
     def observe_message(self, fields: Mapping[str, Any], code: int) -> None:
-        """Count one answered message from its log fields (``msglog.MessageLog``)."""
+        """Count one answered message from its log fields (``gateway.pipeline``'s message log)."""
         outcome = message_outcome(fields, code)
         counter = self._outcome_children.get(outcome)
         if counter is None:

@@ -6,7 +6,6 @@ Tests assert against these names, never against string literals (as aiosmtpd's
 
 from __future__ import annotations
 
-import re
 from typing import NamedTuple
 
 __all__ = [
@@ -42,8 +41,6 @@ __all__ = [
     "rule_reject",
     "xforward_bad_value",
 ]
-
-_ENHANCED = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
 
 
 class Reply(NamedTuple):
@@ -126,8 +123,3 @@ def rule_reject(text: str) -> Reply:
 def rule_defer(text: str) -> Reply:
     """The reply to a rule's ``defer`` action."""
     return Reply(451, "4.7.1", _one_line(text, "Message deferred by policy"))
-
-
-def valid_enhanced(code: str) -> bool:
-    """True for an RFC 3463 enhanced status code such as ``5.7.1``."""
-    return bool(_ENHANCED.match(code))

@@ -1,9 +1,9 @@
 """A worker's classifier when the batcher process classifies for every worker.
 
-``RemoteClassifier`` sends each call's documents to ``batch_server`` over its Unix socket
+``RemoteClassifier`` sends each call's documents to ``ops._batcher_process`` over its Unix socket
 and awaits the answer; many calls share the one connection, told apart by id. What the
 batcher process counted for this call (requests, cache hits, circuit changes) comes back
-with the answer and goes into this worker's metrics (``classifier_metrics.replay``).
+with the answer and goes into this worker's metrics (``_metrics.replay``).
 
 Failures stay on the classifier's path: a lost connection or an answer later than the
 deadline is a ``TransportError`` / ``ClassifierTimeout``, so the message follows

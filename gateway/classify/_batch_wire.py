@@ -3,7 +3,7 @@
 Every frame is a 4-octet big-endian length and that many octets of JSON. A worker sends
 ``{"id": N, "documents": [...]}`` (and ``{"cancel": N}`` when its caller gave up); the
 batcher answers each id once, with the prediction batch or the error, plus the metric
-events and circuit states of ``classifier_metrics.MetricEvents``. Both ends are this
+events and circuit states of ``_metrics.MetricEvents``. Both ends are this
 program, on one host, behind a socket in a directory only its user can enter.
 """
 

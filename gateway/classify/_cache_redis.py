@@ -74,7 +74,7 @@ def decode_entry(raw: bytes | str) -> CacheEntry:
 
 
 class RedisCache:
-    """A ``dedup.PredictionCache`` in Redis, shared by every instance using ``url``."""
+    """A ``_dedup.PredictionCache`` in Redis, shared by every instance using ``url``."""
 
     def __init__(
         self,

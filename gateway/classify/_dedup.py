@@ -8,7 +8,7 @@ the same document (a retry arriving while the first attempt is still being class
 share one in-flight request.
 
 The cache itself is pluggable (``PredictionCache``): ``MemoryCache`` in the process, or
-``cache_redis.RedisCache`` shared by several gateway instances, usually behind a
+``_cache_redis.RedisCache`` shared by several gateway instances, usually behind a
 ``TieredCache`` so that a retry reaching the same instance never needs the network.
 A cache is an optimisation: a backend that fails answers "miss" and mail keeps flowing.
 """

@@ -2,7 +2,7 @@
 
 The batcher, the circuit breaker, the dedup layer and the API client report through the
 small ``ClassifierMetrics`` protocol, which ``metrics.GatewayMetrics`` implements. With a
-shared batcher (``batch_server``), those layers run in their own process, which has no
+shared batcher (``ops._batcher_process``), those layers run in their own process, which has no
 metrics endpoint: ``MetricEvents`` records what they report as JSON-able events, the
 batcher process sends them along with its replies, and each worker ``replay``s what it
 receives into its own ``GatewayMetrics``. Every event goes to exactly one worker, so the

@@ -8,7 +8,7 @@
 
 Each layer is a ``context.Classifier``; a test or tool may pass its own inner classifier.
 With ``[smtp] workers > 1`` and ``[classifier] shared_batcher``, the whole stack runs once,
-in the batcher process (``batch_server``), and each worker holds a ``batch_client``.
+in the batcher process (``ops._batcher_process``), and each worker holds a ``_batch_client``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``cm-gateway``: the command line (DESIGN.md §3).
+"""``cm-gateway``: the command line (README "Commands").
 
 Each command lives in its own module and is imported only when run, so that
 ``cm-gateway config check`` starts fast and does not need the SMTP stack.

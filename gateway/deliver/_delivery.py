@@ -2,11 +2,11 @@
 
     make_delivery(config) -> Delivery        deliver(mail_from, rcpts, content) -> DeliveryResult
 
-The reply to our client's DATA is sent only after the next hop has the message (DESIGN.md
-§1), so a delivery never queues anything: it succeeds, or it tells the pipeline which
+The reply to our client's DATA is sent only after the next hop has the message,
+so a delivery never queues anything: it succeeds, or it tells the pipeline which
 reply makes the sending MTA keep the message (4xx) or bounce it (5xx).
 
-The next hop's replies map to ours as ``delivery_result`` describes (DESIGN.md §7).
+The next hop's replies map to ours as ``_result`` describes.
 
 XFORWARD: when the next hop offers it, each transaction starts with the message's client
 attributes (``InboundMessage.next_hop_xforward``). A 4xx/5xx to XFORWARD does not cost
@@ -85,7 +85,7 @@ class Delivery(Protocol):
         ``xforward``: the client attributes to pass on where the next hop takes them.
         ``crlf_only``: the caller vouches that ``content`` has no bare CR or LF (it came
         through the SMTP front, which rejects or rewrites them), so the line endings are
-        not checked again (see ``smtp_data.stuffed_pieces``)."""
+        not checked again (see ``_smtp_data.stuffed_pieces``)."""
         ...
 
     async def aclose(self) -> None: ...
@@ -96,8 +96,8 @@ def _needs_smtputf8(mail_from: str, rcpt_tos: Sequence[str]) -> bool:
 
 
 class SmtpDelivery:
-    """Relay over SMTP (``smtp_client``, pipelined where the next hop allows), through a
-    pool of at most ``pool_size`` connections reused across messages (``smtp_pool``).
+    """Relay over SMTP (``_smtp_client``, pipelined where the next hop allows), through a
+    pool of at most ``pool_size`` connections reused across messages (``_pool``).
 
     A message is sent again on a fresh connection only when a reused connection turns
     out stale before the next hop accepted its MAIL FROM (disconnected, 421): nothing of

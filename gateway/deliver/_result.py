@@ -1,6 +1,6 @@
 """What a delivery reports: ``DeliveryResult``, and the next hop's replies mapped to ours.
 
-SMTP result mapping (DESIGN.md §7):
+SMTP result mapping (README "SMTP replies"):
 
 - every recipient accepted and DATA accepted -> 250, with the next hop's own reply kept
   for the log (and its queue id, if it said ``queued as <id>``);

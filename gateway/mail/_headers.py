@@ -19,6 +19,7 @@ import functools
 import re
 from collections.abc import Iterator, Sequence
 
+from gateway.controls import replace_controls
 from gateway.redact import scrub
 
 from ._mimetext import decode_header_value, one_line
@@ -47,9 +48,6 @@ _WORD_OCTETS = 45  # octets per encoded-word: 60 base64 characters, 72 with =?ut
 
 # RFC 5322 §3.6.8: ftext is printable US-ASCII except ":".
 _FIELD_NAME = re.compile(rb"^[\x21-\x39\x3b-\x7e]{1,76}$")
-# Every C0 control, DEL, C1 controls and the Unicode line/paragraph separators: a
-# decoder might treat any of them as a line break.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _SPACES = re.compile(r"\s+")
 # Printable ASCII words separated by single spaces: a value ``_clean`` leaves as it is.
 _PLAIN = re.compile(r"[!-~]+(?: [!-~]+)*")
@@ -69,7 +67,7 @@ def valid_header_name(name: str) -> bool:
 def _clean(value: str) -> str:
     # Folding whitespace and any control character become one space; runs of
     # whitespace collapse, so the result can be re-folded at any space.
-    return _SPACES.sub(" ", _CONTROL.sub(" ", value)).strip()
+    return _SPACES.sub(" ", replace_controls(value)).strip()
 
 
 def _fold_ascii(text: str, first_width: int) -> str:

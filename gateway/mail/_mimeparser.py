@@ -1,7 +1,7 @@
 """mail-parser, asked only for what the gateway reads of it: defects and From/To.
 
-``payload`` takes three things from mail-parser (pinned, see pyproject.toml): its defect
-categories, the first From and To addresses, and the stdlib tree that ``mimewalk``
+``_payload`` takes three things from mail-parser (pinned, see pyproject.toml): its defect
+categories, the first From and To addresses, and the stdlib tree that ``_mimewalk``
 walks. mail-parser computes much more for every message, so this module calls it so
 that the answers stay the same while the unused work is skipped:
 

@@ -13,6 +13,8 @@ import unicodedata
 from collections.abc import Iterator
 from email.header import decode_header
 
+from gateway.controls import replace_controls
+
 __all__ = [
     "CLEAN_PIECE",
     "clean_text",
@@ -60,7 +62,6 @@ _REFUSED = frozenset(
 )
 
 _FOLD = re.compile(r"\r\n(?=[ \t])|\n(?=[ \t])|\r(?=[ \t])")
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _CHARSET_JUNK = re.compile(r"[\s\"'<>]+")
 
@@ -208,7 +209,7 @@ def one_line(value: str) -> str:
     # (A tab is not printable, so it takes the full path, which keeps it.)
     if value.isascii() and value.isprintable():
         return value
-    return _CONTROL.sub(" ", fix_surrogates(unfold(value)))
+    return replace_controls(fix_surrogates(unfold(value)), keep_tab=True, c0_only=True)
 
 
 def decode_header_value(value: str) -> str:

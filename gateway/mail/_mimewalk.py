@@ -15,7 +15,6 @@ makes it recurse. Rules, in message order:
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from email.generator import BytesGenerator
 from email.message import Message
@@ -24,6 +23,7 @@ from email.utils import collapse_rfc2231_value
 from io import BytesIO
 
 from gateway.context import Attachment
+from gateway.controls import replace_controls
 
 from ._mimetext import (
     clean_text,
@@ -63,7 +63,6 @@ _BODY_TYPES = ("text/plain", "text/html")
 _MIME_HEADERS = frozenset({"content-type", "content-disposition"})
 _EML_TYPES = ("message/rfc822", "message/global")
 _SERIALIZE = compat32.clone(linesep="\r\n")
-_NAME_JUNK = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_SUBJECT_NAME = 200
 
 
@@ -199,7 +198,7 @@ def _filename(part: Message) -> str:
         else:
             name = collapse_rfc2231_value(value)
         name = decode_header_value(one_line(name))
-        name = _NAME_JUNK.sub("", name).strip()
+        name = replace_controls(name, "", c0_only=True).strip()
         if name:
             return name
     return ""
@@ -214,7 +213,7 @@ def _message_attachment(part: Message, view: Message, ctype: str) -> Attachment:
             raw_subject = inner[0].get("subject")
             if raw_subject is not None:
                 subject = decode_header_value(one_line(str(raw_subject))).strip()
-                subject = _NAME_JUNK.sub("", subject)[:_MAX_SUBJECT_NAME]
+                subject = replace_controls(subject, "", c0_only=True)[:_MAX_SUBJECT_NAME]
         name = f"{subject}.eml" if subject else "message.eml"
     elif not name:
         name = ctype.split("/", 1)[1] + ".txt"

@@ -6,7 +6,7 @@ result into a document that is always within the API's limits. Neither raises on
 input, and neither keeps state between calls other than ``_mimeparser``'s thread-safe
 cache of parsed From/To values, so large messages can be parsed in a worker thread.
 
-Choices (see also ``mimewalk``):
+Choices (see also ``_mimewalk``):
 
 * ``headers.raw`` holds every header as written (encoded words kept, folding removed,
   raw 8-bit bytes decoded as UTF-8 else windows-1252), except Content-Type and

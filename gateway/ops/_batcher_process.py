@@ -3,9 +3,9 @@
 Each worker batches only its own sessions, so N workers sent N times the requests one
 process would, each 1/N as large. With ``[classifier] shared_batcher`` (the default) the
 parent of the workers starts this process first. It runs the whole classifier stack once
-(``classifier_stack.build_live_classifier``: dedup, batcher, circuit breaker, provider)
+(``gateway.classify.build_live_classifier``: dedup, batcher, circuit breaker, provider)
 and serves it on a Unix socket in a private directory; each worker's classifier is a
-``batch_client.RemoteClassifier``. So a batch holds the documents of every worker's
+``gateway.classify.RemoteClassifier``. So a batch holds the documents of every worker's
 sessions, a retried message that reaches another worker is still billed once (one dedup
 cache), and the circuit opens for all workers at once.
 
@@ -169,7 +169,7 @@ async def serve_batcher(config: Config, path: str, ready: Connection | None = No
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     watcher = asyncio.create_task(_watch_parent(os.getppid(), stop))
-    # As in the workers (cmd_serve.serve): what start-up built lives as long as the
+    # As in the workers (gateway.ops.Service.start): what start-up built lives as long as the
     # process, so full collections need not walk it again and again.
     gc.collect()
     gc.freeze()
@@ -194,7 +194,7 @@ async def serve_batcher(config: Config, path: str, ready: Connection | None = No
 
 
 def batcher_main(config_path: str | None, path: str, ready: Connection) -> None:
-    """The batcher process (spawned by ``supervisor.run_workers``)."""
+    """The batcher process (spawned by ``_supervisor.run_workers``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     # Imported here, as in the workers: the spawned process starts from nothing.

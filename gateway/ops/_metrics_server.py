@@ -1,4 +1,4 @@
-"""The ``[metrics] listen`` endpoints: /metrics, /healthz, /readyz (DESIGN.md §4).
+"""The ``[metrics] listen`` endpoints: /metrics, /healthz, /readyz.
 
     MetricsServer(config, metrics)   aiohttp, serving ``metrics.GatewayMetrics``
     Readiness(config)                the /readyz probes, cached

@@ -1,4 +1,4 @@
-"""Rule hot reload for ``cm-gateway serve`` (DESIGN.md §5: on reload the old rules stay).
+"""Rule hot reload for ``cm-gateway serve`` (a file that does not validate keeps the old rules).
 
 Two triggers, one path: SIGHUP, and a poll of the rule files' mtime and size every
 ``POLL_INTERVAL`` seconds (always on; a stat per file, no new dependency). Both call

@@ -1,8 +1,8 @@
 """``[smtp] workers = N`` (N > 1): the parent process and its children.
 
 The parent starts N worker processes (multiprocessing, spawn), each running
-``cmd_serve.serve`` on the shared port (SO_REUSEPORT). With ``[classifier]
-shared_batcher`` (the default) it first starts the batcher process (``batch_server``),
+``gateway.ops.serve`` on the shared port (SO_REUSEPORT). With ``[classifier]
+shared_batcher`` (the default) it first starts the batcher process (``ops._batcher_process``),
 which classifies for all of them over a Unix socket in a private directory, and waits
 until it listens. Then the parent only forwards signals (SIGHUP to the workers) and waits.
 

@@ -67,8 +67,8 @@ class MessageProcessor(Protocol):
     """What the SMTP front hands each message to.
 
     ``process`` returns the reply to DATA (``replies.queued(msg.queue_id)`` once the next
-    hop has it). It may raise ``errors.SmtpOutcome`` (its ``reply`` is sent); anything
-    else is answered ``451 4.3.0`` and logged by type only. An optional
+    hop has it). An exception is answered ``451 4.3.0`` and logged by type only (never a
+    5xx: the sending MTA keeps the message and retries). An optional
     ``async def aclose()`` is awaited once at shutdown.
     """
 

@@ -2,7 +2,7 @@
 
     build_processor(config) -> Pipeline          Pipeline.process(msg) -> Reply
 
-Per message (DESIGN.md §1, §6, §7):
+Per message (README "How it works", "What it writes into a message", "SMTP replies"):
 
 1. ``X-CM-*`` headers from peers outside ``smtp.trusted_networks`` are removed, so nobody
    can forge a verdict.
@@ -18,9 +18,9 @@ Per message (DESIGN.md §1, §6, §7):
    ``on_error = "deliver"``, or ``451 4.4.3`` with ``on_error = "defer"``.
 5. Rules -> ``Decision``; reject/defer -> its reply; discard -> 250, nothing delivered.
 6. Otherwise prepend ``Received`` and the ``X-CM-*`` / rule headers (through
-   ``headers.safe_header_value``), apply subject prefixes, deliver to
+   ``gateway.mail.safe_header_value``), apply subject prefixes, deliver to
    ``Decision.recipients``, and answer ``250 ... queued as <our queue id>`` once the next
-   hop has it, or the next hop's failure mapped by ``delivery``.
+   hop has it, or the next hop's failure mapped by ``gateway.deliver``.
 
 Audit mode (``rules.mode = "audit"``): the rules are evaluated and logged, and change
 nothing: no reject/defer/discard, no recipient, subject or rule-header change and no

@@ -3,7 +3,7 @@
 aiosmtpd finds hooks by name (``handle_<VERB>``, ``auth_<MECHANISM>``), so no other
 attribute of ``GatewayHandler`` may start with ``handle_`` or ``auth_``.
 
-Bare line endings (DESIGN.md §4 ``bare_lf``). aiosmtpd 1.4.6 ends DATA only on
+Bare line endings (``[smtp] bare_lf``). aiosmtpd 1.4.6 ends DATA only on
 CRLF.CRLF and splits lines on CRLF, so a lone LF or CR is ordinary data to it, and a dot
 after one keeps its stuffing dot (aiosmtpd issue #561). ``reject`` answers 550 5.6.11.
 ``normalize`` treats every lone LF or CR as a line end, as a sender using them meant,
@@ -15,7 +15,6 @@ smuggling pattern ``\\n.\\n``) becomes an empty line, never an end of data.
 from __future__ import annotations
 
 import asyncio
-import re
 import secrets
 import time
 import traceback
@@ -28,8 +27,8 @@ from aiosmtpd.smtp import AuthResult, Envelope, Session, TLSSetupException
 
 from gateway import replies
 from gateway.config import SmtpConfig
+from gateway.controls import replace_controls
 from gateway.deliver import EHLO_KEYWORD, XForwardState
-from gateway.errors import SmtpOutcome
 from gateway.logsetup import get_logger
 from gateway.mail import normalize_line_endings, scan_bare_line_ending
 from gateway.pipeline import InboundMessage, MessageProcessor
@@ -52,7 +51,6 @@ log = get_logger("cm-gateway.smtp")
 # RCPTs refused with 452 4.5.3 in one session before it is closed with 421 4.5.3. A
 # client that waits for each reply (we do not offer PIPELINING) stops at the first 452.
 RCPT_OVERSHOOT = 100
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # handled=False: aiosmtpd answers "535 5.7.8 Authentication credentials invalid".
 _INVALID = AuthResult(success=False, handled=False)
 
@@ -70,8 +68,7 @@ def processing_deadline(smtp_timeout: float) -> float:
 
 
 def _one_line(reply: Reply) -> str:
-    text = str(reply)
-    return _CONTROL.sub(" ", text) if _CONTROL.search(text) else text
+    return replace_controls(str(reply), c0_only=True)
 
 
 def _where(error: BaseException) -> str:
@@ -254,8 +251,6 @@ class GatewayHandler:
         try:
             async with timer:
                 reply = await self.processor.process(msg)
-        except SmtpOutcome as exc:
-            return exc.reply
         except TimeoutError as exc:
             if timer.expired():
                 log.warning("processing_timeout", deadline_s=self.deadline)

@@ -251,7 +251,7 @@ class GatewaySMTP(SMTP):
 
     def note_rcpt_overshoot(self) -> int:
         """Count one RCPT refused for too many recipients; the session's total so far.
-        Over ``handler.RCPT_OVERSHOOT`` the connection is closed after the reply."""
+        Over ``_handler.RCPT_OVERSHOOT`` the connection is closed after the reply."""
         self.rcpt_overshoot += 1
         return self.rcpt_overshoot
 

@@ -14,7 +14,6 @@ from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
 from gateway import replies
-from gateway.errors import Defer, Reject
 from gateway.smtp._handler import RCPT_OVERSHOOT
 
 from .smtp_front_support import RawClient, RecordingProcessor, running_server, smtp_config
@@ -236,17 +235,6 @@ async def test_processor_exception_is_answered_451_without_its_text():
     errors = [e for e in logs if e["event"] == "processor_error"]
     assert errors and errors[0]["error_type"] == "RuntimeError"
     assert "secret-token-123" not in repr(logs)
-
-
-async def test_processor_smtp_outcomes_are_sent_as_their_reply():
-    """A Reject/Defer raised by the processor is answered with the reply it carries."""
-    for error, expected in (
-        (Reject(replies.rule_reject("No invoices here")), "550 5.7.1 No invoices here"),
-        (Defer(replies.DOWNSTREAM_TEMPFAIL), str(replies.DOWNSTREAM_TEMPFAIL)),
-    ):
-        async with running_server(RecordingProcessor(error=error)) as srv:
-            code, text = await asyncio.to_thread(_send, srv.port)
-        assert f"{code} {text.decode()}" == expected
 
 
 async def test_handle_exception_answers_451_and_logs_no_message():
