@@ -19,7 +19,7 @@ import secrets
 import time
 import traceback
 from base64 import b64decode
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from aiosmtpd.smtp import SMTP as _SMTP
@@ -79,6 +79,19 @@ def _where(error: BaseException) -> str:
     return f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno}"
 
 
+class SessionHooks(Protocol):
+    """What the handler needs of the SMTP session beyond aiosmtpd's (``_session``
+    implements it): whether this client may XFORWARD and what it forwarded, the count of
+    recipients refused over the limit, and the idle timer to restart for processing."""
+
+    xforward_allowed: bool
+    xforward: XForwardState
+
+    def note_rcpt_overshoot(self) -> int: ...
+
+    def restart_idle_timer(self) -> None: ...
+
+
 class GatewayEnvelope(Envelope):
     """aiosmtpd's envelope plus the queue id given at MAIL FROM."""
 
@@ -108,7 +121,7 @@ class GatewayHandler:
 
     async def handle_EHLO(
         self,
-        server: _SMTP,
+        server: SessionHooks,
         session: Session,
         envelope: Envelope,
         hostname: str,
@@ -117,7 +130,7 @@ class GatewayHandler:
         session.host_name = hostname
         # With no mechanism left (no users file) aiosmtpd would still print "AUTH ".
         kept = [r for r in responses if r.strip() not in ("250-AUTH", "250 AUTH")]
-        if getattr(server, "xforward_allowed", False):
+        if server.xforward_allowed:
             # server.py decides (xforward_networks); the last line stays "250 HELP".
             kept.insert(len(kept) - 1, f"250-{EHLO_KEYWORD}")
         return kept
@@ -150,7 +163,7 @@ class GatewayHandler:
 
     async def handle_RCPT(
         self,
-        server: _SMTP,
+        server: SessionHooks,
         session: Session,
         envelope: Envelope,
         address: str,
@@ -179,11 +192,10 @@ class GatewayHandler:
         return "250 2.1.5 Ok"
 
     @staticmethod
-    def _overshoot(server: _SMTP) -> Reply:
+    def _overshoot(server: SessionHooks) -> Reply:
         # One log line per session, not one per excess RCPT (10,000 RCPTs would be a
         # log flood); past the allowance the session is closed (see server.py).
-        note = getattr(server, "note_rcpt_overshoot", None)
-        count = note() if note is not None else 1
+        count = server.note_rcpt_overshoot()
         if count == 1:
             log.info("recipient_refused", reply=replies.TOO_MANY_RECIPIENTS.enhanced)
         if count > RCPT_OVERSHOOT:
@@ -193,13 +205,11 @@ class GatewayHandler:
 
     # -- DATA -------------------------------------------------------------------------
 
-    async def handle_DATA(self, server: _SMTP, session: Session, envelope: Envelope) -> str:
+    async def handle_DATA(self, server: SessionHooks, session: Session, envelope: Envelope) -> str:
         started = time.monotonic()
-        restart = getattr(server, "restart_idle_timer", None)
-        if restart is not None:
-            # The idle timer last started at the DATA command; give processing a full
-            # window of its own rather than what the upload left over.
-            restart()
+        # The idle timer last started at the DATA command; give processing a full window
+        # of its own rather than what the upload left over.
+        server.restart_idle_timer()
         content: bytes = envelope.original_content or b""
         queue_id = getattr(envelope, "queue_id", "") or new_queue_id()
         bare = await scan_bare_line_ending(content)
@@ -211,7 +221,6 @@ class GatewayHandler:
             content = normalize_line_endings(content)
             log.info("bare_line_ending_normalized", kind=bare)
         ip = parse_peer_ip(_peer_host(session))
-        xforward = getattr(server, "xforward", None)
         msg = InboundMessage(
             mail_from="" if envelope.mail_from in (None, "<>") else envelope.mail_from,
             rcpt_tos=tuple(envelope.rcpt_tos),
@@ -229,7 +238,7 @@ class GatewayHandler:
             trusted_peer=self.policy.is_trusted(ip),
             queue_id=queue_id,
             received_at=time.time(),
-            forwarded=xforward.current if isinstance(xforward, XForwardState) else None,
+            forwarded=server.xforward.current,
             peer_port=_peer_port(session),
             esmtp=bool(session.extended_smtp),
         )

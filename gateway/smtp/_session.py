@@ -41,7 +41,7 @@ from gateway.logsetup import get_logger
 from gateway.transports import stream_transport
 
 from ._data_reader import DataOutcome, read_data
-from ._handler import RCPT_OVERSHOOT, GatewayEnvelope
+from ._handler import RCPT_OVERSHOOT, GatewayEnvelope, GatewayHandler
 from ._policy import RelayPolicy, parse_peer_ip
 
 __all__ = ["MAX_LINE_OCTETS", "ConnectionTracker", "GatewaySMTP"]
@@ -105,8 +105,11 @@ class GatewaySMTP(SMTP):
     # own 512-octet budget).
     line_length_limit = MAX_LINE_OCTETS
 
-    def __init__(self, handler: Any, *, tracker: ConnectionTracker, **kwargs: Any) -> None:
+    def __init__(
+        self, handler: GatewayHandler, *, tracker: ConnectionTracker, **kwargs: Any
+    ) -> None:
         # Before aiosmtpd's __init__: its state resets call _set_post_data_state.
+        self.policy: RelayPolicy = handler.policy
         self.xforward = XForwardState()
         self.xforward_allowed = False
         super().__init__(handler, **kwargs)
@@ -168,8 +171,7 @@ class GatewaySMTP(SMTP):
         host = peer[0] if isinstance(peer, tuple) and peer else None
         ip = parse_peer_ip(host)
         self.peer_ip = str(ip) if ip is not None else str(host or "")
-        policy: RelayPolicy | None = getattr(self.event_handler, "policy", None)
-        self.xforward_allowed = policy is not None and policy.may_xforward(ip)
+        self.xforward_allowed = self.policy.may_xforward(ip)
         if not self.xforward_allowed:
             # XFORWARD rewrites our audit trail: to anyone else the verb does not exist.
             self._smtp_methods.pop("XFORWARD", None)
