@@ -22,7 +22,6 @@ Choices (see also ``_mimewalk``):
 from __future__ import annotations
 
 import hashlib
-import itertools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from gateway.documents import (
     UserProperties,
 )
 
+from ._limits import cap_parts, too_many_containers
 from ._mimeheaders import (
     block_header_items,
     decoded_fields,
@@ -65,11 +65,7 @@ __all__ = ["ParsedMessage", "body_text", "build_document", "parse_headers", "par
 _NO_PROPERTIES: Mapping[str, str | float] = MappingProxyType({})
 
 _COMMENT_ID = re.compile(r"[\w\x21-\x2e\x3a-\x40\x5b-\x60\x7b-\x7e]{1,1024}", re.ASCII)
-# Real mail nests a few dozen containers at most (a thread forwarded as attachments).
-_MAX_CONTAINERS = 256
-_CONTAINER = re.compile(rb"boundary\s*\*?[0-9]*\*?\s*=|message/")
 _MAX_NAME_EXTENSION = 16
-_WINDOW = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +93,8 @@ class ParsedMessage:
     # given the same bytes does not parse the header block a second time.
     header_block: bytes = field(default=b"", repr=False, compare=False)
     header_items: tuple[tuple[str, str], ...] = field(default=(), repr=False, compare=False)
+    # MIME parts past MAX_MIME_PARTS, counted but not read (MimePartLimitDefect).
+    parts_skipped: int = 0
 
 
 def parse_message(raw: bytes) -> ParsedMessage:
@@ -136,12 +134,16 @@ def _parse(raw: bytes) -> ParsedMessage:
     headers = decoded_fields(items)
 
     mime = MimeResult()
-    if _too_many_containers(raw):
+    parts_skipped = 0
+    if too_many_containers(raw):
         # The stdlib parser's cost grows with the square of the nesting depth (and it
         # ends in a RecursionError): such a message keeps its headers, not its body.
         defects.append("MimeContainerLimitDefect")
     else:
-        mime = read_mime(raw, simple, len(block))
+        readable, parts_skipped = cap_parts(raw, len(block))
+        if parts_skipped:
+            defects.append("MimePartLimitDefect")
+        mime = read_mime(readable, simple, len(block))
     walk = mime.walk
     defects.extend(mime.defects)
     defects.extend(walk.defects)
@@ -165,6 +167,7 @@ def _parse(raw: bytes) -> ParsedMessage:
         defects=tuple(dict.fromkeys(defects)),
         header_block=block,
         header_items=tuple(items),
+        parts_skipped=parts_skipped,
     )
 
 
@@ -189,24 +192,6 @@ def parse_headers(raw: bytes) -> ParsedMessage:
         header_block=block,
         header_items=tuple(items),
     )
-
-
-def _too_many_containers(raw: bytes) -> bool:
-    """More multipart/message containers declared than any real message has."""
-    # Lower-cased copies and bytes.count calls, a mixed-case "BoUnDaRy" counted too; the
-    # regex runs only on suspicious input. In windows of _WINDOW octets: this runs in a
-    # worker thread for a big message, but each C call holds the GIL to its end (on 9 MB,
-    # one lower() took 38 ms and each count ~30 ms, while the event loop waited).
-    count = 0
-    for start in range(0, len(raw), _WINDOW):
-        # Each window reaches 7 octets into the next, so that every 8-octet name starting
-        # in it is whole in it, and no name is counted by two windows.
-        window = raw[start : start + _WINDOW + 7].lower()
-        count += window.count(b"boundary") + window.count(b"message/")
-    if count <= _MAX_CONTAINERS:
-        return False
-    found = _CONTAINER.finditer(raw.lower())
-    return sum(1 for _ in itertools.islice(found, _MAX_CONTAINERS + 1)) > _MAX_CONTAINERS
 
 
 def _fallback_addresses(headers: Iterable[tuple[str, str]], name: str) -> tuple[str, ...]:
@@ -349,6 +334,8 @@ def _user_properties(
     if domain:
         computed.append(("string:Sender Domain", domain))
     computed.append(("number:Size KB", round(max(parsed.size, 0) / 1024, 1)))
+    if parsed.parts_skipped:
+        computed.append(("number:MIME Parts Not Read", parsed.parts_skipped))
     for key, value in computed:
         checked = checked_property(key, value)
         if checked is not None and key.split(":", 1)[1].lower() not in taken:

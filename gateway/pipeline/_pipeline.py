@@ -58,7 +58,7 @@ from gateway.pipeline._shadow import ShadowRunner
 from gateway.replies import Reply
 from gateway.rules import Decision, RuleSet, load_rules
 
-from ._big_message import PARSE_IN_THREAD, off_loop
+from ._big_message import HEAVY_PARSES, PARSE_IN_THREAD, off_loop, release_memory
 from ._inbound import InboundMessage
 from ._msglog import MessageLog, labels_brief
 from ._prepare import (
@@ -107,6 +107,8 @@ class Pipeline:
         self.reload_failures = 0
         self.delivery = delivery
         self._threshold = config.classifier.default_threshold
+        self._heavy_parses = asyncio.Semaphore(HEAVY_PARSES)
+        self._heavy_waiting = 0
 
     def rule_paths(self) -> list[Path]:
         """The rule files this pipeline loads (and reloads)."""
@@ -163,6 +165,8 @@ class Pipeline:
                 return self._done(log, replies.LOOP_DETECTED)
             stage = "parse"
             prepared = await self._prepare(msg, content, log)
+            if prepared.parsed.parts_skipped:
+                log.set(mime_parts_skipped=prepared.parsed.parts_skipped)
             ctx = prepared.ctx
             if prepared.document is not None:
                 stage = "classify"
@@ -226,9 +230,16 @@ class Pipeline:
                 rcpt_tos=msg.rcpt_tos,
                 already_classified=already,
             )
-            if len(content) > PARSE_IN_THREAD:
-                return await asyncio.to_thread(prepare)
-            return prepare()
+            if len(content) <= PARSE_IN_THREAD:
+                return prepare()
+            self._heavy_waiting += 1
+            try:
+                async with self._heavy_parses:
+                    return await asyncio.to_thread(prepare)
+            finally:
+                self._heavy_waiting -= 1
+                if self._heavy_waiting == 0:  # the last big parse waiting or running ended
+                    await asyncio.to_thread(release_memory)
 
     def _headers(self, ctx: MessageContext, decision: Decision) -> list[tuple[str, str]]:
         headers = gateway_headers(ctx, decision)

@@ -21,6 +21,7 @@ from gateway.documents import (
     document_hash,
 )
 from gateway.mail import ParsedMessage, build_document, parse_message
+from gateway.mail import _limits as limits
 from gateway.mail import _payload as payload
 from gateway.mail._mimeheaders import raw_headers
 from gateway.mail._mimetext import clean_text, fix_surrogates, has_surrogates, truncate_text
@@ -184,10 +185,10 @@ def test_containers_counted_in_windows_as_in_one_pass(
     window's end included) as over one lower-cased copy."""
     raw = b"".join(parts) * (repeat if parts else 1)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(payload, "_WINDOW", window)
-        small = payload._too_many_containers(raw)
+        patch.setattr(limits, "_WINDOW", window)
+        small = limits.too_many_containers(raw)
     assert small == old_too_many_containers(raw)
-    assert payload._too_many_containers(raw) == old_too_many_containers(raw)
+    assert limits.too_many_containers(raw) == old_too_many_containers(raw)
 
 
 def test_a_9_mb_body_is_sent_as_before() -> None:
