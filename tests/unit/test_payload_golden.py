@@ -103,6 +103,23 @@ def outcome(raw: bytes) -> dict[str, Any]:
 
 MESSAGES = all_messages()
 
+# Where the stdlib legitimately differs between the supported Pythons: 3.13's address
+# parser no longer takes a domain literal (a@[127.0.0.1]) in its stride, so mail-parser's
+# structural recovery reads it (the same address, the same document) and reports the
+# recovery as an AddressHeaderDefect. Keyed by message, then (major, minor) and up.
+_VERSION_DEFECTS: dict[str, dict[tuple[int, int], list[str]]] = {
+    name: {(3, 13): ["AddressHeaderDefect"]} for name in ("from-25", "to-25", "repeated-25")
+}
+
+
+def expected_outcome(name: str) -> dict[str, Any]:
+    """The golden outcome of ``name`` on the running Python."""
+    expected = dict(golden()[name])
+    for version, defects in sorted(_VERSION_DEFECTS.get(name, {}).items()):
+        if sys.version_info[:2] >= version:
+            expected["defects"] = defects
+    return expected
+
 
 def golden() -> dict[str, Any]:
     data: dict[str, Any] = json.loads(GOLDEN.read_text(encoding="utf-8"))
@@ -117,7 +134,7 @@ def test_the_golden_file_covers_every_message() -> None:
 @pytest.mark.parametrize("name", sorted(MESSAGES))
 def test_payload_output_is_unchanged(name: str) -> None:
     """Same documents (by canonical hash), defects and addresses as the frozen output."""
-    assert outcome(MESSAGES[name]) == golden()[name]
+    assert outcome(MESSAGES[name]) == expected_outcome(name)
 
 
 def test_cached_address_values_give_the_same_output_as_fresh_ones() -> None:
@@ -128,8 +145,7 @@ def test_cached_address_values_give_the_same_output_as_fresh_ones() -> None:
     hits = mimeparser._cached_addresses.cache_info().hits
     again = {n: outcome(MESSAGES[n]) for n in names}
     assert mimeparser._cached_addresses.cache_info().hits > hits
-    expected = golden()
-    assert fresh == again == {n: expected[n] for n in names}
+    assert fresh == again == {n: expected_outcome(n) for n in names}
 
 
 if __name__ == "__main__":  # regenerate: python -m tests.unit.test_payload_golden
