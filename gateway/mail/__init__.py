@@ -14,6 +14,7 @@ from ._headers import (
     header_fields,
     prefix_subject,
     prepend_headers,
+    remove_headers,
     safe_header_value,
     strip_headers,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "parse_message",
     "prefix_subject",
     "prepend_headers",
+    "remove_headers",
     "safe_header_value",
     "scan_bare_line_ending",
     "strip_headers",

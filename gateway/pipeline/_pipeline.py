@@ -36,13 +36,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway import replies
-from gateway.classify import build_live_classifier
+from gateway.classify import ThreadMemory, build_live_classifier, build_thread_memory
 from gateway.config import Config
 from gateway.context import CLASSIFIED, ClassificationStatus, Classifier, MessageContext
 from gateway.deliver import Delivery, make_delivery
@@ -54,7 +53,6 @@ from gateway.mail import (
     build_document,
     header_fields,
     parse_message,
-    prefix_subject,
     prepend_headers,
     strip_headers,
 )
@@ -72,6 +70,8 @@ from ._prepare import (
     message_context,
     skip_reason,
 )
+from ._rewrite import rewrite_message
+from ._thread import ThreadStep
 from ._trace import count_hops, received_header
 
 if TYPE_CHECKING:
@@ -100,8 +100,10 @@ class Pipeline:
         delivery: Delivery,
         metrics: GatewayMetrics | None = None,
         shadow: ShadowRunner | None = None,
+        threads: ThreadMemory | None = None,
     ) -> None:
         self.config = config
+        self.threads = ThreadStep(threads)  # thread: {matched: RULE} conditions
         self.metrics = metrics
         self.classifier = classifier
         self.shadow = shadow
@@ -151,6 +153,7 @@ class Pipeline:
             if self.shadow is not None:
                 await self.shadow.aclose()
             await self.classifier.aclose()
+            await self.threads.aclose()
         finally:
             await self.delivery.aclose()
 
@@ -205,7 +208,9 @@ class Pipeline:
                 return await self._relay(msg, content, msg.rcpt_tos, log)
             stage = "rules"
             with log.stage("rules"):
+                ctx = await self.threads.recall(rules, ctx)
                 decision = rules.evaluate(ctx, default_threshold=self._threshold)
+                await self.threads.remember(rules, ctx, decision)
             if self.shadow is not None and document is not None:
                 # A background task: the reply below never waits for the shadow model.
                 self.shadow.submit(document, ctx, decision, rules, msg.queue_id)
@@ -310,11 +315,7 @@ class Pipeline:
             )
             log.set(recipients=0)
             return self._done(log, replies.queued(msg.queue_id))
-        outgoing = content
-        if enforce:
-            for prefix in reversed(decision.subject_prefixes):
-                edit = functools.partial(prefix_subject, prefix=prefix)
-                outgoing = await off_loop(outgoing, edit)
+        outgoing = await rewrite_message(content, decision) if enforce else content
         return await self._relay(msg, outgoing, recipients, log, self._headers(ctx, decision))
 
     async def _relay(
@@ -388,4 +389,5 @@ def build_processor(
         delivery=delivery,
         metrics=metrics,
         shadow=shadow,
+        threads=build_thread_memory(config),
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,10 @@ from pydantic_core import ErrorDetails
 from gateway.errors import RuleFileError
 from gateway.textfile import read_text
 
+from ._addresses import AddressMatcher
 from ._compile import compile_rule
 from ._engine import Mode, RuleSet
+from ._lists import list_path, load_list_file, references
 from ._model import ACTION_KEYS, CONDITION_KEYS, RuleFileModel
 from ._rule import Rule
 from ._yaml import Located, YamlDoc, YamlProblem, parse_yaml
@@ -47,6 +49,12 @@ _ALL_KEYS = sorted(
         "contains",
         "exists",
         "content_type",
+        "lists",
+        "list",
+        "days",
+        "between",
+        "tz",
+        "matched",
     }
 )
 
@@ -71,6 +79,8 @@ class _File:
     name: str
     doc: YamlDoc
     model: RuleFileModel | None = None
+    lists: dict[str, list[AddressMatcher]] = field(default_factory=dict)
+    list_files: list[str] = field(default_factory=list)
 
 
 def load_rules(paths: Sequence[Path | str], *, mode: Mode = "enforce") -> RuleSet:
@@ -90,7 +100,7 @@ def parse_rules(text: str, *, file: str = "<string>", mode: Mode = "enforce") ->
     if errors:
         raise errors[0]
     assert loaded is not None
-    errors = _duplicate_names([loaded])
+    errors = _duplicate_names([loaded]) + _thread_refs([loaded])
     if errors:
         raise errors[0]
     return _compile([loaded], mode)
@@ -120,6 +130,8 @@ def _load(
         if errors and first_only:
             return files, errors
     errors.extend(_duplicate_names(files))
+    if not errors:
+        errors.extend(_thread_refs(files))
     return files, errors
 
 
@@ -154,6 +166,8 @@ def _load_text(
             details = sorted(exc.errors(), key=lambda d: d["type"] == "missing")
             for detail in details:
                 errors.append(_from_pydantic(loaded, detail))
+        if loaded.model is not None and not errors:
+            errors.extend(_load_lists(loaded))
     errors.sort(key=lambda e: (e[0], e[1]))
     out = [e[2] for e in errors]
     if first_only and len(out) > 1:
@@ -279,6 +293,45 @@ def _position(located: Located, on_key: bool) -> tuple[int, int]:
     return located.line, located.column
 
 
+def _at(loaded: _File, path: tuple[str | int, ...], message: str) -> tuple[int, int, RuleFileError]:
+    located = loaded.doc.positions[path]
+    return located.line, located.column, _error(loaded, path, message, located.line, located.column)
+
+
+def _load_lists(loaded: _File) -> list[tuple[int, int, RuleFileError]]:
+    """Read the file's ``lists`` and check every ``{list: NAME}`` names one of them.
+    A list file's own errors point into it (sorted first: line 0)."""
+    assert loaded.model is not None
+    errors: list[tuple[int, int, RuleFileError]] = []
+    for name, value in (loaded.model.lists or {}).items():
+        file = list_path(loaded.name, value)
+        loaded.list_files.append(str(file))
+        matchers, problems = load_list_file(file, name)
+        if problems and problems[0].where is None:  # unreadable: point at the entry too
+            errors.append(_at(loaded, ("lists", name), f"list '{name}': {problems[0]}"))
+            continue
+        errors.extend((0, 0, p) for p in problems)
+        loaded.lists[name] = matchers
+    for kind, name, ref in references(loaded.doc):
+        if kind == "list" and name not in (loaded.model.lists or {}):
+            known = ", ".join(sorted(loaded.model.lists or {})) or "none"
+            errors.append(_at(loaded, ref, f"unknown list {name!r} (lists of this file: {known})"))
+    return errors
+
+
+def _thread_refs(files: Sequence[_File]) -> list[RuleFileError]:
+    """``thread: {matched: RULE}`` must name a rule of the set (a typo never matches)."""
+    names = {rule.name for f in files if f.model is not None for rule in f.model.rules}
+    errors: list[RuleFileError] = []
+    for loaded in files:
+        for kind, name, path in references(loaded.doc):
+            if kind == "thread" and name not in names:
+                hint = difflib.get_close_matches(name, sorted(names), n=1)
+                more = f" (did you mean {hint[0]!r}?)" if hint else ""
+                errors.append(_at(loaded, path, f"no rule named {name!r}{more}")[2])
+    return errors
+
+
 def _duplicate_names(files: Sequence[_File]) -> list[RuleFileError]:
     first: dict[str, str] = {}
     errors: list[RuleFileError] = []
@@ -308,6 +361,17 @@ def _compile(files: Sequence[_File], mode: Mode) -> RuleSet:
         for index, model in enumerate(loaded.model.rules):
             line = loaded.doc.positions[("rules", index)].line
             rules.append(
-                compile_rule(model, file=loaded.name, line=line, file_audit=loaded.model.audit)
+                compile_rule(
+                    model,
+                    file=loaded.name,
+                    line=line,
+                    file_audit=loaded.model.audit,
+                    lists=loaded.lists,
+                )
             )
-    return RuleSet(rules, mode=mode, files=[f.name for f in files])
+    return RuleSet(
+        rules,
+        mode=mode,
+        files=[f.name for f in files],
+        list_files=[p for f in files for p in f.list_files],
+    )
