@@ -17,6 +17,7 @@ from ._prepare import (
     gateway_headers,
     load_predictions_file,
     message_context,
+    parse_predictions,
     skip_reason,
 )
 
@@ -29,5 +30,6 @@ __all__ = [
     "gateway_headers",
     "load_predictions_file",
     "message_context",
+    "parse_predictions",
     "skip_reason",
 ]

@@ -119,13 +119,13 @@ class Pipeline:
         self._classify_deadline = settings.timeout + settings.max_wait_ms / 1000 + 0.25
 
     def rule_paths(self) -> list[Path]:
-        """The rule files this pipeline loads (and reloads)."""
-        return self.config.rule_paths()
+        """The files whose change reloads the rules: the rule files and their lists."""
+        return [*self.config.rule_paths(), *map(Path, self.rules.list_files)]
 
     def reload_rules(self, *, trigger: str = "sighup") -> bool:
         """Load the rule files again and swap them in; on an error keep the old rules,
         log ``rules_reload_failed`` (file, ``line:column``) and count it."""
-        paths = self.rule_paths()
+        paths = self.config.rule_paths()
         try:
             rules = load_rules(paths, mode=self.config.rules.mode)
         except ConfigError as exc:

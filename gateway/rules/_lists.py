@@ -20,7 +20,31 @@ from gateway.textfile import read_text
 from ._addresses import AddressMatcher, check_address_pattern, compile_address_pattern
 from ._yaml import YamlDoc
 
-__all__ = ["list_path", "load_list_file", "references"]
+__all__ = ["NEWER_KEYS", "list_path", "load_list_file", "references"]
+
+# Keys of lists, time, thread and of a test file, for the loader's did-you-mean hints.
+NEWER_KEYS = [
+    "lists",
+    "list",
+    "days",
+    "between",
+    "tz",
+    "matched",
+    "tests",
+    "message",
+    "envelope",
+    "predictions",
+    "at",
+    "thread",
+    "expect",
+    "verdict",
+    "recipients",
+    "headers",
+    "removed_headers",
+    "reply",
+    "subject",
+    "body",
+]
 
 _COMMENT = re.compile(r"(?:^|\s)#.*$")
 YamlPath = tuple[str | int, ...]

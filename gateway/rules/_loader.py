@@ -22,12 +22,12 @@ from gateway.textfile import read_text
 from ._addresses import AddressMatcher
 from ._compile import compile_rule
 from ._engine import Mode, RuleSet
-from ._lists import list_path, load_list_file, references
+from ._lists import NEWER_KEYS, list_path, load_list_file, references
 from ._model import ACTION_KEYS, CONDITION_KEYS, RuleFileModel
 from ._rule import Rule
 from ._yaml import Located, YamlDoc, YamlProblem, parse_yaml
 
-__all__ = ["check_rule_files", "load_rules", "parse_rules"]
+__all__ = ["check_rule_files", "describe_error", "load_rules", "parse_rules", "position_of"]
 
 _ALL_KEYS = sorted(
     {
@@ -49,12 +49,7 @@ _ALL_KEYS = sorted(
         "contains",
         "exists",
         "content_type",
-        "lists",
-        "list",
-        "days",
-        "between",
-        "tz",
-        "matched",
+        *NEWER_KEYS,
     }
 )
 
@@ -248,7 +243,7 @@ def _num(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _describe(detail: ErrorDetails, path: tuple[str | int, ...]) -> str:
+def describe_error(detail: ErrorDetails, path: tuple[str | int, ...]) -> str:
     kind = detail["type"]
     ctx: dict[str, Any] = dict(detail.get("ctx") or {})
     loc = detail["loc"]
@@ -273,18 +268,24 @@ def _describe(detail: ErrorDetails, path: tuple[str | int, ...]) -> str:
     return message
 
 
-def _from_pydantic(loaded: _File, detail: ErrorDetails) -> tuple[int, int, RuleFileError]:
-    path, located, on_key = loaded.doc.locate(detail["loc"])
+def position_of(doc: YamlDoc, detail: ErrorDetails) -> tuple[tuple[str | int, ...], int, int]:
+    """Where a pydantic error belongs in the YAML: the path, line and column."""
+    path, located, on_key = doc.locate(detail["loc"])
     ctx = detail.get("ctx") or {}
     key = ctx.get("key") if isinstance(ctx, dict) else None
-    if key and (*path, key) in loaded.doc.positions:
+    if key and (*path, key) in doc.positions:
         path = (*path, key)
-        located = loaded.doc.positions[path]
+        located = doc.positions[path]
         on_key = True
     if detail["type"] == "extra_forbidden":
         on_key = True
     line, column = _position(located, on_key)
-    return line, column, _error(loaded, path, _describe(detail, path), line, column)
+    return path, line, column
+
+
+def _from_pydantic(loaded: _File, detail: ErrorDetails) -> tuple[int, int, RuleFileError]:
+    path, line, column = position_of(loaded.doc, detail)
+    return line, column, _error(loaded, path, describe_error(detail, path), line, column)
 
 
 def _position(located: Located, on_key: bool) -> tuple[int, int]:
