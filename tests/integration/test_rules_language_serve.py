@@ -192,3 +192,35 @@ def test_serve_instances_sharing_redis_share_the_conversation(
     assert reply.rcpt_tos == ("ap@example.com",)
     assert reply.header("X-Queue") == "ap-thread"
     assert stored, "nothing remembered in Redis"
+
+
+async def test_redis_thread_memory_is_shared_and_a_redis_that_is_down_recalls_nothing(
+    redis_server: RedisServer,
+) -> None:
+    """Two clients see one memory (sets under cm-gateway:thread:, with the TTL); with
+    Redis unreachable, recall answers nothing at once and remember is a no-op."""
+    from gateway.classify._cache_redis import THREAD_PREFIX, RedisCache
+
+    redis_server.flush()
+    one = RedisCache(redis_server.url, ttl=600)
+    two = RedisCache(redis_server.url, ttl=600)
+    try:
+        await one.remember(["root@x", "me@x"], ["queue-it", "vip"])
+        await two.remember(["root@x"], ["queue-hr"])
+        assert await two.recall(["root@x"]) == {"queue-it", "vip", "queue-hr"}
+        assert await one.recall(["me@x", "nobody@x"]) == {"queue-it", "vip"}
+        keys = redis_server.client().keys(THREAD_PREFIX + "*")
+        assert len(keys) == 2
+        assert all(0 < redis_server.client().ttl(k) <= 600 for k in keys)
+    finally:
+        await one.aclose()
+        await two.aclose()
+    down = RedisCache(f"redis://127.0.0.1:{free_port()}/0", ttl=600, timeout=0.2)
+    try:
+        started = time.monotonic()
+        assert await down.recall(["root@x"]) == frozenset()
+        await down.remember(["root@x"], ["x"])
+        assert time.monotonic() - started < 2
+        assert down.errors >= 1
+    finally:
+        await down.aclose()
