@@ -85,12 +85,13 @@ def _patterns_text(matchers: Sequence[AddressMatcher]) -> str:
 class EnvelopeFrom:
     """``from``: the envelope sender matches one of the patterns."""
 
-    __slots__ = ("label", "matchers", "text")
+    __slots__ = ("label", "matchers", "source", "text")
 
     def __init__(self, matchers: Sequence[AddressMatcher], label: str | None = None) -> None:
         self.matchers = tuple(matchers)
         # A list file may hold hundreds of patterns: explain names the list instead.
         self.label = label or _patterns_text(self.matchers)
+        self.source = f" ({label})" if label else ""
         self.text = f"from {self.label}"
 
     def __call__(self, facts: Facts) -> Verdict:
@@ -98,26 +99,27 @@ class EnvelopeFrom:
         shown = sender or "<>"
         for matcher in self.matchers:
             if matcher(sender):
-                return True, f"from {shown} matches {matcher.pattern}"
+                return True, f"from {shown} matches {matcher.pattern}{self.source}"
         return False, f"from {shown} matches none of {self.label}"
 
 
 class EnvelopeTo:
     """``to``: one envelope recipient matches one of the patterns."""
 
-    __slots__ = ("label", "matchers", "text")
+    __slots__ = ("label", "matchers", "source", "text")
 
     def __init__(self, matchers: Sequence[AddressMatcher], label: str | None = None) -> None:
         self.matchers = tuple(matchers)
         # A list file may hold hundreds of patterns: explain names the list instead.
         self.label = label or _patterns_text(self.matchers)
+        self.source = f" ({label})" if label else ""
         self.text = f"to {self.label}"
 
     def __call__(self, facts: Facts) -> Verdict:
         for rcpt in facts.rcpts:
             for matcher in self.matchers:
                 if matcher(rcpt):
-                    return True, f"to {rcpt} matches {matcher.pattern}"
+                    return True, f"to {rcpt} matches {matcher.pattern}{self.source}"
         return False, f"no recipient matches {self.label}"
 
 
