@@ -16,9 +16,10 @@ Per message (DESIGN.md §1, §6, §7):
 4. Parse (in a thread past 256 KB), build the document, classify within
    ``classifier.timeout``. A ``ClassifierError`` gives ``unclassified; reason=<kind>`` with
    ``on_error = "deliver"``, or ``451 4.4.3`` with ``on_error = "defer"``.
-5. Rules -> ``Decision``; reject/defer -> its reply; discard -> 250, nothing delivered.
+5. Rules -> ``Decision`` (seeing what the conversation's earlier messages matched,
+   ``_thread``); reject/defer -> its reply; discard -> 250, nothing delivered.
 6. Otherwise prepend ``Received`` and the ``X-CM-*`` / rule headers (through
-   ``headers.safe_header_value``), apply subject prefixes, deliver to
+   ``headers.safe_header_value``), remove headers and prefix the subject, deliver to
    ``Decision.recipients``, and answer ``250 ... queued as <our queue id>`` once the next
    hop has it, or the next hop's failure mapped by ``delivery``.
 
