@@ -265,7 +265,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"        {difference}")
         bad = f", {len(errors)} error{'s' if len(errors) != 1 else ''}" if errors else ""
         print(
-            f"{len(results)} tests in {len(args.files)} file{'s' if len(args.files) != 1 else ''}:"
+            f"{len(results)} test{'' if len(results) == 1 else 's'} in {len(args.files)} file{'s' if len(args.files) != 1 else ''}:"
             f" {len(results) - len(failed)} passed, {len(failed)} failed{bad}"
         )
     if errors:

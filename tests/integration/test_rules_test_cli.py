@@ -130,7 +130,7 @@ def test_a_failing_test_prints_what_differed_and_exits_1(
         "        header X-Queue: expected 'general', got 'vip'",
         "        removed_headers: expected [], got ['x-spam-flag']",
         "        reply: expected '451 4.7.1 later', got '550 5.7.1 closed at night'",
-        "1 tests in 1 file: 0 passed, 1 failed",
+        "1 test in 1 file: 0 passed, 1 failed",
     ]
 
 
