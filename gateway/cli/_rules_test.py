@@ -225,6 +225,10 @@ def run_test_file(config: Config, path: Path) -> tuple[list[TestResult], list[Ru
     return results, []
 
 
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def run(args: argparse.Namespace) -> int:
     """``cm-gateway rules test``: see the module docstring."""
     config = load_config(args.config)
@@ -263,9 +267,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"{'ok  ' if r.passed else 'FAIL'}  {r.file}:{r.line}: {r.name}")
             for difference in r.differences:
                 print(f"        {difference}")
-        bad = f", {len(errors)} error{'s' if len(errors) != 1 else ''}" if errors else ""
+        bad = f", {_count(len(errors), 'error')}" if errors else ""
         print(
-            f"{len(results)} test{'' if len(results) == 1 else 's'} in {len(args.files)} file{'s' if len(args.files) != 1 else ''}:"
+            f"{_count(len(results), 'test')} in {_count(len(args.files), 'file')}:"
             f" {len(results) - len(failed)} passed, {len(failed)} failed{bad}"
         )
     if errors:
