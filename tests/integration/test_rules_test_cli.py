@@ -6,17 +6,32 @@ check`` on a test file, and ``explain --at/--thread-matched``."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from gateway.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_TESTS = sorted((ROOT / "rules" / "tests").glob("*.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """`rules test` and `explain` configure logging for the process: undo it after each
+    test (later tests in this process read their own log lines)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    structlog.reset_defaults()
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
