@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from gateway.documents import RawEmailDocument
@@ -52,6 +53,8 @@ class MessageContext:
 
     ``headers`` holds (name, decoded value) pairs in message order, names as written.
     ``prediction`` is None when the message was not classified (see ``status``).
+    ``at`` is the moment ``time`` conditions compare (None: when the rules run);
+    ``thread_matched`` names the rules earlier messages of its conversation matched.
     """
 
     mail_from: str
@@ -64,6 +67,8 @@ class MessageContext:
     model_version: int | None = None
     message_id: str | None = None
     subject: str = ""
+    at: datetime | None = None
+    thread_matched: frozenset[str] = frozenset()
 
     def header_values(self, name: str) -> list[str]:
         """Every value of the header ``name`` (case-insensitive), in order."""

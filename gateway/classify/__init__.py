@@ -4,7 +4,8 @@ Layers, outermost first: dedup cache (memory or Redis: never bill one message tw
 circuit breaker, micro-batcher, then the provider (the API client, a custom endpoint or
 the in-process emulator). ``build_live_classifier(config)`` assembles them; with
 ``[smtp] workers > 1`` a worker reaches the shared batcher process through
-``RemoteClassifier``.
+``RemoteClassifier``. ``build_thread_memory(config)``: the conversation memory of
+``thread`` rule conditions, in the same backend and TTL as the dedup cache.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from ._dedup import DedupClassifier, MemoryCache
 from ._metrics import MetricEvents
 from ._providers import make_classifier, model_validation
 from ._responses import parse_prediction_batch
-from ._stack import build_live_classifier
+from ._stack import build_live_classifier, build_thread_memory
+from ._threads import MemoryThreads, ThreadMemory
 
 __all__ = [
     "BatchingClassifier",
@@ -26,9 +28,12 @@ __all__ = [
     "DedupClassifier",
     "FrameError",
     "MemoryCache",
+    "MemoryThreads",
     "MetricEvents",
     "RemoteClassifier",
+    "ThreadMemory",
     "build_live_classifier",
+    "build_thread_memory",
     "circuit_breaker",
     "decode_request",
     "encode_reply",

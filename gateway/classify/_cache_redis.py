@@ -19,6 +19,7 @@ import asyncio
 import hashlib
 import json
 import time
+from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,10 +34,20 @@ from gateway.predictions import DocumentPrediction, ModelInfo
 from gateway.redact import register_secret, scrub
 
 from ._dedup import CacheEntry
+from ._threads import thread_digest
 
-__all__ = ["KEY_PREFIX", "RedisCache", "decode_entry", "encode_entry", "redis_key"]
+__all__ = [
+    "KEY_PREFIX",
+    "THREAD_PREFIX",
+    "RedisCache",
+    "decode_entry",
+    "encode_entry",
+    "redis_key",
+]
 
 KEY_PREFIX = "cm-gateway:dedup:"
+# Conversation memory (thread: {matched: RULE}): one set of rule names per thread id.
+THREAD_PREFIX = "cm-gateway:thread:"
 _FORMAT = 1  # bumped when the JSON shape changes: older entries then read as misses
 _LOG_EVERY = 30.0  # seconds between two cache_unavailable warnings
 
@@ -150,6 +161,40 @@ class RedisCache:
                 await self._client.set(redis_key(key), encode_entry(entry), ex=self._ttl)
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed("put", exc)
+            return
+        self._succeeded()
+
+    async def recall(self, thread_ids: Sequence[str]) -> frozenset[str]:
+        """The rules remembered under any of ``thread_ids`` (``ThreadMemory``)."""
+        if not thread_ids or not self._usable():
+            return frozenset()
+        keys = [THREAD_PREFIX + thread_digest(t) for t in thread_ids]
+        try:
+            async with asyncio.timeout(self._deadline):
+                members = await self._client.sunion(keys)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._failed("recall", exc)
+            return frozenset()
+        self._succeeded()
+        return frozenset(
+            m.decode("utf-8", "replace") if isinstance(m, bytes) else str(m) for m in members
+        )
+
+    async def remember(self, thread_ids: Sequence[str], rules: Iterable[str]) -> None:
+        """Add ``rules`` to each thread's set, for ``ttl`` seconds (``ThreadMemory``)."""
+        names = sorted(set(rules))
+        if not names or not thread_ids or not self._usable():
+            return
+        try:
+            async with asyncio.timeout(self._deadline):
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for thread_id in thread_ids:
+                        key = THREAD_PREFIX + thread_digest(thread_id)
+                        pipe.sadd(key, *names)
+                        pipe.expire(key, self._ttl)
+                    await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._failed("remember", exc)
             return
         self._succeeded()
 

@@ -23,11 +23,17 @@ from ._batcher import BatchingClassifier
 from ._circuit import circuit_breaker
 from ._dedup import DedupClassifier, MemoryCache, PredictionCache, TieredCache
 from ._providers import make_classifier
+from ._threads import MemoryThreads, ThreadMemory
 
 if TYPE_CHECKING:
     from ._metrics import ClassifierMetrics
 
-__all__ = ["build_cache", "build_classifier_stack", "build_live_classifier"]
+__all__ = [
+    "build_cache",
+    "build_classifier_stack",
+    "build_live_classifier",
+    "build_thread_memory",
+]
 
 _log = get_logger("cm-gateway.classifier")
 
@@ -75,3 +81,13 @@ def build_cache(config: Config) -> PredictionCache:
     shared = RedisCache(config.cache.url, ttl=config.cache.ttl)
     _log.info("cache_backend", backend=shared.description)
     return TieredCache(local, shared)
+
+
+def build_thread_memory(config: Config) -> ThreadMemory:
+    """The conversation memory of ``thread`` conditions, in the dedup cache's backend
+    (``[cache] url``) with its TTL: Redis is shared by every worker and instance."""
+    if config.cache.url.startswith("memory:"):
+        return MemoryThreads(ttl=config.cache.ttl, max_entries=config.cache.max_entries)
+    from ._cache_redis import RedisCache
+
+    return RedisCache(config.cache.url, ttl=config.cache.ttl)

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import re
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from gateway.mail import (
     safe_header_value,
 )
 from gateway.pipeline import (
+    GivenPredictions,
     Prepared,
     classify_message,
     defers,
@@ -165,18 +167,32 @@ def explain_message(
     ruleset: RuleSet,
     *,
     predictions_file: str | None = None,
+    given: GivenPredictions | None = None,
+    envelope: tuple[str | None, tuple[str, ...] | None] = (None, None),
+    at: datetime | None = None,
+    thread_matched: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
-    """Everything ``explain`` shows, as one JSON-ready mapping."""
-    prepared = prepare_message(config, raw)
-    parsed, ctx = prepared.parsed, prepared.ctx
+    """Everything ``explain`` shows, as one JSON-ready mapping. ``given`` predictions
+    (``rules test``) replace the classifier; ``envelope`` parts replace the assumed ones;
+    ``at`` is the time the rules see; ``thread_matched`` what earlier messages of the
+    conversation matched."""
+    assumed = envelope == (None, None)
+    prepared = prepare_message(config, raw, mail_from=envelope[0], rcpt_tos=envelope[1])
+    parsed = prepared.parsed
+    ctx = dataclasses.replace(prepared.ctx, at=at, thread_matched=thread_matched)
+    prepared = dataclasses.replace(prepared, ctx=ctx)
     # Shown even when the gateway would not send it: what the classifier would read.
     document = prepared.document or build_document(
         parsed, raw, user_properties=config.classifier.user_properties
     )
     error: ClassifierError | None = None
-    if predictions_file is not None:
-        given = load_predictions_file(predictions_file)
-        source = f"file {predictions_file}"
+    if given is not None or predictions_file is not None:
+        if given is not None:
+            source = "given"
+        else:
+            assert predictions_file is not None
+            given = load_predictions_file(predictions_file)
+            source = f"file {predictions_file}"
         ctx = dataclasses.replace(
             ctx,
             prediction=given.prediction if given.status.classified else None,
@@ -208,10 +224,12 @@ def explain_message(
             "files": list(ruleset.files),
             "mode": ruleset.mode,
             "default_threshold": config.classifier.default_threshold,
+            "at": at.isoformat() if at is not None else None,
+            "thread_matched": sorted(thread_matched),
             "verdicts": _rules_json(ruleset, decision),
         },
         "envelope": {
-            "assumed": True,
+            "assumed": assumed,
             "note": "a file has no envelope: sender = first From address,"
             " recipients = To and Cc addresses",
             "mail_from": ctx.mail_from,
@@ -229,6 +247,7 @@ def explain_message(
             "subject": apply_subject_prefixes(parsed.subject, prefixes),
             "subject_prefixes": list(prefixes),
             "headers": [[n, v] for n, v in headers],
+            "removed_headers": [] if decision.audit else list(decision.remove_headers),
         },
     }
 
@@ -282,6 +301,10 @@ def render_text(report: dict[str, Any]) -> str:
         f"Rules ({', '.join(r['files'])}; mode {r['mode']};"
         f" default threshold {r['default_threshold']:g})",
     ]
+    if r["at"]:
+        out.append(f"  at {r['at']}")
+    if r["thread_matched"]:
+        out.append(f"  this thread earlier matched: {', '.join(r['thread_matched'])}")
     width = max((len(v["rule"]) for v in r["verdicts"]), default=0)
     for i, v in enumerate(r["verdicts"], 1):
         tag = v["result"] + (" [audit: changes nothing]" if v["audit"] else "")
@@ -298,13 +321,16 @@ def render_text(report: dict[str, Any]) -> str:
     if d["audit"]:
         _line(out, "", f"audit mode: nothing changes (would be: {d['audit_verdict'] or 'deliver'})")
     _line(out, "rules hit", ", ".join(d["rules_hit"]) or "none")
-    _line(out, "envelope from", f"{e['mail_from'] or '<>'} (assumed: first From address)")
-    _line(out, "envelope to", f"{', '.join(e['rcpt_tos']) or '(none)'} (assumed: To and Cc)")
+    how = (" (assumed: first From address)", " (assumed: To and Cc)") if e["assumed"] else ("", "")
+    _line(out, "envelope from", f"{e['mail_from'] or '<>'}{how[0]}")
+    _line(out, "envelope to", f"{', '.join(e['rcpt_tos']) or '(none)'}{how[1]}")
     _line(out, "recipients", ", ".join(d["recipients"]) or "(none)")
     if d["quarantine_address"]:
         _line(out, "quarantine", d["quarantine_address"])
     if d["subject_prefixes"]:
         _line(out, "subject", d["subject"])
+    if d["removed_headers"]:
+        _line(out, "headers removed", ", ".join(d["removed_headers"]))
     out.append("  headers prepended (below the gateway's Received line):")
     for name, value in d["headers"]:
         out.append("    " + f"{name}: {value}".replace("\r\n", "\n    "))
@@ -322,7 +348,15 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"cannot read: {exc.strerror or exc}", file=args.file) from None
     paths = [Path(p) for p in args.rules] if args.rules else config.rule_paths()
     ruleset = load_rules(paths, mode=config.rules.mode)
-    report = explain_message(config, args.file, raw, ruleset, predictions_file=args.predictions)
+    report = explain_message(
+        config,
+        args.file,
+        raw,
+        ruleset,
+        predictions_file=args.predictions,
+        at=args.at,
+        thread_matched=frozenset(args.thread_matched or ()),
+    )
     if args.json:
         json.dump(report, sys.stdout, ensure_ascii=False, indent=2)
         sys.stdout.write("\n")

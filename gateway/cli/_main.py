@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 
 from gateway import __version__
 from gateway.errors import ConfigError
@@ -27,6 +28,16 @@ def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config", "-c", metavar="FILE", help="TOML config (default: the embedded default)"
     )
+
+
+def _moment(value: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {value!r}") from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError("the time needs a UTC offset (e.g. +00:00 or Z)")
+    return moment
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictions", metavar="JSON", help="use these predictions, not the model")
     p.add_argument("--rules", nargs="+", metavar="FILE", help="rule files (default: config)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--at", type=_moment, metavar="ISO-TIME", help="the time the rules see")
+    p.add_argument(
+        "--thread-matched", nargs="+", metavar="RULE", help="rules earlier messages matched"
+    )
     p.set_defaults(handler="gateway.cli._explain:run")
 
     p = sub.add_parser("rules", help="rule files")
@@ -65,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--against-model", action="store_true", help="flag labels the model does not know"
     )
     rc.set_defaults(handler="gateway.cli._rules:run_check")
+    rt = rsub.add_parser("test", help="run rule test files (expectations on messages)")
+    rt.add_argument("files", nargs="+", metavar="FILE")
+    _add_config(rt)
+    rt.add_argument("--json", action="store_true", help="one JSON object")
+    rt.set_defaults(handler="gateway.cli._rules_test:run")
 
     p = sub.add_parser("emulate", help="run the local Communications Mining emulator")
     p.add_argument("--host", default="127.0.0.1")

@@ -5,6 +5,10 @@ as ``FILE:LINE:COL: message`` and every warning as ``FILE:LINE: warning: ...`` o
 stderr. With ``--against-model``, labels the model does not know are reported as
 ``FILE:LINE: rule 'x': unknown label "A > B" (did you mean "A > C"?)`` on stderr.
 
+A rule test file (a YAML document with ``tests``; ``rules test``) is checked as one:
+its format, the rule files it names, its messages and predictions (``FILE: ok (N
+tests)``).
+
 Exit status: 2 when a file does not validate (what the gateway would refuse to load),
 else 1 when ``--against-model`` found unknown labels or could not read the taxonomy,
 else 0 — warnings alone do not change it.
@@ -21,11 +25,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from gateway.config import Config, load_config
 from gateway.errors import ClassifierError, RuleFileError
 from gateway.logsetup import configure_logging
 from gateway.predictions import join_label, split_label
-from gateway.rules import RuleSet, RuleWarning, check_rule_files, load_rules
+from gateway.rules import (
+    RuleSet,
+    RuleWarning,
+    check_rule_files,
+    is_test_document,
+    load_rules,
+)
 
 __all__ = ["UnknownLabel", "model_taxonomy", "run_check", "unknown_labels"]
 
@@ -154,6 +166,13 @@ def _check_one(path: Path) -> tuple[RuleSet | None, list[RuleFileError]]:
         return None, check_rule_files([path]) or []
 
 
+def _is_test_file(path: Path) -> bool:
+    try:
+        return is_test_document(yaml.safe_load(path.read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False  # reported as the rule file it then is
+
+
 def run_check(args: argparse.Namespace) -> int:
     """Validate rule files; see the module docstring for the output and exit status."""
     config = load_config(args.config)
@@ -164,6 +183,17 @@ def run_check(args: argparse.Namespace) -> int:
 
     loaded: list[RuleSet] = []
     invalid = False
+    tests = [p for p in paths if _is_test_file(p)]
+    paths = [p for p in paths if p not in tests]
+    for path in tests:  # a rule test file: its format, its rule files and messages
+        from ._rules_test import check_test_file
+
+        count, errors = check_test_file(path)
+        invalid = invalid or bool(errors)
+        for error in errors:
+            _print_err(str(error))
+        if not errors:
+            print(f"{path}: ok ({count} test{'' if count == 1 else 's'})")
     for path in paths:
         ruleset, errors = _check_one(path)
         if ruleset is None:
@@ -185,7 +215,7 @@ def run_check(args: argparse.Namespace) -> int:
             invalid = True
             for error in check_rule_files(paths):
                 _print_err(str(error))
-    elif not invalid:
+    elif not invalid and loaded:
         combined = loaded[0]
 
     for ruleset in [combined] if combined is not None else loaded:
@@ -194,7 +224,7 @@ def run_check(args: argparse.Namespace) -> int:
 
     if invalid:
         return EXIT_INVALID
-    if not args.against_model:
+    if not args.against_model or combined is None:
         return EXIT_OK
 
     assert combined is not None

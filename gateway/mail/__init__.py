@@ -13,6 +13,7 @@ from ._headers import (
     header_block,
     prefix_subject,
     prepend_headers,
+    remove_headers,
     safe_header_value,
     strip_headers,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "parse_message",
     "prefix_subject",
     "prepend_headers",
+    "remove_headers",
     "safe_header_value",
     "scan_bare_line_ending",
     "strip_headers",

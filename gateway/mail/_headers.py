@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import functools
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from gateway.controls import replace_controls
 from gateway.redact import scrub
@@ -30,6 +30,7 @@ __all__ = [
     "header_block",
     "prefix_subject",
     "prepend_headers",
+    "remove_headers",
     "safe_header_value",
     "strip_headers",
     "valid_header_name",
@@ -261,7 +262,17 @@ def strip_headers(raw: bytes, prefix: str = "X-CM-") -> bytes:
     (case-insensitive), continuation lines included. Only the header block is looked at;
     everything else stays byte for byte."""
     wanted = prefix.lower().encode("ascii")
-    drop = [(s, e) for name, s, e in _fields(raw) if name.startswith(wanted)]
+    return _drop(raw, [(s, e) for name, s, e in _fields(raw) if name.startswith(wanted)])
+
+
+def remove_headers(raw: bytes, names: Iterable[str]) -> bytes:
+    """``raw`` without every field named one of ``names`` (case-insensitive),
+    continuation lines included; everything else stays byte for byte."""
+    wanted = {n.lower().encode("ascii") for n in names}
+    return _drop(raw, [(s, e) for name, s, e in _fields(raw) if name in wanted])
+
+
+def _drop(raw: bytes, drop: list[tuple[int, int]]) -> bytes:
     if not drop:
         return raw
     view = memoryview(raw)

@@ -8,7 +8,9 @@ reference; a file that does not validate keeps the old rules, logs one
 ``Pipeline.reload_failures``.
 
 The set of rule files is the one the config named at start-up; the config itself is not
-reloaded (restart for that). A failed reload is not retried until a file changes again.
+reloaded (restart for that). The list files the rules name (``lists:``) are watched too,
+and a change of one reloads like a change of a rule file. A failed reload is not
+retried until a file changes again.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ Signature = tuple[tuple[int, int] | None, ...]
 class Reloadable(Protocol):
     """What the reloader needs of the pipeline."""
 
-    def rule_paths(self) -> list[Path]: ...
+    def rule_paths(self) -> list[Path]:
+        """The files to watch: rule files and the list files they name."""
+        ...
 
     def reload_rules(self, *, trigger: str) -> bool: ...
 
@@ -60,7 +64,12 @@ class RuleReloader:
         """Reload now; True when the new rules are in use."""
         # Taken before loading: a write that lands during the load is seen by the next poll.
         self._seen = files_signature(self._paths)
-        return self._target.reload_rules(trigger=trigger)
+        done = self._target.reload_rules(trigger=trigger)
+        paths = self._target.rule_paths()
+        if paths != self._paths:  # the new rules name other list files: watch those
+            self._paths = paths
+            self._seen = files_signature(paths)
+        return done
 
     def poll(self) -> bool | None:
         """Reload when a file's mtime or size changed; None when nothing changed."""

@@ -9,7 +9,7 @@ prepare messages with the same functions.
 
 from __future__ import annotations
 
-from ._given import GivenPredictions, load_predictions_file
+from ._given import GivenPredictions, load_predictions_file, parse_predictions
 from ._inbound import InboundMessage, MessageProcessor
 from ._pipeline import build_processor
 from ._prepare import (
@@ -35,6 +35,7 @@ __all__ = [
     "gateway_headers",
     "load_predictions_file",
     "message_context",
+    "parse_predictions",
     "prepare_message",
     "skip_reason",
 ]

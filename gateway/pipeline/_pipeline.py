@@ -16,9 +16,10 @@ Per message (README "How it works", "What it writes into a message", "SMTP repli
 4. Parse (in a thread past 256 KB), build the document, classify within
    ``classifier.timeout``. A ``ClassifierError`` gives ``unclassified; reason=<kind>`` with
    ``on_error = "deliver"``, or ``451 4.4.3`` with ``on_error = "defer"``.
-5. Rules -> ``Decision``; reject/defer -> its reply; discard -> 250, nothing delivered.
+5. Rules -> ``Decision`` (seeing what the conversation's earlier messages matched,
+   ``_thread``); reject/defer -> its reply; discard -> 250, nothing delivered.
 6. Otherwise prepend ``Received`` and the ``X-CM-*`` / rule headers (through
-   ``gateway.mail.safe_header_value``), apply subject prefixes, deliver to
+   ``gateway.mail.safe_header_value``), remove headers and prefix the subject, deliver to
    ``Decision.recipients``, and answer ``250 ... queued as <our queue id>`` once the next
    hop has it, or the next hop's failure mapped by ``gateway.deliver``.
 
@@ -41,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway import replies
-from gateway.classify import build_live_classifier
+from gateway.classify import ThreadMemory, build_live_classifier, build_thread_memory
 from gateway.config import Config
 from gateway.context import Classifier, MessageContext
 from gateway.deliver import Delivery, make_delivery
@@ -50,7 +51,6 @@ from gateway.errors import ConfigError
 from gateway.logsetup import get_logger
 from gateway.mail import (
     header_fields,
-    prefix_subject,
     prepend_headers,
     strip_headers,
 )
@@ -70,6 +70,8 @@ from ._prepare import (
     gateway_headers,
     prepare_message,
 )
+from ._rewrite import rewrite_message
+from ._thread import ThreadStep
 from ._trace import count_hops, received_header
 
 if TYPE_CHECKING:
@@ -97,8 +99,10 @@ class Pipeline:
         delivery: Delivery,
         metrics: GatewayMetrics | None = None,
         shadow: ShadowRunner | None = None,
+        threads: ThreadMemory | None = None,
     ) -> None:
         self.config = config
+        self.threads = ThreadStep(threads)  # thread: {matched: RULE} conditions
         self.metrics = metrics
         self.classifier = classifier
         self.shadow = shadow
@@ -111,13 +115,13 @@ class Pipeline:
         self._heavy_waiting = 0
 
     def rule_paths(self) -> list[Path]:
-        """The rule files this pipeline loads (and reloads)."""
-        return self.config.rule_paths()
+        """The files whose change reloads the rules: the rule files and their lists."""
+        return [*self.config.rule_paths(), *map(Path, self.rules.list_files)]
 
     def reload_rules(self, *, trigger: str = "sighup") -> bool:
         """Load the rule files again and swap them in; on an error keep the old rules,
         log ``rules_reload_failed`` (file, ``line:column``) and count it."""
-        paths = self.rule_paths()
+        paths = self.config.rule_paths()
         try:
             rules = load_rules(paths, mode=self.config.rules.mode)
         except ConfigError as exc:
@@ -145,6 +149,7 @@ class Pipeline:
             if self.shadow is not None:
                 await self.shadow.aclose()
             await self.classifier.aclose()
+            await self.threads.aclose()
         finally:
             await self.delivery.aclose()
 
@@ -198,7 +203,9 @@ class Pipeline:
                 return await self._relay(msg, content, msg.rcpt_tos, log)
             stage = "rules"
             with log.stage("rules"):
+                ctx = await self.threads.recall(rules, ctx)
                 decision = rules.evaluate(ctx, default_threshold=self._threshold)
+                await self.threads.remember(rules, ctx, decision)
             if self.shadow is not None and document is not None:
                 # A background task: the reply below never waits for the shadow model.
                 self.shadow.submit(document, ctx, decision, rules, msg.queue_id)
@@ -277,11 +284,7 @@ class Pipeline:
             )
             log.set(recipients=0)
             return self._done(log, replies.queued(msg.queue_id))
-        outgoing = content
-        if enforce:
-            for prefix in reversed(decision.subject_prefixes):
-                edit = functools.partial(prefix_subject, prefix=prefix)
-                outgoing = await off_loop(outgoing, edit)
+        outgoing = await rewrite_message(content, decision) if enforce else content
         return await self._relay(msg, outgoing, recipients, log, self._headers(ctx, decision))
 
     async def _relay(
@@ -355,4 +358,5 @@ def build_processor(
         delivery=delivery,
         metrics=metrics,
         shadow=shadow,
+        threads=build_thread_memory(config),
     )

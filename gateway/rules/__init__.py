@@ -30,6 +30,14 @@ decided here (details in the docstrings of each module):
   stop enforced rules. ``Decision.audit_verdict``: what enforcing them would have done.
 - ``add_header`` may not set structural headers (Subject, From, Content-Type...).
 - Rule names: 1-64 of ``[A-Za-z0-9._-]`` (they go into ``X-CM-Rules``).
+- ``time``: the processing moment (``MessageContext.at``) on ``tz``'s wall clock; a
+  window wrapping midnight belongs to the day it starts on (see ``_time``).
+- ``lists``: pattern files relative to the rule file, part of ``RuleSet.watched_files``.
+- ``thread: {matched: RULE}``: RULE is in ``MessageContext.thread_matched`` (filled by
+  the pipeline from the conversation memory); it must name a rule of the set.
+- ``remove_header``: every instance, from the message as it arrived; the fields
+  ``add_header`` refuses, ``Received`` and ``X-CM-*`` are refused.
+- Test files (``rules test``): ``_testfile``; a document with ``tests`` at the top.
 """
 
 from __future__ import annotations
@@ -41,17 +49,31 @@ from ._lint import RuleWarning
 from ._loader import check_rule_files, load_rules, parse_rules
 from ._rule import Rule
 from ._schema import render_schema, rules_json_schema
+from ._testfile import (
+    RuleTestFileModel,
+    RuleTestModel,
+    is_test_document,
+    load_test_file,
+    located_error,
+)
+from ._yaml import YamlDoc
 
 __all__ = [
     "Decision",
     "Rule",
     "RuleMatch",
     "RuleSet",
+    "RuleTestFileModel",
+    "RuleTestModel",
     "RuleVerdict",
     "RuleWarning",
+    "YamlDoc",
     "check_rule_files",
     "document_sentiment",
+    "is_test_document",
     "load_rules",
+    "load_test_file",
+    "located_error",
     "parse_rules",
     "render_schema",
     "rules_json_schema",

@@ -29,6 +29,7 @@ __all__ = [
     "Quarantine",
     "Redirect",
     "Reject",
+    "RemoveHeader",
 ]
 
 QUARANTINE_HEADER = "X-CM-Quarantine"
@@ -44,6 +45,7 @@ class Effect(NamedTuple):
     addresses: tuple[str, ...] = ()
     text: str = ""
     reply: Reply | None = None
+    names: tuple[str, ...] = ()
 
 
 def _header_effect(headers: tuple[tuple[str, str], ...]) -> Effect:
@@ -91,6 +93,18 @@ class AddHeader:
             return self.effect
         values = facts.placeholders(self.rule)
         return _header_effect(tuple((n, t.render(values)) for n, t in self.items))
+
+
+class RemoveHeader(_Static):
+    """``remove_header``: every instance of each named field, from the message as it
+    arrived (the fields the rules add are not affected)."""
+
+    __slots__ = ()
+
+    def __init__(self, names: Sequence[str]) -> None:
+        listed = ", ".join(names)
+        effect = Effect("remove_header", f"remove_header {listed}", names=tuple(names))
+        super().__init__(effect, f"remove_header {listed}")
 
 
 class PrefixSubject(_Static):
@@ -172,6 +186,7 @@ class Draft:
         "quarantine",
         "redirect",
         "reject",
+        "removed",
     )
 
     def __init__(self) -> None:
@@ -183,11 +198,15 @@ class Draft:
         self.bcc: list[str] = []
         self.headers: list[tuple[str, str]] = []
         self.prefixes: list[str] = []
+        self.removed: list[str] = []
 
     def add(self, effect: Effect) -> None:
         kind = effect.kind
         if kind == "add_header":
             self.headers.extend(effect.headers)
+        elif kind == "remove_header":
+            known = {n.lower() for n in self.removed}
+            self.removed.extend(n for n in effect.names if n.lower() not in known)
         elif kind == "prefix_subject":
             if effect.text not in self.prefixes:
                 self.prefixes.append(effect.text)

@@ -63,7 +63,8 @@ class Decision:
     in order (the ``X-CM-Rules`` header). ``audit``: the rule set runs in audit mode as
     a whole (nothing it decides may change a message). ``audit_verdict``: the verdict had
     the audited rules that matched been enforced, or None when none matched.
-    ``verdicts``: every rule's outcome, in order."""
+    ``verdicts``: every rule's outcome, in order. ``remove_headers``: field names
+    (any case) whose every instance is removed from the message as it arrived."""
 
     verdict: Verdict
     reply: Reply | None
@@ -76,6 +77,7 @@ class Decision:
     audit: bool = False
     verdicts: tuple[RuleVerdict, ...] = ()
     audit_verdict: Verdict | None = None
+    remove_headers: tuple[str, ...] = ()
 
 
 def dedupe_addresses(addresses: Iterable[str]) -> tuple[str, ...]:
@@ -108,6 +110,7 @@ class Outcome(NamedTuple):
     add_headers: tuple[tuple[str, str], ...]
     subject_prefixes: tuple[str, ...]
     quarantine_address: str | None
+    remove_headers: tuple[str, ...]
 
 
 def finalize(draft: Draft, original: tuple[str, ...]) -> Outcome:
@@ -141,4 +144,5 @@ def finalize(draft: Draft, original: tuple[str, ...]) -> Outcome:
         _dedupe_headers(headers),
         tuple(draft.prefixes),
         quarantine_address,
+        tuple(draft.removed),
     )

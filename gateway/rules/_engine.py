@@ -35,12 +35,28 @@ _new = tuple.__new__
 class RuleSet:
     """Rules loaded from one or more files, in evaluation order."""
 
-    __slots__ = ("_any_audit", "files", "mode", "rules")
+    __slots__ = ("_any_audit", "files", "list_files", "mode", "rules", "thread_rules")
 
-    def __init__(self, rules: Sequence[Rule], *, mode: Mode = "enforce", files: Sequence[str] = ()):
+    def __init__(
+        self,
+        rules: Sequence[Rule],
+        *,
+        mode: Mode = "enforce",
+        files: Sequence[str] = (),
+        list_files: Sequence[str] = (),
+    ):
         self.rules = tuple(rules)
         self.mode: Mode = mode
         self.files = tuple(files)
+        self.list_files = tuple(list_files)
+        # The rules some 'thread: {matched: ...}' names: the only ones worth remembering
+        # per conversation (none: the pipeline neither looks threads up nor records them).
+        self.thread_rules = frozenset(
+            name
+            for r in self.rules
+            if r.model.when is not None
+            for name in _thread_names(r.model.when.model_dump(by_alias=True))
+        )
         # The shadow run (audit_verdict) only matters when some rule is audited.
         self._any_audit = mode == "audit" or any(r.audit for r in self.rules)
 
@@ -49,6 +65,11 @@ class RuleSet:
 
     def __repr__(self) -> str:
         return f"RuleSet({len(self.rules)} rules, mode={self.mode!r})"
+
+    @property
+    def watched_files(self) -> tuple[str, ...]:
+        """The files whose change reloads this rule set: rule files and list files."""
+        return self.files + self.list_files
 
     @property
     def audit(self) -> bool:
@@ -159,6 +180,7 @@ class RuleSet:
             audit=self.audit,
             verdicts=tuple(verdicts),
             audit_verdict=finalize(shadow, original).verdict if audit_matched else None,
+            remove_headers=outcome.remove_headers,
         )
 
 
@@ -175,3 +197,17 @@ def _collect_labels(condition: object, out: set[str]) -> None:
             for child in condition.get(key) or ():
                 _collect_labels(child, out)
         _collect_labels(condition.get("not"), out)
+
+
+def _thread_names(condition: object) -> list[str]:
+    if not isinstance(condition, dict):
+        return []
+    out = []
+    thread = condition.get("thread")
+    if isinstance(thread, dict) and isinstance(thread.get("matched"), str):
+        out.append(thread["matched"])
+    for key in ("all", "any"):
+        for child in condition.get(key) or ():
+            out.extend(_thread_names(child))
+    out.extend(_thread_names(condition.get("not")))
+    return out

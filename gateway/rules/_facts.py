@@ -3,6 +3,8 @@ predicate and action of every rule (label lookup by name, lowered addresses...).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from gateway.context import MessageContext
 from gateway.predictions import Label
 
@@ -32,6 +34,7 @@ class Facts:
     """Per-evaluation view of a ``MessageContext``."""
 
     __slots__ = (
+        "_at",
         "_placeholders",
         "classified",
         "ctx",
@@ -55,6 +58,14 @@ class Facts:
         self.mail_from = normalize_address(ctx.mail_from)
         self.rcpts = tuple(normalize_address(r) for r in ctx.rcpt_tos)
         self._placeholders: dict[str, str] | None = None
+        self._at = ctx.at
+
+    @property
+    def at(self) -> datetime:
+        """The moment ``time`` conditions compare: the context's, else now (once)."""
+        if self._at is None:
+            self._at = datetime.now(UTC)
+        return self._at
 
     def unclassified_text(self) -> str:
         return f"no prediction (status {self.ctx.status.header_value})"

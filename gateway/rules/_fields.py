@@ -23,8 +23,10 @@ __all__ = [
     "AddressPatterns",
     "HeaderName",
     "LabelPattern",
+    "ListName",
     "Probability",
     "Regex",
+    "RemovedHeaderNames",
     "ReplyText",
     "RuleName",
     "Sentiment",
@@ -35,6 +37,7 @@ __all__ = [
 ]
 
 RULE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+LIST_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 HEADER_NAME_PATTERN = r"^[!-9;-~]{1,76}$"  # RFC 5322 ftext: printable ASCII except ':'
 _RULE_NAME = re.compile(RULE_NAME_PATTERN)
 _HEADER_NAME = re.compile(HEADER_NAME_PATTERN)
@@ -131,6 +134,15 @@ def _added_header_name(value: str) -> str:
     return value
 
 
+def _removed_header_name(value: str) -> str:
+    _header_name(value)
+    lowered = value.lower()
+    # Received counts hops (loop detection) and X-CM-* is the gateway's own verdict.
+    if lowered in _RESERVED_HEADERS or lowered == "received" or lowered.startswith("x-cm-"):
+        raise _fail("reserved_header", f"remove_header cannot remove {value!r}")
+    return value
+
+
 def _template(value: str) -> str:
     _no_crlf(value, "a header value")
     try:
@@ -213,3 +225,9 @@ Size = Annotated[
     Field(ge=0),
     BeforeValidator(parse_size, json_schema_input_type=int | str),
 ]
+RemovedHeaderNames = Annotated[
+    list[Annotated[str, AfterValidator(_removed_header_name)]],
+    Field(min_length=1),
+    BeforeValidator(_one_or_many, json_schema_input_type=str | list[str]),
+]
+ListName = Annotated[str, Field(pattern=LIST_NAME_PATTERN)]

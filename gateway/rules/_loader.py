@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +19,15 @@ from pydantic_core import ErrorDetails
 from gateway.errors import RuleFileError
 from gateway.textfile import read_text
 
+from ._addresses import AddressMatcher
 from ._compile import compile_rule
 from ._engine import Mode, RuleSet
+from ._lists import NEWER_KEYS, list_path, load_list_file, references
 from ._model import ACTION_KEYS, CONDITION_KEYS, RuleFileModel
 from ._rule import Rule
 from ._yaml import Located, YamlDoc, YamlProblem, parse_yaml
 
-__all__ = ["check_rule_files", "load_rules", "parse_rules"]
+__all__ = ["check_rule_files", "describe_error", "load_rules", "parse_rules", "position_of"]
 
 _ALL_KEYS = sorted(
     {
@@ -47,6 +49,7 @@ _ALL_KEYS = sorted(
         "contains",
         "exists",
         "content_type",
+        *NEWER_KEYS,
     }
 )
 
@@ -71,6 +74,8 @@ class _File:
     name: str
     doc: YamlDoc
     model: RuleFileModel | None = None
+    lists: dict[str, list[AddressMatcher]] = field(default_factory=dict)
+    list_files: list[str] = field(default_factory=list)
 
 
 def load_rules(paths: Sequence[Path | str], *, mode: Mode = "enforce") -> RuleSet:
@@ -90,7 +95,7 @@ def parse_rules(text: str, *, file: str = "<string>", mode: Mode = "enforce") ->
     if errors:
         raise errors[0]
     assert loaded is not None
-    errors = _duplicate_names([loaded])
+    errors = _duplicate_names([loaded]) + _thread_refs([loaded])
     if errors:
         raise errors[0]
     return _compile([loaded], mode)
@@ -120,6 +125,8 @@ def _load(
         if errors and first_only:
             return files, errors
     errors.extend(_duplicate_names(files))
+    if not errors:
+        errors.extend(_thread_refs(files))
     return files, errors
 
 
@@ -154,6 +161,8 @@ def _load_text(
             details = sorted(exc.errors(), key=lambda d: d["type"] == "missing")
             for detail in details:
                 errors.append(_from_pydantic(loaded, detail))
+        if loaded.model is not None and not errors:
+            errors.extend(_load_lists(loaded))
     errors.sort(key=lambda e: (e[0], e[1]))
     out = [e[2] for e in errors]
     if first_only and len(out) > 1:
@@ -234,7 +243,7 @@ def _num(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _describe(detail: ErrorDetails, path: tuple[str | int, ...]) -> str:
+def describe_error(detail: ErrorDetails, path: tuple[str | int, ...]) -> str:
     kind = detail["type"]
     ctx: dict[str, Any] = dict(detail.get("ctx") or {})
     loc = detail["loc"]
@@ -259,24 +268,69 @@ def _describe(detail: ErrorDetails, path: tuple[str | int, ...]) -> str:
     return message
 
 
-def _from_pydantic(loaded: _File, detail: ErrorDetails) -> tuple[int, int, RuleFileError]:
-    path, located, on_key = loaded.doc.locate(detail["loc"])
+def position_of(doc: YamlDoc, detail: ErrorDetails) -> tuple[tuple[str | int, ...], int, int]:
+    """Where a pydantic error belongs in the YAML: the path, line and column."""
+    path, located, on_key = doc.locate(detail["loc"])
     ctx = detail.get("ctx") or {}
     key = ctx.get("key") if isinstance(ctx, dict) else None
-    if key and (*path, key) in loaded.doc.positions:
+    if key and (*path, key) in doc.positions:
         path = (*path, key)
-        located = loaded.doc.positions[path]
+        located = doc.positions[path]
         on_key = True
     if detail["type"] == "extra_forbidden":
         on_key = True
     line, column = _position(located, on_key)
-    return line, column, _error(loaded, path, _describe(detail, path), line, column)
+    return path, line, column
+
+
+def _from_pydantic(loaded: _File, detail: ErrorDetails) -> tuple[int, int, RuleFileError]:
+    path, line, column = position_of(loaded.doc, detail)
+    return line, column, _error(loaded, path, describe_error(detail, path), line, column)
 
 
 def _position(located: Located, on_key: bool) -> tuple[int, int]:
     if on_key:
         return located.key_line, located.key_column
     return located.line, located.column
+
+
+def _at(loaded: _File, path: tuple[str | int, ...], message: str) -> tuple[int, int, RuleFileError]:
+    located = loaded.doc.positions[path]
+    return located.line, located.column, _error(loaded, path, message, located.line, located.column)
+
+
+def _load_lists(loaded: _File) -> list[tuple[int, int, RuleFileError]]:
+    """Read the file's ``lists`` and check every ``{list: NAME}`` names one of them.
+    A list file's own errors point into it (sorted first: line 0)."""
+    assert loaded.model is not None
+    errors: list[tuple[int, int, RuleFileError]] = []
+    for name, value in (loaded.model.lists or {}).items():
+        file = list_path(loaded.name, value)
+        loaded.list_files.append(str(file))
+        matchers, problems = load_list_file(file, name)
+        if problems and problems[0].where is None:  # unreadable: point at the entry too
+            errors.append(_at(loaded, ("lists", name), f"list '{name}': {problems[0]}"))
+            continue
+        errors.extend((0, 0, p) for p in problems)
+        loaded.lists[name] = matchers
+    for kind, name, ref in references(loaded.doc):
+        if kind == "list" and name not in (loaded.model.lists or {}):
+            known = ", ".join(sorted(loaded.model.lists or {})) or "none"
+            errors.append(_at(loaded, ref, f"unknown list {name!r} (lists of this file: {known})"))
+    return errors
+
+
+def _thread_refs(files: Sequence[_File]) -> list[RuleFileError]:
+    """``thread: {matched: RULE}`` must name a rule of the set (a typo never matches)."""
+    names = {rule.name for f in files if f.model is not None for rule in f.model.rules}
+    errors: list[RuleFileError] = []
+    for loaded in files:
+        for kind, name, path in references(loaded.doc):
+            if kind == "thread" and name not in names:
+                hint = difflib.get_close_matches(name, sorted(names), n=1)
+                more = f" (did you mean {hint[0]!r}?)" if hint else ""
+                errors.append(_at(loaded, path, f"no rule named {name!r}{more}")[2])
+    return errors
 
 
 def _duplicate_names(files: Sequence[_File]) -> list[RuleFileError]:
@@ -308,6 +362,17 @@ def _compile(files: Sequence[_File], mode: Mode) -> RuleSet:
         for index, model in enumerate(loaded.model.rules):
             line = loaded.doc.positions[("rules", index)].line
             rules.append(
-                compile_rule(model, file=loaded.name, line=line, file_audit=loaded.model.audit)
+                compile_rule(
+                    model,
+                    file=loaded.name,
+                    line=line,
+                    file_audit=loaded.model.audit,
+                    lists=loaded.lists,
+                )
             )
-    return RuleSet(rules, mode=mode, files=[f.name for f in files])
+    return RuleSet(
+        rules,
+        mode=mode,
+        files=[f.name for f in files],
+        list_files=[p for f in files for p in f.list_files],
+    )

@@ -8,9 +8,9 @@ point at, so that the error lands on that key's line.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from ._fields import (
@@ -20,8 +20,10 @@ from ._fields import (
     AddressPatterns,
     HeaderName,
     LabelPattern,
+    ListName,
     Probability,
     Regex,
+    RemovedHeaderNames,
     ReplyText,
     RuleName,
     Sentiment,
@@ -29,12 +31,14 @@ from ._fields import (
     SubjectPrefix,
     TemplateText,
 )
+from ._time import check_between, check_days, check_zone
 
 __all__ = [
     "ACTION_KEYS",
     "CONDITION_KEYS",
     "ActionModel",
     "ConditionModel",
+    "ListRef",
     "RuleFileModel",
     "RuleModel",
 ]
@@ -151,6 +155,35 @@ class AttachmentCondition(_Strict):
         return self
 
 
+class TimeCondition(_Strict):
+    """Holds when the message is processed inside the window, on ``tz``'s wall clock:
+    ``days`` (``mon-fri``, ``sat,sun`` or a list), ``between`` ``"HH:MM-HH:MM"`` (may
+    wrap midnight), ``tz`` an IANA zone (default UTC)."""
+
+    days: Annotated[str | list[str], AfterValidator(check_days)] | None = None
+    between: Annotated[str, AfterValidator(check_between)] | None = None
+    tz: Annotated[str, AfterValidator(check_zone)] = "UTC"
+
+    @model_validator(mode="after")
+    def _check(self) -> TimeCondition:
+        if self.days is None and self.between is None:
+            raise _error("", "time needs 'days' and/or 'between'")
+        return self
+
+
+class ListRef(_Strict):
+    """``{list: NAME}``: the patterns of a list file the rule file's ``lists`` names."""
+
+    list_: ListName = Field(alias="list")
+
+
+class ThreadCondition(_Strict):
+    """Holds when an earlier message of the conversation (References / In-Reply-To)
+    matched the rule ``matched``."""
+
+    matched: RuleName
+
+
 class ConditionModel(_Strict):
     """A mapping of conditions; every key in it must hold (an implicit ``all``)."""
 
@@ -161,11 +194,13 @@ class ConditionModel(_Strict):
     entity: EntityCondition | None = None
     label_property: LabelPropertyCondition | None = None
     header: HeaderCondition | None = None
-    from_: AddressPatterns | None = Field(default=None, alias="from")
-    to: AddressPatterns | None = None
+    from_: AddressPatterns | ListRef | None = Field(default=None, alias="from")
+    to: AddressPatterns | ListRef | None = None
     size: SizeCondition | None = None
     attachment: AttachmentCondition | None = None
     unclassified: bool | None = None
+    time: TimeCondition | None = None
+    thread: ThreadCondition | None = None
     all: list[ConditionModel] | None = Field(default=None, min_length=1)
     any: list[ConditionModel] | None = Field(default=None, min_length=1)
     not_: ConditionModel | None = Field(default=None, alias="not")
@@ -203,6 +238,7 @@ class ActionModel(_Strict):
     reject: ReplyText | None = None
     defer: ReplyText | None = None
     discard: Literal[True] | None = None
+    remove_header: RemovedHeaderNames | None = None
 
     @model_validator(mode="after")
     def _check(self) -> ActionModel:
@@ -244,4 +280,5 @@ class RuleFileModel(_Strict):
 
     description: str | None = None
     audit: bool = False
+    lists: dict[ListName, str] | None = None
     rules: list[RuleModel]

@@ -18,6 +18,7 @@ __all__ = [
     "HeaderExists",
     "HeaderMatches",
     "SizeIs",
+    "ThreadMatched",
 ]
 
 
@@ -84,36 +85,42 @@ def _patterns_text(matchers: Sequence[AddressMatcher]) -> str:
 class EnvelopeFrom:
     """``from``: the envelope sender matches one of the patterns."""
 
-    __slots__ = ("matchers", "text")
+    __slots__ = ("label", "matchers", "source", "text")
 
-    def __init__(self, matchers: Sequence[AddressMatcher]) -> None:
+    def __init__(self, matchers: Sequence[AddressMatcher], label: str | None = None) -> None:
         self.matchers = tuple(matchers)
-        self.text = f"from {_patterns_text(self.matchers)}"
+        # A list file may hold hundreds of patterns: explain names the list instead.
+        self.label = label or _patterns_text(self.matchers)
+        self.source = f" ({label})" if label else ""
+        self.text = f"from {self.label}"
 
     def __call__(self, facts: Facts) -> Verdict:
         sender = facts.mail_from
         shown = sender or "<>"
         for matcher in self.matchers:
             if matcher(sender):
-                return True, f"from {shown} matches {matcher.pattern}"
-        return False, f"from {shown} matches none of {_patterns_text(self.matchers)}"
+                return True, f"from {shown} matches {matcher.pattern}{self.source}"
+        return False, f"from {shown} matches none of {self.label}"
 
 
 class EnvelopeTo:
     """``to``: one envelope recipient matches one of the patterns."""
 
-    __slots__ = ("matchers", "text")
+    __slots__ = ("label", "matchers", "source", "text")
 
-    def __init__(self, matchers: Sequence[AddressMatcher]) -> None:
+    def __init__(self, matchers: Sequence[AddressMatcher], label: str | None = None) -> None:
         self.matchers = tuple(matchers)
-        self.text = f"to {_patterns_text(self.matchers)}"
+        # A list file may hold hundreds of patterns: explain names the list instead.
+        self.label = label or _patterns_text(self.matchers)
+        self.source = f" ({label})" if label else ""
+        self.text = f"to {self.label}"
 
     def __call__(self, facts: Facts) -> Verdict:
         for rcpt in facts.rcpts:
             for matcher in self.matchers:
                 if matcher(rcpt):
-                    return True, f"to {rcpt} matches {matcher.pattern}"
-        return False, f"no recipient matches {_patterns_text(self.matchers)}"
+                    return True, f"to {rcpt} matches {matcher.pattern}{self.source}"
+        return False, f"no recipient matches {self.label}"
 
 
 class SizeIs:
@@ -154,3 +161,23 @@ class AttachmentIs:
                 continue
             return True, f"attachment {att.name!r} ({att.content_type})"
         return False, f"no {self.text}"
+
+
+class ThreadMatched:
+    """``thread: {matched: RULE}``: an earlier message of this conversation matched RULE
+    (the pipeline looks the conversation up before the rules run)."""
+
+    __slots__ = ("rule", "text")
+
+    def __init__(self, rule: str) -> None:
+        self.rule = rule
+        self.text = f"thread matched {rule}"
+
+    def __call__(self, facts: Facts) -> Verdict:
+        earlier = facts.ctx.thread_matched
+        if self.rule in earlier:
+            return True, f"an earlier message of this thread matched {self.rule}"
+        if not earlier:
+            return False, f"no earlier message of this thread matched {self.rule}"
+        seen = ", ".join(sorted(earlier))
+        return False, f"earlier messages of this thread matched {seen}, not {self.rule}"

@@ -115,10 +115,16 @@ def test_baked_config_and_rules_pass_cli_checks_in_the_image_layout(
     (etc / "rules").mkdir(parents=True)
     shutil.copy(BAKED_CONFIG, etc / "cm-gateway.toml")
     for args in (a.split() for w, a in steps if w == "COPY"):
-        if args[-1] == "/etc/cm-gateway/rules/":
+        if args[-1].startswith("/etc/cm-gateway/rules/"):
+            # Docker copies a file into the directory, and a directory's contents.
+            target = etc / "rules" / args[-1].removeprefix("/etc/cm-gateway/rules/")
+            target.mkdir(parents=True, exist_ok=True)
             for pattern in args[:-1]:
                 for source in ROOT.glob(pattern):
-                    shutil.copy(source, etc / "rules" / source.name)
+                    if source.is_dir():
+                        shutil.copytree(source, target, dirs_exist_ok=True)
+                    else:
+                        shutil.copy(source, target / source.name)
     monkeypatch.chdir(tmp_path)
     config = str(etc / "cm-gateway.toml")
     code, out, err = cli("config", "check", "--config", config)

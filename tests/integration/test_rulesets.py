@@ -9,7 +9,8 @@ From address as sender, the To and Cc addresses as recipients.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,9 @@ RULES = ROOT / "rules"
 FIXTURES = ROOT / "tests" / "fixtures" / "rulesets"
 RULE_SETS = ("inline-routing", "shared-inbox-triage", "compliance-tagging")
 THRESHOLD = embedded_default(env={}).classifier.default_threshold
+# The fixtures' decisions are those of business hours (triage copies urgent mail to
+# on-call outside them): a Monday, 10:00 in London.
+BUSINESS_HOURS = datetime.fromisoformat("2026-12-07T10:00:00+00:00")
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ def _decide(case: Case) -> Decision:
         status=given.status,
         model_version=given.model_version,
     )
+    ctx = replace(ctx, at=BUSINESS_HOURS)
     return _ruleset(case.ruleset).evaluate(ctx, default_threshold=THRESHOLD)
 
 
@@ -149,6 +154,7 @@ async def _decide_with_emulator(case: Case) -> Decision:
         status=CLASSIFIED,
         model_version=batch.model_version,
     )
+    ctx = replace(ctx, at=BUSINESS_HOURS)
     return _ruleset(case.ruleset).evaluate(ctx, default_threshold=THRESHOLD)
 
 

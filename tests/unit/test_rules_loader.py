@@ -367,6 +367,8 @@ rules:
             - size: {above: 1KB, below: 10MB}
             - attachment: {name: '*.pdf', content_type: 'application/*'}
             - unclassified: true
+            - time: {days: [mon-fri, sun], between: "22:00-06:00", tz: Europe/London}
+            - thread: {matched: everything}
         - not: {label: Urgent}
     actions:
       - add_header: {X-Triage-Queue: "{rule}: {top_label} ({top_probability})", X-L: "{labels}"}
@@ -377,6 +379,7 @@ rules:
       - reject: "No invoices here"
       - defer: "Try again later"
       - discard: true
+      - remove_header: [X-Spam-Flag, X-Old]
     stop: true
 """
 
@@ -387,7 +390,7 @@ def test_every_condition_and_action_loads_and_records_positions(tmp_path: Path) 
     ruleset = load_rules([path])
     (rule,) = ruleset.rules
     assert (rule.name, rule.source, rule.stop) == ("everything", f"{path}:3", True)
-    assert len(rule.actions) == 8
+    assert len(rule.actions) == 9
     assert rule.condition_text.startswith("all(label 'Finance > Invoice' probability >= 0.5")
     assert ruleset.labels_referenced() == {"Finance > Invoice", "Customer Service", "Urgent"}
     assert ruleset.files == (str(path),)

@@ -62,3 +62,20 @@ def test_schema_accepts_every_key_the_loader_accepts() -> None:
 def test_schema_rejects_what_the_loader_rejects_structurally(document: dict[str, Any]) -> None:
     """Unknown keys, out-of-range thresholds, bad names, missing keys fail the schema."""
     assert not validator().is_valid(document)
+
+
+SHIPPED_TESTS = sorted((ROOT / "rules" / "tests").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED_TESTS, ids=[p.name for p in SHIPPED_TESTS])
+def test_schema_knows_the_rule_test_file_format(path: Path) -> None:
+    """The shipped expectation files are valid; a test without `expect` or with an
+    unknown verdict is not (a document with `tests` is checked as a test file)."""
+    document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    validator().validate(document)
+    broken = {"rules": ["x.yaml"], "tests": [{"name": "t", "message": "m.eml"}]}
+    assert not validator().is_valid(broken)
+    broken["tests"][0]["expect"] = {"verdict": "maybe"}  # type: ignore[index]
+    assert not validator().is_valid(broken)
+    broken["tests"][0]["expect"] = {"verdict": "deliver"}  # type: ignore[index]
+    assert validator().is_valid(broken)
