@@ -47,6 +47,8 @@ from typing import Any
 
 import pytest
 
+from tests.real_parts import missing_part
+
 from .sink import ReceivedMessage, SmtpSink
 
 __all__ = [
@@ -463,7 +465,7 @@ smtpd_error_sleep_time = 0
         """Submit a message with swaks (the operator's tool); returns its transcript."""
         swaks = shutil.which("swaks")
         if swaks is None:
-            pytest.skip("swaks is not installed (scripts/test installs it)")
+            missing_part("swaks is not installed (scripts/test installs it)")
         args = [swaks, "--server", f"127.0.0.1:{self.front_port}", "--from", mail_from]
         args += ["--to", ",".join(rcpt_tos), "--helo", "client.harness.test"]
         args += ["--header", f"Subject: {subject}", "--body", body, "--hide-informational"]
@@ -558,7 +560,7 @@ def postfix_session(sink: SmtpSink) -> Iterator[PostfixInstance]:
     """One private Postfix for the session, delivering everything to ``sink``."""
     reason = postfix_available()
     if reason:
-        pytest.skip(reason)
+        missing_part(reason)
     if "postfix" in _SHARED:
         yield _SHARED["postfix"]
         return

@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.real_parts import missing_part
+
 from .downstream_sink import free_port
 
 __all__ = ["RedisServer", "redis_server", "running_redis"]
@@ -53,7 +55,7 @@ class RedisServer:
             return self
         binary = shutil.which("redis-server")
         if binary is None:
-            pytest.skip("redis-server is not installed (Debian package redis-server)")
+            missing_part("redis-server is not installed (Debian package redis-server)")
         self.directory.mkdir(parents=True, exist_ok=True)
         args = [
             binary,
