@@ -25,6 +25,7 @@ from gateway.mail._headers import (
     _fold_words,
     valid_header_name,
 )
+from gateway.testing import isolated_secrets
 
 BODY = (
     b"Body line one\r\n"
@@ -189,14 +190,9 @@ _SECRET = "hdr-secret-0123456789"
 def test_safe_header_value_fast_path_equals_the_full_path(text: str, name: str) -> None:
     """A short plain ASCII value is returned before cleaning, encoding and folding: the
     full path gives the same string for every value."""
-    saved = set(redact._SECRETS)
-    redact.register_secret(_SECRET)
-    try:
+    with isolated_secrets(_SECRET):
         assert safe_header_value(text, name=name) == _fit(_clean(redact.scrub(text)), name)
         assert _SECRET not in safe_header_value(text, name=name)
-    finally:
-        redact._SECRETS.clear()
-        redact._SECRETS.update(saved)
 
 
 @settings(max_examples=300, deadline=None)
