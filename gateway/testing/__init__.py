@@ -12,9 +12,10 @@ from __future__ import annotations
 from ._emulator import EmulatorHandle, running_emulator
 from ._records import ReceivedMessage, SinkBehaviour, free_port
 from ._secrets import isolated_secrets
-from ._sink import NextHopSink, running_sink
+from ._sink import XFORWARD_ALL, NextHopSink, running_sink
 
 __all__ = [
+    "XFORWARD_ALL",
     "EmulatorHandle",
     "NextHopSink",
     "ReceivedMessage",

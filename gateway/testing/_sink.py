@@ -28,7 +28,7 @@ from aiosmtpd.smtp import SMTP, syntax
 
 from ._records import ReceivedMessage, SinkBehaviour, free_port
 
-__all__ = ["NextHopSink", "running_sink"]
+__all__ = ["XFORWARD_ALL", "NextHopSink", "running_sink"]
 
 XFORWARD_ALL = "NAME ADDR PORT PROTO HELO IDENT SOURCE"
 _XTEXT = re.compile(r"\+([0-9A-F]{2})")
@@ -73,6 +73,7 @@ class _SinkSMTP(SMTP):
                 self.sink.lines.append(line)
             verbs = self.sink.commands.setdefault(self.conn_id, [])
             verbs.append(line.split(" ", 1)[0].upper())
+            self.sink._cond.notify_all()
             return list(verbs)
 
     def hang_up(self) -> None:
@@ -217,13 +218,17 @@ class NextHopSink:
         host: str = "127.0.0.1",
         hostname: str = "sink.test",
         line_length_limit: int | None = 1 << 21,
+        ready_timeout: float = 10.0,
     ) -> None:
         self.behaviour = behaviour or SinkBehaviour()
         self.host = host
         self.port = port
         self.hostname = hostname
+        self.ready_timeout = ready_timeout
         self.line_length_limit = line_length_limit or SMTP.line_length_limit
         self._messages: list[ReceivedMessage] = []
+        # The live list (appended to as messages arrive), for code that keeps a reference.
+        self.received = self._messages
         self._cond = threading.Condition()
         self._controller: Controller | None = None
         self.commands: dict[int, list[str]] = {}  # connection -> verbs, in order
@@ -250,7 +255,7 @@ class NextHopSink:
             port=self.port,
             server_hostname=self.hostname,
             ident="cm-gateway test sink",
-            ready_timeout=10.0,
+            ready_timeout=self.ready_timeout,
             decode_data=False,
         )
         controller.start()
@@ -279,8 +284,6 @@ class NextHopSink:
         with self._cond:
             return list(self._messages)
 
-    received = messages
-
     @property
     def connections(self) -> int:
         """Connections that sent a command (the controller's start-up probe sends none)."""
@@ -291,6 +294,13 @@ class NextHopSink:
         """How many times ``verb`` arrived, over every connection."""
         with self._cond:
             return sum(v.count(verb) for v in self.commands.values())
+
+    def wait_for_command(self, verb: str, count: int = 1, *, timeout: float = 20.0) -> None:
+        """Wait until ``verb`` arrived ``count`` times (e.g. a DATA now being answered
+        slowly); ``TimeoutError`` after ``timeout`` seconds."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.count(verb) >= count, timeout):
+                raise TimeoutError(f"sink got {self.count(verb)}/{count} {verb} in {timeout}s")
 
     def verbs(self) -> list[str]:
         """The verbs of the logged command lines (NOOP is not logged), in arrival order."""

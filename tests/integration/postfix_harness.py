@@ -47,9 +47,8 @@ from typing import Any
 
 import pytest
 
+from gateway.testing import NextHopSink, ReceivedMessage, SinkBehaviour
 from tests.real_parts import missing_part
-
-from .sink import ReceivedMessage, SmtpSink
 
 __all__ = [
     "DEPLOY_DIR",
@@ -542,12 +541,12 @@ _SHARED: dict[str, Any] = {}
 
 
 @pytest.fixture(scope="session")
-def sink() -> Iterator[SmtpSink]:
+def sink() -> Iterator[NextHopSink]:
     """The final hop: a recording SMTP server for the whole session."""
     if "sink" in _SHARED:
         yield _SHARED["sink"]
         return
-    s = _SHARED["sink"] = SmtpSink().start()
+    s = _SHARED["sink"] = NextHopSink(SinkBehaviour(smtputf8=False)).start()
     try:
         yield s
     finally:
@@ -556,7 +555,7 @@ def sink() -> Iterator[SmtpSink]:
 
 
 @pytest.fixture(scope="session")
-def postfix_session(sink: SmtpSink) -> Iterator[PostfixInstance]:
+def postfix_session(sink: NextHopSink) -> Iterator[PostfixInstance]:
     """One private Postfix for the session, delivering everything to ``sink``."""
     reason = postfix_available()
     if reason:
@@ -574,7 +573,9 @@ def postfix_session(sink: SmtpSink) -> Iterator[PostfixInstance]:
 
 
 @pytest.fixture
-def postfix_instance(postfix_session: PostfixInstance, sink: SmtpSink) -> Iterator[PostfixInstance]:
+def postfix_instance(
+    postfix_session: PostfixInstance, sink: NextHopSink
+) -> Iterator[PostfixInstance]:
     """The session's Postfix with an empty queue, an empty running sink and the
     reinjection listener open."""
     postfix_session.purge()

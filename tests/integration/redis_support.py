@@ -21,9 +21,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from gateway.testing import free_port
 from tests.real_parts import missing_part
-
-from .downstream_sink import free_port
 
 __all__ = ["RedisServer", "redis_server", "running_redis"]
 

@@ -20,9 +20,8 @@ from gateway.mail import header_fields
 from gateway.pipeline import build_processor
 from gateway.pipeline._pipeline import Pipeline
 from gateway.predictions import DocumentPrediction, Label, ModelInfo
-from gateway.testing import EmulatorHandle, running_emulator
+from gateway.testing import EmulatorHandle, NextHopSink, free_port, running_emulator, running_sink
 
-from .downstream_sink import Sink, free_port, running_sink
 from .pipeline_support import inbound, mail, make_config
 from .redis_support import RedisServer, redis_server, running_redis
 
@@ -57,7 +56,7 @@ def redis(redis_server: RedisServer) -> RedisServer:
     return redis_server
 
 
-def pipeline(tmp_path: Path, sink: Sink, emu: EmulatorHandle, cache_url: str) -> Pipeline:
+def pipeline(tmp_path: Path, sink: NextHopSink, emu: EmulatorHandle, cache_url: str) -> Pipeline:
     tmp_path.mkdir(parents=True, exist_ok=True)
     config = make_config(
         tmp_path,

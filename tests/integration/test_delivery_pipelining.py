@@ -19,9 +19,9 @@ from gateway import replies
 from gateway.deliver import XForward
 from gateway.deliver._delivery import SmtpDelivery
 from gateway.replies import Reply
+from gateway.testing import free_port
 from tests.real_parts import missing_part
 
-from .downstream_sink import free_port
 from .pipelining_sink import Script, Sink, running
 
 CONTENT = (

@@ -15,9 +15,8 @@ from gateway.mail import header_fields
 from gateway.pipeline import MessageProcessor, build_processor
 from gateway.pipeline._trace import count_hops, received_header
 from gateway.replies import Reply
-from gateway.testing import EmulatorHandle, running_emulator
+from gateway.testing import EmulatorHandle, SinkBehaviour, running_emulator, running_sink
 
-from .downstream_sink import SinkBehaviour, running_sink
 from .pipeline_support import FixedClassifier, inbound, mail, make_config
 
 INVOICE = mail("Invoice INV-12345", "Please find the invoice attached, amount due 100 EUR.")
@@ -368,7 +367,7 @@ async def test_retry_after_a_downstream_tempfail_is_not_billed_again(
     tmp_path: Path, emu: EmulatorHandle
 ) -> None:
     """Next hop down: 451; the sender's retry is answered from the dedup cache (billed once)."""
-    from .downstream_sink import free_port
+    from gateway.testing import free_port
 
     down = f"smtp://127.0.0.1:{free_port()}"
     pipeline = build_processor(make_config(tmp_path, downstream=down, classifier=_cm(emu.base_url)))

@@ -24,8 +24,8 @@ import pytest
 from gateway import replies
 from gateway.mail import find_bare_line_ending
 from gateway.smtp._handler import RCPT_OVERSHOOT
+from gateway.testing import NextHopSink, SinkBehaviour
 
-from ..integration.sink import SmtpSink
 from ..integration.smtp_front_support import (
     RawClient,
     RecordingProcessor,
@@ -76,7 +76,7 @@ NORMAL = (
 class Stack:
     """The sink and the gateway process shared by this module's tests."""
 
-    sink: SmtpSink
+    sink: NextHopSink
     gateway: GatewayProcess
     rss_start_kib: int
 
@@ -86,7 +86,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A ``cm-gateway serve`` subprocess (emulator model, max_connections 20) + sink."""
     tmp = tmp_path_factory.mktemp("abuse")
     (tmp / "rules.yaml").write_text("rules: []\n", encoding="utf-8")
-    sink = SmtpSink().start()
+    sink = NextHopSink(SinkBehaviour(smtputf8=False)).start()
     config = toml_config(
         {
             "smtp": {
@@ -131,7 +131,7 @@ def _session(port: int, script: bytes, *, quiet: float = 1.5) -> list[str]:
         return _lines(read_all(sock, quiet=quiet))
 
 
-def _no_evil(sink: SmtpSink) -> bool:
+def _no_evil(sink: NextHopSink) -> bool:
     return all(m.mail_from.encode() != EVIL for m in sink.messages)
 
 

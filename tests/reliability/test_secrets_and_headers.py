@@ -42,8 +42,7 @@ from gateway.errors import RuleFileError
 from gateway.pipeline import build_processor
 from gateway.pipeline._pipeline import Pipeline
 from gateway.rules import parse_rules
-from gateway.testing import running_emulator
-from tests.integration.downstream_sink import Sink, running_sink
+from gateway.testing import NextHopSink, running_emulator, running_sink
 from tests.integration.pipeline_support import inbound, mail, make_config
 
 from .secrets_support import (
@@ -120,7 +119,7 @@ rules:
 
 
 def _gateway_config(
-    tmp: Path, *, sink: Sink | _FakeSink, base_url: str, log_format: str, on_error: str
+    tmp: Path, *, sink: NextHopSink | _FakeSink, base_url: str, log_format: str, on_error: str
 ) -> Path:
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "rules.yaml").write_text(RULES, encoding="utf-8")
@@ -328,7 +327,9 @@ class HeaderRig:
     """One pipeline on a loop in a thread: classifier = a real HTTP API serving whatever
     labels the current example set, next hop = a real SMTP sink."""
 
-    def __init__(self, pipeline: Pipeline, loop: asyncio.AbstractEventLoop, sink: Sink) -> None:
+    def __init__(
+        self, pipeline: Pipeline, loop: asyncio.AbstractEventLoop, sink: NextHopSink
+    ) -> None:
         self.pipeline = pipeline
         self.loop = loop
         self.sink = sink
