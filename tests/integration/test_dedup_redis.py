@@ -4,7 +4,6 @@ read from the HTTP emulator's own ledger, mail from a real SMTP sink."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,12 @@ from gateway.mail import header_fields
 from gateway.pipeline import build_processor
 from gateway.pipeline._pipeline import Pipeline
 from gateway.predictions import DocumentPrediction, Label, ModelInfo
-from gateway.testing import EmulatorHandle, NextHopSink, free_port, running_emulator, running_sink
+from gateway.testing import EmulatorHandle, NextHopSink, free_port, running_sink
 
 from .pipeline_support import inbound, mail, make_config
 from .redis_support import RedisServer, redis_server, running_redis
+
+pytestmark = pytest.mark.emulator(reset=True, token_env="REINFER_TOKEN")
 
 __all__ = ["redis_server"]  # the fixture, imported for pytest
 
@@ -32,21 +33,6 @@ ENTRY = (
     DocumentPrediction(labels=(Label(name=("Finance", "Invoice"), probability=0.9),)),
     ModelInfo(version=7),
 )
-
-
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[EmulatorHandle]:
-    """One HTTP emulator for the module."""
-    with running_emulator() as emu:
-        yield emu
-
-
-@pytest.fixture
-def emu(emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch) -> EmulatorHandle:
-    """The emulator with an empty ledger and its token in the environment."""
-    emulator.reset()
-    monkeypatch.setenv("REINFER_TOKEN", emulator.token or "")
-    return emulator
 
 
 @pytest.fixture

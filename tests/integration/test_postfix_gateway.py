@@ -18,7 +18,6 @@ from gateway.testing import (
     EmulatorHandle,
     NextHopSink,
     ReceivedMessage,
-    running_emulator,
 )
 
 from .postfix_gateway import GatewayRunner, GatewaySpec
@@ -34,7 +33,10 @@ from .postfix_harness import (
 
 __all__ = ["postfix_instance", "postfix_session", "sink"]
 
-pytestmark = pytest.mark.postfix
+pytestmark = [
+    pytest.mark.postfix,
+    pytest.mark.emulator(token="test-token", faults={"fail_rate": 0.0}),
+]
 
 DEFER_RULE = """
   - name: leave-deferred
@@ -87,21 +89,6 @@ def gateway(postfix_session: PostfixInstance) -> Iterator[GatewayRunner]:
     )
     yield runner
     runner.destroy()
-
-
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[EmulatorHandle]:
-    """A Communications Mining emulator over real HTTP, for classifier faults."""
-    with running_emulator(token="test-token") as handle:
-        yield handle
-
-
-@pytest.fixture(autouse=True)
-def _healthy_emulator(request: pytest.FixtureRequest) -> None:
-    """Every test starts with an emulator that injects no faults (if the module has one)."""
-    if "emulator" in request.fixturenames:
-        handle: EmulatorHandle = request.getfixturevalue("emulator")
-        handle.set_faults(fail_rate=0.0)
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.testing import EmulatorHandle, running_emulator
+from gateway.testing import EmulatorHandle
 from tests.integration.postfix_gateway import GatewaySpec
 from tests.integration.postfix_harness import postfix_available
 from tests.real_parts import missing_part
@@ -34,7 +34,12 @@ from tests.real_parts import missing_part
 from .chaos_run import ChaosPlan, ChaosReport, run_chaos
 from .chaos_support import ChaosGateway, ChaosPostfix, MessageIdSink
 
-pytestmark = pytest.mark.postfix
+pytestmark = [
+    pytest.mark.postfix,
+    pytest.mark.emulator(
+        token="chaos-token", fail_rate=0.15, fail_status="503,503,timeout", seed=6
+    ),
+]
 
 DEFAULT_MESSAGES = int(os.environ.get("CMGW_CHAOS_MESSAGES", "300"))
 # Seen over two kills: 1 / 3 / 3 at f883c39, 2 / 4 / 7 at 7f45144, 9 (3.0 %) at 6636bda on
@@ -94,15 +99,6 @@ def postfix(sink: MessageIdSink) -> Iterator[ChaosPostfix]:
         yield instance
     finally:
         instance.destroy()
-
-
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[EmulatorHandle]:
-    """The API over HTTP: 10 % of calls answer 503 and 5 % hang (a third of 15 %)."""
-    with running_emulator(
-        token="chaos-token", fail_rate=0.15, fail_status="503,503,timeout", seed=6
-    ) as handle:
-        yield handle
 
 
 @pytest.fixture
