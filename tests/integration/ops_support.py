@@ -18,9 +18,8 @@ from gateway.mail import header_fields
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import build_processor
 from gateway.pipeline._pipeline import Pipeline
-from gateway.testing import EmulatorHandle
+from gateway.testing import EmulatorHandle, ReceivedMessage, running_sink
 
-from .downstream_sink import Received, running_sink
 from .pipeline_support import RULES, mail, make_config
 from .smtp_front_support import running_server, smtp_config
 
@@ -71,7 +70,7 @@ class Gateway:
     pipeline: Pipeline
     metrics: GatewayMetrics
     port: int
-    received: list[Received]
+    received: list[ReceivedMessage]
 
     async def send(self, content: bytes) -> tuple[int, str]:
         """Send one message over SMTP; the reply to DATA (a 4xx is returned, not raised)."""

@@ -3,6 +3,8 @@
 It accepts mail from Postfix's smtp-cmgw transport and relays it, with one header
 prepended, to the reinjection smtpd, exactly the way the gateway does. ``reply`` makes it
 answer DATA with a fixed SMTP reply instead (e.g. a 451 or a 550).
+
+Not a next hop (``gateway.testing.NextHopSink`` is one): it relays, as the gateway does.
 """
 
 from __future__ import annotations

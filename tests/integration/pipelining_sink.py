@@ -3,7 +3,11 @@ that offers PIPELINING (or not), records every read exactly as it arrived, and a
 like Postfix's smtpd: commands processed in order, one reply each, DATA answered 554
 when no recipient was accepted, a lone dot with no recipients refused.
 
-It runs on the test's own event loop (``async with running(...)``): no threads."""
+It runs on the test's own event loop (``async with running(...)``): no threads.
+
+Not ``gateway.testing.NextHopSink``: these tests check the protocol itself (which
+commands arrived in one read, a DATA answered 354 with no recipient, a lone dot after
+an empty transaction), and aiosmtpd reads line by line and refuses those on its own."""
 
 from __future__ import annotations
 

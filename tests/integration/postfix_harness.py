@@ -47,7 +47,8 @@ from typing import Any
 
 import pytest
 
-from .sink import ReceivedMessage, SmtpSink
+from gateway.testing import NextHopSink, ReceivedMessage, SinkBehaviour
+from tests.real_parts import missing_part
 
 __all__ = [
     "DEPLOY_DIR",
@@ -463,7 +464,7 @@ smtpd_error_sleep_time = 0
         """Submit a message with swaks (the operator's tool); returns its transcript."""
         swaks = shutil.which("swaks")
         if swaks is None:
-            pytest.skip("swaks is not installed (scripts/test installs it)")
+            missing_part("swaks is not installed (scripts/test installs it)")
         args = [swaks, "--server", f"127.0.0.1:{self.front_port}", "--from", mail_from]
         args += ["--to", ",".join(rcpt_tos), "--helo", "client.harness.test"]
         args += ["--header", f"Subject: {subject}", "--body", body, "--hide-informational"]
@@ -540,12 +541,12 @@ _SHARED: dict[str, Any] = {}
 
 
 @pytest.fixture(scope="session")
-def sink() -> Iterator[SmtpSink]:
+def sink() -> Iterator[NextHopSink]:
     """The final hop: a recording SMTP server for the whole session."""
     if "sink" in _SHARED:
         yield _SHARED["sink"]
         return
-    s = _SHARED["sink"] = SmtpSink().start()
+    s = _SHARED["sink"] = NextHopSink(SinkBehaviour(smtputf8=False)).start()
     try:
         yield s
     finally:
@@ -554,11 +555,11 @@ def sink() -> Iterator[SmtpSink]:
 
 
 @pytest.fixture(scope="session")
-def postfix_session(sink: SmtpSink) -> Iterator[PostfixInstance]:
+def postfix_session(sink: NextHopSink) -> Iterator[PostfixInstance]:
     """One private Postfix for the session, delivering everything to ``sink``."""
     reason = postfix_available()
     if reason:
-        pytest.skip(reason)
+        missing_part(reason)
     if "postfix" in _SHARED:
         yield _SHARED["postfix"]
         return
@@ -572,7 +573,9 @@ def postfix_session(sink: SmtpSink) -> Iterator[PostfixInstance]:
 
 
 @pytest.fixture
-def postfix_instance(postfix_session: PostfixInstance, sink: SmtpSink) -> Iterator[PostfixInstance]:
+def postfix_instance(
+    postfix_session: PostfixInstance, sink: NextHopSink
+) -> Iterator[PostfixInstance]:
     """The session's Postfix with an empty queue, an empty running sink and the
     reinjection listener open."""
     postfix_session.purge()

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from .downstream_sink import free_port
+from gateway.testing import free_port
+from tests.real_parts import missing_part
 
 __all__ = ["RedisServer", "redis_server", "running_redis"]
 
@@ -53,7 +54,7 @@ class RedisServer:
             return self
         binary = shutil.which("redis-server")
         if binary is None:
-            pytest.skip("redis-server is not installed (Debian package redis-server)")
+            missing_part("redis-server is not installed (Debian package redis-server)")
         self.directory.mkdir(parents=True, exist_ok=True)
         args = [
             binary,

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from .downstream_sink import free_port
+from gateway.testing import free_port
 
 __all__ = ["ROOT", "free_port", "port_of", "read_until", "start_serve", "stop_serve"]
 

@@ -3,20 +3,14 @@ open until a slot frees, instead of queueing as one more request (real HTTP, emu
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from gateway.classify import BatchingClassifier
-from gateway.testing import EmulatorHandle, running_emulator
+from gateway.testing import EmulatorHandle
 
 from .batcher_support import http_client, staggered
 
-
-@pytest.fixture
-def emulator() -> Iterator[EmulatorHandle]:
-    with running_emulator(latency_ms=800) as emu:
-        yield emu
+pytestmark = pytest.mark.emulator(per_test=True, latency_ms=800)
 
 
 def batcher_for(emu: EmulatorHandle, *, max_in_flight: int) -> BatchingClassifier:

@@ -6,7 +6,7 @@ batch that waited for it would fail the test rather than slow it down."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +15,13 @@ import pytest
 from gateway.classify import BatchingClassifier
 from gateway.classify._batcher import HEAD_START_TURNS
 from gateway.documents import RawEmailDocument
-from gateway.testing import EmulatorHandle, running_emulator
+from gateway.testing import EmulatorHandle
 
 from . import batcher_support
 from .batcher_support import http_client, staggered
 from .ops_support import emulator_classifier, numbered_mail, running_gateway
+
+pytestmark = pytest.mark.emulator(per_test=True, latency_ms=500)
 
 FOREVER_MS = 600_000.0
 PATIENCE_S = 20.0
@@ -27,12 +29,6 @@ PATIENCE_S = 20.0
 
 def doc(i: int) -> RawEmailDocument:
     return batcher_support.doc(i, "idle")
-
-
-@pytest.fixture
-def emulator() -> Iterator[EmulatorHandle]:
-    with running_emulator(latency_ms=500) as emu:
-        yield emu
 
 
 def batcher_for(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,7 +20,9 @@ from gateway.classify._client import TenantEndpoint
 from gateway.classify._retry import RetryPolicy
 from gateway.documents import RawEmailDocument
 from gateway.errors import InvalidRequestError
-from gateway.testing import EmulatorHandle, running_emulator
+from gateway.testing import EmulatorHandle
+
+pytestmark = pytest.mark.emulator(per_test=True, latency_ms=50)
 
 TOPICS = {"invoice": "Finance > Invoice", "refund": "Finance > Refund"}
 
@@ -35,12 +36,6 @@ def doc(i: int, word: str = "invoice", *, message_id: str | None = None) -> RawE
         "comment_id": message_id or f"msg-{i}",
     }
     return document
-
-
-@pytest.fixture
-def emulator() -> Iterator[EmulatorHandle]:
-    with running_emulator(latency_ms=50) as emu:
-        yield emu
 
 
 def client(emu: EmulatorHandle, **kwargs: Any) -> CommunicationsMiningClient:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,32 +16,22 @@ from gateway.errors import CircuitOpenError, ClassifierError
 from gateway.mail import build_document, parse_message
 from gateway.metrics import GatewayMetrics
 from gateway.predictions import PredictionBatch
-from gateway.testing import EmulatorHandle, running_emulator
+from gateway.testing import EmulatorHandle
 
 from .ops_support import Gateway, emulator_classifier, header, numbered_mail, running_gateway
 from .pipeline_support import make_config
+
+pytestmark = pytest.mark.emulator(
+    faults={"fail_rate": 1.0, "fail_status": "503", "latency_ms": 0.0},
+    reset=True,
+    token_env="REINFER_TOKEN",
+)
 
 STATE = 'cm_gateway_circuit_state{classifier="live"}'
 
 
 def transitions(state: str) -> str:
     return f'cm_gateway_circuit_transitions_total{{classifier="live",state="{state}"}}'
-
-
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[EmulatorHandle]:
-    """One HTTP emulator for the module (starting one costs about a second)."""
-    with running_emulator() as emu:
-        yield emu
-
-
-@pytest.fixture
-def emu(emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch) -> EmulatorHandle:
-    """The shared emulator failing every call with 503, an empty ledger, token in env."""
-    emulator.set_faults(fail_rate=1.0, fail_status="503", latency_ms=0.0)
-    emulator.reset()
-    monkeypatch.setenv("REINFER_TOKEN", emulator.token or "")
-    return emulator
 
 
 # A call failing with 503 until its deadline ends as either, depending on which deadline

@@ -14,9 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.testing import EmulatorHandle, running_emulator
+from gateway.testing import EmulatorHandle
 
 TOKEN = "cli-token-8d2e41"
+pytestmark = pytest.mark.emulator(per_test=True, token=TOKEN)
 TOPICS = [
     ("Invoice INV-{n:06d}", "Please find attached invoice INV-{n:06d} for {n} EUR."),
     ("Refund for order ORD-{n:06d}", "I would like a refund for order ORD-{n:06d}, thank you."),
@@ -96,12 +97,6 @@ def emulator_process() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-
-
-@pytest.fixture
-def emu() -> Iterator[EmulatorHandle]:
-    with running_emulator(token=TOKEN) as handle:
-        yield handle
 
 
 def stats(base_url: str) -> dict[str, int]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import email.utils
 import logging
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -28,11 +27,16 @@ from gateway.errors import (
     ServerError,
     TransportError,
 )
-from gateway.testing import EmulatorHandle, running_emulator
+from gateway.testing import EmulatorHandle
 
 from .canned_http import Canned, canned_server, ok_body
 
 TOKEN = "emu-token-5f3a9c"
+pytestmark = pytest.mark.emulator(
+    token=TOKEN,
+    faults={"fail_rate": 0.0, "fail_status": "503", "latency_ms": 0.0, "retry_after": 1.0},
+    reset=True,
+)
 FAST: dict[str, Any] = {"attempts": 4, "backoff_base": 0.01, "backoff_max": 0.05}
 
 
@@ -43,19 +47,6 @@ def doc(text: str, subject: str = "hello") -> RawEmailDocument:
             "body": {"plain": text},
         }
     }
-
-
-@pytest.fixture(scope="module")
-def emu_module() -> Iterator[EmulatorHandle]:
-    with running_emulator(token=TOKEN) as emu:
-        yield emu
-
-
-@pytest.fixture
-def emu(emu_module: EmulatorHandle) -> EmulatorHandle:
-    emu_module.set_faults(fail_rate=0.0, fail_status="503", latency_ms=0.0, retry_after=1.0)
-    emu_module.reset()
-    return emu_module
 
 
 def client_for(

@@ -4,7 +4,6 @@ read from the HTTP emulator's own ledger, mail from a real SMTP sink."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +19,12 @@ from gateway.mail import header_fields
 from gateway.pipeline import build_processor
 from gateway.pipeline._pipeline import Pipeline
 from gateway.predictions import DocumentPrediction, Label, ModelInfo
-from gateway.testing import EmulatorHandle, running_emulator
+from gateway.testing import EmulatorHandle, NextHopSink, free_port, running_sink
 
-from .downstream_sink import Sink, free_port, running_sink
 from .pipeline_support import inbound, mail, make_config
 from .redis_support import RedisServer, redis_server, running_redis
+
+pytestmark = pytest.mark.emulator(reset=True, token_env="REINFER_TOKEN")
 
 __all__ = ["redis_server"]  # the fixture, imported for pytest
 
@@ -35,21 +35,6 @@ ENTRY = (
 )
 
 
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[EmulatorHandle]:
-    """One HTTP emulator for the module."""
-    with running_emulator() as emu:
-        yield emu
-
-
-@pytest.fixture
-def emu(emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch) -> EmulatorHandle:
-    """The emulator with an empty ledger and its token in the environment."""
-    emulator.reset()
-    monkeypatch.setenv("REINFER_TOKEN", emulator.token or "")
-    return emulator
-
-
 @pytest.fixture
 def redis(redis_server: RedisServer) -> RedisServer:
     """The module's redis-server, running and empty."""
@@ -57,7 +42,7 @@ def redis(redis_server: RedisServer) -> RedisServer:
     return redis_server
 
 
-def pipeline(tmp_path: Path, sink: Sink, emu: EmulatorHandle, cache_url: str) -> Pipeline:
+def pipeline(tmp_path: Path, sink: NextHopSink, emu: EmulatorHandle, cache_url: str) -> Pipeline:
     tmp_path.mkdir(parents=True, exist_ok=True)
     config = make_config(
         tmp_path,

@@ -13,8 +13,7 @@ from gateway.deliver import make_delivery
 from gateway.deliver._delivery import MaildirDelivery, SmtpDelivery
 from gateway.deliver._result import parse_reply
 from gateway.replies import Reply
-
-from .downstream_sink import SinkBehaviour, free_port, running_sink
+from gateway.testing import SinkBehaviour, free_port, running_sink
 
 CONTENT = (
     b"From: Alice <alice@example.com>\r\n"
@@ -79,7 +78,7 @@ async def test_non_ascii_envelope_requires_smtputf8() -> None:
 
 async def test_non_ascii_envelope_to_a_next_hop_without_smtputf8_is_refused() -> None:
     """A UTF-8 address cannot go to a next hop lacking SMTPUTF8: 554 5.6.7, nothing sent."""
-    with running_sink(smtputf8=False) as sink:
+    with running_sink(SinkBehaviour(smtputf8=False)) as sink:
         result = await smtp(sink.port).deliver("alice@example.com", ["jürgen@example.de"], CONTENT)
     assert result.reply == replies.DOWNSTREAM_NO_SMTPUTF8
     assert sink.received == []
@@ -87,7 +86,7 @@ async def test_non_ascii_envelope_to_a_next_hop_without_smtputf8_is_refused() ->
 
 async def test_ascii_envelope_of_an_smtputf8_session_downgrades_gracefully() -> None:
     """An SMTPUTF8 session with ASCII addresses still reaches a next hop without SMTPUTF8."""
-    with running_sink(smtputf8=False) as sink:
+    with running_sink(SinkBehaviour(smtputf8=False)) as sink:
         result = await smtp(sink.port).deliver(
             "alice@example.com", ["bob@example.com"], CONTENT, smtp_utf8=True
         )

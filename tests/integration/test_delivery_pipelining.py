@@ -19,8 +19,9 @@ from gateway import replies
 from gateway.deliver import XForward
 from gateway.deliver._delivery import SmtpDelivery
 from gateway.replies import Reply
+from gateway.testing import free_port
+from tests.real_parts import missing_part
 
-from .downstream_sink import free_port
 from .pipelining_sink import Script, Sink, running
 
 CONTENT = (
@@ -250,10 +251,11 @@ def _smtp_sink() -> str | None:
     return shutil.which("smtp-sink")
 
 
-@pytest.mark.skipif(_smtp_sink() is None, reason="Postfix's smtp-sink not installed")
 async def test_postfix_smtp_sink_receives_every_message_once() -> None:
     """Postfix's own smtp-sink (which offers PIPELINING) dumps each transaction it
     accepted to a file: 30 messages, 30 files, each with its one recipient."""
+    if _smtp_sink() is None:
+        missing_part("Postfix's smtp-sink not installed")
     sink_bin = _smtp_sink()
     assert sink_bin is not None
     port = free_port()

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from gateway.config import Config, load_config, parse_listen
+from tests.real_parts import missing_part
 
 from .deploy_support import DEPLOY, ROOT, clean_env, cli, dockerfile_stage, only, tool
 from .serve_support import read_until
@@ -38,7 +39,7 @@ DEBIAN_TEMPLATES = Path("/usr/share/postfix/main.cf.debian")
 
 def _need_postfix() -> None:
     if not (Path(POSTCONF).exists() and DEBIAN_TEMPLATES.exists()):
-        pytest.skip("Debian's postfix is not installed (scripts/test installs it)")
+        missing_part("Debian's postfix is not installed (scripts/test installs it)")
 
 
 def _healthcheck_argv(instructions: list[tuple[str, str]]) -> list[str]:

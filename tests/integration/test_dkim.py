@@ -13,8 +13,8 @@ import pytest
 
 from gateway.mail import header_fields
 from gateway.pipeline import build_processor
+from gateway.testing import running_sink
 
-from .downstream_sink import running_sink
 from .pipeline_support import inbound, make_config
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "dkim"

@@ -22,12 +22,6 @@ from tests.unit.test_emulator_validate import RAW_CASES, valid_raw
 TAG = "generic.0.CONVKER5"
 
 
-@pytest.fixture(scope="module")
-def emu() -> Iterator[EmulatorHandle]:
-    with running_emulator() as handle:
-        yield handle
-
-
 # One keep-alive client for the module: httpx builds a TLS context per Client, which costs
 # up to seconds on a loaded machine, so a module-level HTTP.post() per call is far slower.
 HTTP = httpx.Client(timeout=30)

@@ -19,8 +19,8 @@ from gateway.metrics import GatewayMetrics
 from gateway.ops import serve
 from gateway.ops._metrics_server import MetricsServer, Readiness
 from gateway.pipeline import build_processor
+from gateway.testing import free_port, running_sink
 
-from .downstream_sink import free_port, running_sink
 from .pipeline_support import mail, make_config
 from .smtp_front_support import running_server, smtp_config
 

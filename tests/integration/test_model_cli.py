@@ -7,20 +7,14 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from gateway.testing import EmulatorHandle, running_emulator
+from gateway.testing import EmulatorHandle
 
 TOKEN = "model-token-4b7d10"
-
-
-@pytest.fixture(scope="module")
-def emu() -> Iterator[EmulatorHandle]:
-    with running_emulator(token=TOKEN) as handle:
-        yield handle
+pytestmark = pytest.mark.emulator(token=TOKEN)
 
 
 def config_for(tmp_path: Path, base_url: str, version: str = "live") -> Path:

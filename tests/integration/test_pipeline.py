@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from email.header import decode_header, make_header
 from pathlib import Path
 
@@ -15,30 +14,19 @@ from gateway.mail import header_fields
 from gateway.pipeline import MessageProcessor, build_processor
 from gateway.pipeline._trace import count_hops, received_header
 from gateway.replies import Reply
-from gateway.testing import EmulatorHandle, running_emulator
+from gateway.testing import EmulatorHandle, SinkBehaviour, running_sink
 
-from .downstream_sink import SinkBehaviour, running_sink
 from .pipeline_support import FixedClassifier, inbound, mail, make_config
+
+pytestmark = pytest.mark.emulator(
+    faults={"fail_rate": 0.0, "fail_status": "503", "latency_ms": 0.0},
+    reset=True,
+    token_env="REINFER_TOKEN",
+)
 
 INVOICE = mail("Invoice INV-12345", "Please find the invoice attached, amount due 100 EUR.")
 COMPLAINT = mail("Unacceptable", "This is a complaint: terrible service, I am angry.")
 PLAIN = mail("Lunch", "Shall we meet at noon?")
-
-
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[EmulatorHandle]:
-    """One HTTP emulator for the module (starting one costs about a second)."""
-    with running_emulator() as emu:
-        yield emu
-
-
-@pytest.fixture
-def emu(emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch) -> EmulatorHandle:
-    """The shared emulator with no faults, an empty ledger, and its token in the env."""
-    emulator.set_faults(fail_rate=0.0, fail_status="503", latency_ms=0.0)
-    emulator.reset()
-    monkeypatch.setenv("REINFER_TOKEN", emulator.token or "")
-    return emulator
 
 
 def fields(content: bytes) -> dict[str, list[str]]:
@@ -368,7 +356,7 @@ async def test_retry_after_a_downstream_tempfail_is_not_billed_again(
     tmp_path: Path, emu: EmulatorHandle
 ) -> None:
     """Next hop down: 451; the sender's retry is answered from the dedup cache (billed once)."""
-    from .downstream_sink import free_port
+    from gateway.testing import free_port
 
     down = f"smtp://127.0.0.1:{free_port()}"
     pipeline = build_processor(make_config(tmp_path, downstream=down, classifier=_cm(emu.base_url)))

@@ -14,7 +14,11 @@ from collections.abc import Iterator
 import pytest
 
 from gateway.replies import CLASSIFIER_DEFER, DOWNSTREAM_TEMPFAIL, Reply
-from gateway.testing import EmulatorHandle, running_emulator
+from gateway.testing import (
+    EmulatorHandle,
+    NextHopSink,
+    ReceivedMessage,
+)
 
 from .postfix_gateway import GatewayRunner, GatewaySpec
 from .postfix_harness import (
@@ -26,11 +30,13 @@ from .postfix_harness import (
     sink,
     token,
 )
-from .sink import ReceivedMessage, SmtpSink
 
 __all__ = ["postfix_instance", "postfix_session", "sink"]
 
-pytestmark = pytest.mark.postfix
+pytestmark = [
+    pytest.mark.postfix,
+    pytest.mark.emulator(token="test-token", faults={"fail_rate": 0.0}),
+]
 
 DEFER_RULE = """
   - name: leave-deferred
@@ -85,21 +91,6 @@ def gateway(postfix_session: PostfixInstance) -> Iterator[GatewayRunner]:
     runner.destroy()
 
 
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[EmulatorHandle]:
-    """A Communications Mining emulator over real HTTP, for classifier faults."""
-    with running_emulator(token="test-token") as handle:
-        yield handle
-
-
-@pytest.fixture(autouse=True)
-def _healthy_emulator(request: pytest.FixtureRequest) -> None:
-    """Every test starts with an emulator that injects no faults (if the module has one)."""
-    if "emulator" in request.fixturenames:
-        handle: EmulatorHandle = request.getfixturevalue("emulator")
-        handle.set_faults(fail_rate=0.0)
-
-
 @pytest.fixture
 def standard_gateway(
     postfix_instance: PostfixInstance, gateway: GatewayRunner
@@ -115,7 +106,7 @@ def said(reply: Reply) -> str:
     return f"said: {reply}"
 
 
-def arrived(sink: SmtpSink, word: str, count: int = 1) -> list[ReceivedMessage]:
+def arrived(sink: NextHopSink, word: str, count: int = 1) -> list[ReceivedMessage]:
     """Wait for ``count`` non-bounce messages whose Subject contains ``word``."""
     return sink.wait_for(count, where=lambda m: not m.is_bounce and word in m.subject)
 
@@ -126,7 +117,7 @@ def all_recipients(messages: list[ReceivedMessage]) -> list[str]:
 
 
 def test_unmatched_mail_arrives_classified_with_its_recipients(
-    postfix_instance: PostfixInstance, standard_gateway: GatewayRunner, sink: SmtpSink
+    postfix_instance: PostfixInstance, standard_gateway: GatewayRunner, sink: NextHopSink
 ) -> None:
     """A mail no rule matches arrives unchanged in routing, with the verdict headers."""
     word = token()
@@ -145,7 +136,7 @@ def test_unmatched_mail_arrives_classified_with_its_recipients(
 
 
 def test_complaint_gets_subject_tag_bcc_and_custom_header(
-    postfix_instance: PostfixInstance, standard_gateway: GatewayRunner, sink: SmtpSink
+    postfix_instance: PostfixInstance, standard_gateway: GatewayRunner, sink: NextHopSink
 ) -> None:
     """prefix_subject, bcc and add_header ({top_label}) all show in the delivered mail."""
     word = token()
@@ -167,7 +158,7 @@ def test_complaint_gets_subject_tag_bcc_and_custom_header(
 
 
 def test_invoice_is_redirected_to_accounts_payable(
-    postfix_instance: PostfixInstance, standard_gateway: GatewayRunner, sink: SmtpSink
+    postfix_instance: PostfixInstance, standard_gateway: GatewayRunner, sink: NextHopSink
 ) -> None:
     """redirect replaces the recipients; the rule's header and X-CM-Rules are added."""
     word = token()
@@ -187,7 +178,7 @@ def test_invoice_is_redirected_to_accounts_payable(
 
 
 def test_card_data_is_quarantined_and_marked(
-    postfix_instance: PostfixInstance, standard_gateway: GatewayRunner, sink: SmtpSink
+    postfix_instance: PostfixInstance, standard_gateway: GatewayRunner, sink: NextHopSink
 ) -> None:
     """quarantine sends the mail only to the quarantine address, with X-CM-Quarantine."""
     word = token()
@@ -205,7 +196,7 @@ def test_card_data_is_quarantined_and_marked(
 
 
 def test_rule_reject_makes_postfix_bounce_to_the_sender(
-    postfix_instance: PostfixInstance, standard_gateway: GatewayRunner, sink: SmtpSink
+    postfix_instance: PostfixInstance, standard_gateway: GatewayRunner, sink: NextHopSink
 ) -> None:
     """A reject rule answers 550 5.7.1; Postfix returns the mail to its sender with the text."""
     word = token()
@@ -223,7 +214,7 @@ def test_rule_reject_makes_postfix_bounce_to_the_sender(
 
 
 def test_forged_verdict_headers_from_senders_are_removed(
-    postfix_instance: PostfixInstance, standard_gateway: GatewayRunner, sink: SmtpSink
+    postfix_instance: PostfixInstance, standard_gateway: GatewayRunner, sink: NextHopSink
 ) -> None:
     """X-CM-* headers a sender wrote do not survive (Postfix's loopback is not trusted)."""
     word = token()
@@ -241,7 +232,7 @@ def test_forged_verdict_headers_from_senders_are_removed(
 
 
 def test_next_hop_down_gives_451_and_postfix_delivers_when_it_is_back(
-    postfix_instance: PostfixInstance, standard_gateway: GatewayRunner, sink: SmtpSink
+    postfix_instance: PostfixInstance, standard_gateway: GatewayRunner, sink: NextHopSink
 ) -> None:
     """With the reinjection listener closed the gateway answers 451, Postfix keeps every
     mail, and all of them arrive once the listener is back."""
@@ -265,7 +256,7 @@ def test_rule_defer_keeps_mail_in_postfix_until_the_rule_is_gone(
     postfix_instance: PostfixInstance,
     gateway: GatewayRunner,
     emulator: EmulatorHandle,
-    sink: SmtpSink,
+    sink: NextHopSink,
 ) -> None:
     """A defer rule answers 451; Postfix keeps the mail deferred and delivers it once the
     gateway runs without that rule."""
@@ -303,7 +294,7 @@ def test_classifier_down_with_on_error_deliver_delivers_unclassified(
     postfix_instance: PostfixInstance,
     gateway: GatewayRunner,
     emulator: EmulatorHandle,
-    sink: SmtpSink,
+    sink: NextHopSink,
 ) -> None:
     """API failing (503) with on_error=deliver: the mail arrives marked unclassified."""
     gateway.ensure(fault_spec(emulator, "deliver"))
@@ -327,7 +318,7 @@ def test_classifier_down_with_on_error_defer_waits_in_postfix_until_it_recovers(
     postfix_instance: PostfixInstance,
     gateway: GatewayRunner,
     emulator: EmulatorHandle,
-    sink: SmtpSink,
+    sink: NextHopSink,
 ) -> None:
     """API failing with on_error=defer: 451, deferred in Postfix; classified once it is back."""
     gateway.ensure(fault_spec(emulator, "defer"))

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from gateway.testing import NextHopSink
+
 from .passfilter import PassThroughFilter
 from .postfix_harness import (
     PostfixInstance,
@@ -21,7 +23,6 @@ from .postfix_harness import (
     subject_has,
     token,
 )
-from .sink import SmtpSink
 
 __all__ = ["postfix_instance", "postfix_session", "sink"]
 
@@ -37,7 +38,7 @@ def passfilter(postfix_instance: PostfixInstance) -> Iterator[PassThroughFilter]
 
 
 def test_mail_passes_through_the_filter_and_arrives_at_the_sink(
-    postfix_instance: PostfixInstance, passfilter: PassThroughFilter, sink: SmtpSink
+    postfix_instance: PostfixInstance, passfilter: PassThroughFilter, sink: NextHopSink
 ) -> None:
     """A mail sent to the front smtpd reaches the sink via the content filter, envelope intact."""
     word = token()
@@ -53,7 +54,7 @@ def test_mail_passes_through_the_filter_and_arrives_at_the_sink(
 
 
 def test_filter_451_leaves_mail_deferred_until_the_filter_recovers(
-    postfix_instance: PostfixInstance, passfilter: PassThroughFilter, sink: SmtpSink
+    postfix_instance: PostfixInstance, passfilter: PassThroughFilter, sink: NextHopSink
 ) -> None:
     """A 451 from the filter keeps the mail in Postfix's deferred queue; it arrives once fixed."""
     word = token()
@@ -70,7 +71,7 @@ def test_filter_451_leaves_mail_deferred_until_the_filter_recovers(
 
 
 def test_filter_550_makes_postfix_bounce_to_the_sender(
-    postfix_instance: PostfixInstance, passfilter: PassThroughFilter, sink: SmtpSink
+    postfix_instance: PostfixInstance, passfilter: PassThroughFilter, sink: NextHopSink
 ) -> None:
     """A 550 from the filter makes Postfix return the mail to its sender, with the reason."""
     word = token()
@@ -89,7 +90,7 @@ def test_filter_550_makes_postfix_bounce_to_the_sender(
 
 
 def test_closed_reinjection_port_defers_mail_until_it_reopens(
-    postfix_instance: PostfixInstance, passfilter: PassThroughFilter, sink: SmtpSink
+    postfix_instance: PostfixInstance, passfilter: PassThroughFilter, sink: NextHopSink
 ) -> None:
     """The harness can take the filter's next hop (reinjection smtpd) down and back up."""
     word = token()
@@ -115,7 +116,7 @@ def test_deploy_snippets_use_only_parameters_postfix_knows(
 
 
 def test_filter_not_listening_keeps_mail_queued_until_it_starts(
-    postfix_instance: PostfixInstance, sink: SmtpSink
+    postfix_instance: PostfixInstance, sink: NextHopSink
 ) -> None:
     """With nothing on the filter port, mail waits in the deferred queue; a flush after
     the filter starts delivers it (the flush revives the destination Postfix marked dead)."""

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from gateway.testing import NextHopSink
+
 from .postfix_gateway import GatewayRunner, GatewaySpec
 from .postfix_harness import (
     PostfixInstance,
@@ -24,7 +26,6 @@ from .postfix_harness import (
     token,
     wait_until,
 )
-from .sink import SmtpSink
 
 __all__ = ["postfix_instance", "postfix_session", "sink"]
 
@@ -64,7 +65,7 @@ def _gateway_messages(runner: GatewayRunner) -> list[dict[str, Any]]:
 
 
 def test_original_client_and_queue_id_reach_the_gateway_log_and_postfix_reinjection(
-    postfix_instance: PostfixInstance, gateway: GatewayRunner, sink: SmtpSink
+    postfix_instance: PostfixInstance, gateway: GatewayRunner, sink: NextHopSink
 ) -> None:
     """Postfix XFORWARDs the original client to the gateway, which logs it and passes it
     on: the reinjection smtpd logs orig_queue_id = the front queue id and orig_client =

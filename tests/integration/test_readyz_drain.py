@@ -16,9 +16,8 @@ import httpx
 import pytest
 
 from gateway.ops import serve
-from gateway.testing import running_emulator
+from gateway.testing import free_port, running_emulator, running_sink
 
-from .downstream_sink import free_port, running_sink
 from .ops_support import emulator_classifier, numbered_mail
 from .pipeline_support import make_config
 

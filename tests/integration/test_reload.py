@@ -21,8 +21,8 @@ from gateway.documents import RawEmailDocument
 from gateway.mail import header_fields
 from gateway.pipeline import build_processor
 from gateway.predictions import PredictionBatch
+from gateway.testing import running_sink
 
-from .downstream_sink import running_sink
 from .pipeline_support import FixedClassifier, inbound, mail, make_config
 
 ROOT = Path(__file__).resolve().parents[2]

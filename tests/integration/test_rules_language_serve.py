@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from gateway.testing import NextHopSink, ReceivedMessage
+
 from .redis_support import RedisServer, redis_server
 from .serve_support import free_port, read_until, start_serve, stop_serve
-from .sink import ReceivedMessage, SmtpSink
 
 __all__ = ["redis_server"]  # the fixture, imported for pytest
 
@@ -65,16 +66,16 @@ REFUND_REPLY = (
 
 
 @pytest.fixture
-def sink() -> Iterator[SmtpSink]:
+def sink() -> Iterator[NextHopSink]:
     """The next hop."""
-    sink = SmtpSink().start()
+    sink = NextHopSink().start()
     try:
         yield sink
     finally:
         sink.stop()
 
 
-def _setup(tmp_path: Path, sink: SmtpSink, cache_url: str = "memory://") -> tuple[Path, int]:
+def _setup(tmp_path: Path, sink: NextHopSink, cache_url: str = "memory://") -> tuple[Path, int]:
     (tmp_path / "lists").mkdir(exist_ok=True)
     (tmp_path / "lists" / "vip.txt").write_text("# VIPs\nboss@example.com\n")
     (tmp_path / "rules.yaml").write_text(RULES)
@@ -96,7 +97,7 @@ def _send(port: int, sender: str, text: str) -> None:
         client.sendmail(sender, ["info@example.com"], text.encode())
 
 
-def _by_id(sink: SmtpSink, message_id: str) -> ReceivedMessage:
+def _by_id(sink: NextHopSink, message_id: str) -> ReceivedMessage:
     def match(m: ReceivedMessage) -> bool:
         return m.header("Message-ID") == message_id
 
@@ -111,7 +112,7 @@ def _reply(conversation: str) -> str:
 
 
 def test_serve_reply_follows_its_conversation_lists_reload_and_headers_are_removed(
-    tmp_path: Path, sink: SmtpSink
+    tmp_path: Path, sink: NextHopSink
 ) -> None:
     """Invoice -> ap@; its refund reply -> ap@ too (alone a refund goes to refunds@);
     X-Spam-Flag removed (both instances); VIP from the list file, and a new VIP written
@@ -164,7 +165,7 @@ def test_serve_reply_follows_its_conversation_lists_reload_and_headers_are_remov
 
 
 def test_serve_instances_sharing_redis_share_the_conversation(
-    tmp_path: Path, sink: SmtpSink, redis_server: RedisServer
+    tmp_path: Path, sink: NextHopSink, redis_server: RedisServer
 ) -> None:
     """Two gateways on one Redis: the invoice goes through the first, its refund reply
     through the second, and the reply still follows the conversation to ap@."""

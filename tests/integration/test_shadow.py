@@ -4,7 +4,7 @@ never waits for it nor suffers from it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +15,16 @@ from gateway.config import build_config
 from gateway.errors import ConfigError
 from gateway.mail import build_document, parse_message
 from gateway.pipeline._shadow import ShadowRunner, is_sampled
-from gateway.testing import EmulatorHandle, running_emulator
+from gateway.testing import EmulatorHandle
 
 from .ops_support import emulator_classifier, header, numbered_mail, running_gateway
 from .pipeline_support import RULES
+
+pytestmark = pytest.mark.emulator(
+    faults={"fail_rate": 0.0, "latency_ms": 0.0, "version_latency_ms": {}},
+    reset=True,
+    token_env="REINFER_TOKEN",
+)
 
 # The emulator's staging model is slightly more confident: one "refund" keyword scores
 # about 0.63 on live and 0.66 on staging, so this rule fires with staging only.
@@ -35,22 +41,6 @@ REFUND_BODY = "Please send me a refund for the broken kettle."
 INVOICE_BODY = "Please pay the attached invoice, amount due 100 EUR."
 DIFFERENT = 'cm_gateway_shadow_messages_total{outcome="different"}'
 SAME = 'cm_gateway_shadow_messages_total{outcome="same"}'
-
-
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[EmulatorHandle]:
-    """One HTTP emulator for the module (starting one costs about a second)."""
-    with running_emulator() as emu:
-        yield emu
-
-
-@pytest.fixture
-def emu(emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch) -> EmulatorHandle:
-    """The shared emulator with no faults nor latency, an empty ledger, token in env."""
-    emulator.set_faults(fail_rate=0.0, latency_ms=0.0, version_latency_ms={})
-    emulator.reset()
-    monkeypatch.setenv("REINFER_TOKEN", emulator.token or "")
-    return emulator
 
 
 def _events(logs: list[MutableMapping[str, Any]], name: str) -> list[MutableMapping[str, Any]]:

@@ -9,7 +9,7 @@ connection each, as a worker has). The processes themselves are tested through
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -21,11 +21,13 @@ from gateway.documents import RawEmailDocument
 from gateway.errors import CircuitOpenError, ClassifierError, TransportError
 from gateway.metrics import GatewayMetrics
 from gateway.ops._batcher_process import BatchServer
-from gateway.testing import EmulatorHandle, running_emulator
+from gateway.testing import EmulatorHandle
 
 from . import batcher_support
 from .ops_support import emulator_classifier, sample
 from .pipeline_support import make_config
+
+pytestmark = pytest.mark.emulator(per_test=True, latency_ms=500, token_env="REINFER_TOKEN")
 
 FOREVER_MS = 600_000.0
 PATIENCE_S = 30.0
@@ -33,13 +35,6 @@ PATIENCE_S = 30.0
 
 def doc(i: int) -> RawEmailDocument:
     return batcher_support.doc(i, "shared")
-
-
-@pytest.fixture
-def emulator(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatorHandle]:
-    with running_emulator(latency_ms=500) as emu:
-        monkeypatch.setenv("REINFER_TOKEN", emu.token or "")
-        yield emu
 
 
 def config_for(tmp_path: Path, emu: EmulatorHandle, **classifier: object) -> Config:

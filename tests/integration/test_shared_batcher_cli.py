@@ -12,24 +12,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.testing import EmulatorHandle, running_emulator
+from gateway.testing import EmulatorHandle
 
 from .ops_support import numbered_mail
 from .serve_support import ROOT, free_port, read_until, start_serve, stop_serve
 
 LATENCY_MS = 2000  # long enough for a dozen sessions to join the running request
-
-
-@pytest.fixture
-def emulator() -> Iterator[EmulatorHandle]:
-    with running_emulator(latency_ms=LATENCY_MS) as emu:
-        yield emu
+pytestmark = pytest.mark.emulator(per_test=True, latency_ms=LATENCY_MS)
 
 
 def launch_workers(

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import smtplib
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
+
+from gateway.testing import NextHopSink, SinkBehaviour, running_sink
 
 from .serve_support import free_port, port_of, read_until, start_serve, stop_serve
 
@@ -21,31 +22,11 @@ ROOT = Path(__file__).resolve().parents[2]
 SUBJECT_BODY = b"Subject: Invoice INV-2041 overdue\r\n\r\nPlease pay invoice INV-2041.\r\n"
 
 
-class _SlowSink:
-    """A next hop that takes ``delay`` seconds to accept DATA."""
-
-    def __init__(self, delay: float) -> None:
-        self.delay = delay
-        self.started = threading.Event()
-        self.messages: list[bytes] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.started.set()
-        await asyncio.sleep(self.delay)
-        self.messages.append(envelope.original_content)
-        return "250 2.0.0 Ok: sink"
-
-
 @pytest.fixture
-def slow_sink():
-    sink = _SlowSink(delay=2.0)
-    port = free_port()
-    controller = Controller(sink, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield sink, port
-    finally:
-        controller.stop()
+def slow_sink() -> Iterator[NextHopSink]:
+    """A next hop that takes 2 s to accept DATA."""
+    with running_sink(SinkBehaviour(data_delay=2.0)) as sink:
+        yield sink
 
 
 def test_embedded_default_prints_how_to_delivers_reloads_on_sighup_exits_0(tmp_path: Path):
@@ -76,11 +57,11 @@ def test_embedded_default_prints_how_to_delivers_reloads_on_sighup_exits_0(tmp_p
 
 
 def test_sigterm_during_slow_data_lets_it_finish_with_250_then_exits_0(
-    tmp_path: Path, slow_sink: tuple[_SlowSink, int]
+    tmp_path: Path, slow_sink: NextHopSink
 ):
     """SIGTERM while a message is being relayed to a slow next hop: the client still gets
     its 250 (the message was handed over), then 421 4.3.2, and the process exits 0."""
-    sink, sink_port = slow_sink
+    sink, sink_port = slow_sink, slow_sink.port
     config = tmp_path / "gateway.toml"
     config.write_text(
         "[smtp]\nlisten = '127.0.0.1:0'\nhostname = 'gw.test'\ntimeout = 60\n"
@@ -109,7 +90,7 @@ def test_sigterm_during_slow_data_lets_it_finish_with_250_then_exits_0(
 
         thread = threading.Thread(target=client)
         thread.start()
-        assert sink.started.wait(60), "the message never reached the next hop"
+        sink.wait_for_command("DATA", timeout=60)  # the message reached the next hop
         proc.send_signal(signal.SIGTERM)
         thread.join(60)
         _, raw_stderr = proc.communicate(timeout=60)

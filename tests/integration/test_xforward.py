@@ -1,6 +1,6 @@
 """XFORWARD end to end over real sockets: offered to trusted peers only, validated,
 reset per transaction, logged on the message line, and passed on to a next hop that
-offers it (tests/integration/xforward_support.py), pooled connections included."""
+offers it (gateway.testing.NextHopSink with SinkBehaviour.xforward), pooled connections included."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from gateway import replies
 from gateway.deliver import XForward
 from gateway.deliver._delivery import SmtpDelivery
 from gateway.pipeline import build_processor
+from gateway.testing import XFORWARD_ALL, NextHopSink, SinkBehaviour, running_sink
 
 from .pipeline_support import make_config
 from .smtp_front_support import RawClient, RecordingProcessor, running_server, smtp_config
-from .xforward_support import ForwardSink, running_forward_sink
 
 MESSAGE = b"From: a@example.net\r\nTo: b@example.com\r\nSubject: hello\r\n\r\nHi.\r\n"
 TRUSTED = smtp_config(xforward_networks=["127.0.0.0/8"])
@@ -205,7 +205,7 @@ async def test_forwarded_client_is_logged_and_relayed_and_a_pooled_next_message_
     upstream_queue_id; the next hop gets them as XFORWARD; Received still names our peer;
     the next message on the same pooled connection (after RSET) carries its own client
     (our peer, our queue id), not the previous one's."""
-    with running_forward_sink() as sink:
+    with running_sink(SinkBehaviour(xforward=XFORWARD_ALL)) as sink:
         config = make_config(
             tmp_path,
             downstream=sink.url,
@@ -256,11 +256,11 @@ FORWARDED = XForward(
 )
 
 
-def _delivery(sink: ForwardSink) -> SmtpDelivery:
+def _delivery(sink: NextHopSink) -> SmtpDelivery:
     return SmtpDelivery("127.0.0.1", sink.port, timeout=30.0, local_hostname="gw.test")
 
 
-async def _deliver(sink: ForwardSink, **kwargs: Any) -> tuple[bool, list[Any]]:
+async def _deliver(sink: NextHopSink, **kwargs: Any) -> tuple[bool, list[Any]]:
     d = _delivery(sink)
     with capture_logs() as logs:
         result = await d.deliver("a@example.net", ["b@example.com"], MESSAGE, **kwargs)
@@ -270,7 +270,7 @@ async def _deliver(sink: ForwardSink, **kwargs: Any) -> tuple[bool, list[Any]]:
 
 async def test_a_next_hop_without_xforward_receives_no_xforward_command():
     """No XFORWARD in the next hop's EHLO: none is sent, and the message is delivered."""
-    with running_forward_sink(offer=None) as sink:
+    with running_sink(SinkBehaviour(xforward=None)) as sink:
         delivered, _ = await _deliver(sink, xforward=FORWARDED)
         verbs = sink.verbs()
     assert delivered
@@ -279,7 +279,7 @@ async def test_a_next_hop_without_xforward_receives_no_xforward_command():
 
 async def test_only_the_attributes_the_next_hop_offers_are_sent_xtext_encoded():
     """A next hop offering NAME ADDR HELO gets exactly those; '=' and '+' arrive intact."""
-    with running_forward_sink(offer="NAME ADDR HELO") as sink:
+    with running_sink(SinkBehaviour(xforward="NAME ADDR HELO")) as sink:
         delivered, _ = await _deliver(sink, xforward=FORWARDED)
         lines = [line for line in sink.lines if line.startswith("XFORWARD")]
         (message,) = sink.messages
@@ -291,7 +291,9 @@ async def test_only_the_attributes_the_next_hop_offers_are_sent_xtext_encoded():
 async def test_a_refused_xforward_is_logged_reset_and_the_message_delivered_without_it():
     """A 501 to XFORWARD: a warning is logged, RSET clears the next hop's state, and the
     message is delivered (250) with no forwarded attributes."""
-    with running_forward_sink(refuse_with="501 5.5.4 Bad NAME syntax") as sink:
+    with running_sink(
+        SinkBehaviour(xforward=XFORWARD_ALL, xforward_reply="501 5.5.4 Bad NAME syntax")
+    ) as sink:
         delivered, logs = await _deliver(sink, xforward=FORWARDED)
         verbs = sink.verbs()
         (message,) = sink.messages
@@ -305,7 +307,7 @@ async def test_a_refused_xforward_is_logged_reset_and_the_message_delivered_with
 async def test_a_421_to_xforward_on_a_reused_connection_sends_the_message_on_a_fresh_one():
     """The next hop closes (421) at the second message's XFORWARD: nothing of it was
     delivered, so it goes again on a new connection, with its XFORWARD, and arrives."""
-    with running_forward_sink(hang_up_on_reuse=True) as sink:
+    with running_sink(SinkBehaviour(xforward=XFORWARD_ALL, xforward_421_on_reuse=True)) as sink:
         d = _delivery(sink)
         first = await d.deliver("a@example.net", ["b@example.com"], MESSAGE, xforward=FORWARDED)
         second = await d.deliver("a@example.net", ["c@example.com"], MESSAGE, xforward=FORWARDED)

@@ -8,6 +8,10 @@ retries included. It keeps nothing but the set of Message-IDs it already tempfai
     python -m tests.perf.tempfail_sink --listen 127.0.0.1:0 --share 0.2
 
 prints ``sink listening on HOST:PORT`` and runs until SIGTERM/SIGINT.
+
+Not ``gateway.testing.NextHopSink``: the benchmarks need a separate process (the sink's
+CPU must not be measured as the gateway's) that keeps nothing per message, where the
+test sink records every message it accepts (a throughput run sends tens of thousands).
 """
 
 from __future__ import annotations

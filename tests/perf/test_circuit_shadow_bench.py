@@ -11,26 +11,17 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.testing import EmulatorHandle, running_emulator
+from gateway.testing import EmulatorHandle
 from tests.integration.ops_support import emulator_classifier, numbered_mail, running_gateway
 
-pytestmark = pytest.mark.perf
+pytestmark = [pytest.mark.perf, pytest.mark.emulator(per_test=True, token_env="REINFER_TOKEN")]
 
 MESSAGES = 7
-
-
-@pytest.fixture
-def emu(monkeypatch: pytest.MonkeyPatch) -> Iterator[EmulatorHandle]:
-    """An HTTP emulator for this benchmark, its token in the env."""
-    with running_emulator() as handle:
-        monkeypatch.setenv("REINFER_TOKEN", handle.token or "")
-        yield handle
 
 
 async def _median_reply_seconds(

@@ -17,6 +17,8 @@ import sys
 
 import pytest
 
+from tests.real_parts import missing_part
+
 from .procs import postfix_tool
 from .systems import GatewaySettings
 from .throughput import BASELINE, HOLD, Options, render, run_benchmark
@@ -56,7 +58,7 @@ def _postfix_tools() -> None:
         postfix_tool("smtp-source")
         postfix_tool("smtp-sink")
     except FileNotFoundError as exc:
-        pytest.skip(str(exc))
+        missing_part(str(exc))
 
 
 def test_gateway_and_baseline_relay_every_message_and_the_gateway_bills_each_once() -> None:

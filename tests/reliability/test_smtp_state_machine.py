@@ -14,9 +14,12 @@ inside DATA) and keeps a model of the RFC 5321 state. After every command:
 - its code is the one the model expects (exact code where our contract or RFC 5321
   fixes it, the class where only the class is fixed);
 - invariant: the processor behind the server was handed exactly the transactions whose
-  DATA ended cleanly, each once, with the envelope the client built, and delivered
-  (answered 250) exactly those the client saw a 250 for. No unaccepted message is ever
-  delivered; nothing smuggled after a bare-LF "end of data" ever becomes a message.
+  DATA ended cleanly, each once, with the envelope the client built, and a real next hop
+  (an SMTP sink on loopback, which the processor relays to) received exactly those the
+  client saw a 250 for, with the envelope and the bytes handed over. No unaccepted
+  message is ever delivered; nothing smuggled after a bare-LF "end of data" ever becomes
+  a message. Every example starts with a transaction whose body hides a second one (an
+  SMTP-smuggling trick), so each run tries dozens of them.
 
 One server per test function (a thread with its own loop), one connection per example.
 ``CMGW_SOAK=1`` or ``-m soak`` runs the long profile.
@@ -39,6 +42,7 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
+    initialize,
     invariant,
     precondition,
     rule,
@@ -47,9 +51,11 @@ from hypothesis.stateful import (
 
 from gateway import replies
 from gateway.config import SmtpConfig
+from gateway.deliver._delivery import SmtpDelivery
 from gateway.pipeline import InboundMessage
 from gateway.replies import Reply
 from gateway.smtp import SmtpServer
+from gateway.testing import NextHopSink, running_sink
 
 SOAK = bool(os.environ.get("CMGW_SOAK"))
 MAX_SIZE = 4000
@@ -77,12 +83,12 @@ TRICKS = [
 
 class ScriptedProcessor:
     """The message processor behind the server: the reply depends on a marker at the start
-    of the message (``Subject: [reject]`` ...); records what it was handed and what it
-    answered 250 for (that is: delivered)."""
+    of the message (``Subject: [reject]`` ...); records what it was handed, and relays
+    the ``[accept]`` ones to a real next hop (``delivery``) before answering 250."""
 
-    def __init__(self) -> None:
+    def __init__(self, delivery: SmtpDelivery) -> None:
         self.handed: list[InboundMessage] = []
-        self.delivered: list[InboundMessage] = []
+        self.delivery = delivery
 
     async def process(self, msg: InboundMessage) -> Reply:
         self.handed.append(msg)
@@ -92,7 +98,10 @@ class ScriptedProcessor:
             return replies.rule_defer("deferred by the test processor")
         if msg.content.startswith(b"Subject: [crash]"):
             raise RuntimeError("the test processor crashed")
-        self.delivered.append(msg)
+        result = await self.delivery.deliver(
+            msg.mail_from, msg.rcpt_tos, msg.content, smtp_utf8=msg.smtp_utf8
+        )
+        assert result.reply.code == 250, f"the sink refused a message: {result}"
         return replies.queued(msg.queue_id)
 
 
@@ -223,9 +232,12 @@ LINES = st.one_of(
 
 
 @st.composite
-def bodies(draw: st.DrawFn) -> Body:
+def bodies(
+    draw: st.DrawFn,
+    kinds: tuple[str, ...] = ("clean", "clean", "clean", "smuggle", "long-line", "too-big"),
+) -> Body:
     marker = draw(st.sampled_from(["accept", "accept", "accept", "reject", "defer", "crash"]))
-    kind = draw(st.sampled_from(["clean", "clean", "clean", "smuggle", "long-line", "too-big"]))
+    kind = draw(st.sampled_from(kinds))
     lines = [f"Subject: [{marker}] test".encode(), b"From: <sender@example.org>", b""]
     lines += draw(st.lists(LINES, max_size=12))
     if kind == "long-line":
@@ -261,6 +273,7 @@ class Expected:
     mail_from: str
     rcpt_tos: tuple[str, ...]
     body: Body
+    content: bytes = b""  # what the processor was handed (and relays when accepted)
 
 
 class SmtpConversation(RuleBasedStateMachine):
@@ -268,12 +281,13 @@ class SmtpConversation(RuleBasedStateMachine):
 
     port: int = 0
     processor: ScriptedProcessor
+    sink: NextHopSink
     bare_lf: str = "reject"
 
     def __init__(self) -> None:
         super().__init__()
         self.handed_start = len(self.processor.handed)
-        self.delivered_start = len(self.processor.delivered)
+        self.delivered_start = len(self.sink.messages)
         self.expected_handed: list[Expected] = []
         self.expected_delivered: list[Expected] = []
         self.conn: Connection | None = None
@@ -490,7 +504,9 @@ class SmtpConversation(RuleBasedStateMachine):
         want_reply = expected_outcome(msg.content, msg.queue_id)
         assert lines[-1] == str(want_reply), f"expected {want_reply}, got {lines!r}"
         if want_reply.code == 250:
-            self.expected_delivered.append(expected)
+            self.expected_delivered.append(
+                Expected(*envelope, body=body, content=bytes(msg.content))
+            )
 
     @precondition(lambda self: self.connected and self.mail_from is None)
     @rule(
@@ -516,6 +532,21 @@ class SmtpConversation(RuleBasedStateMachine):
         for kind, n in recipients:
             self._rcpt(kind, n)
         self._data(body)
+
+    @initialize(
+        n=st.integers(0, 9),
+        recipients=st.lists(
+            st.tuples(
+                st.sampled_from(["allowed", "allowed-caps", "denied", "utf8"]), st.integers(0, 9)
+            ),
+            max_size=MAX_RCPTS,
+        ),
+        body=bodies(kinds=("smuggle",)),
+    )
+    def smuggling_transaction(self, n: int, recipients: list[tuple[str, int]], body: Body) -> None:
+        """Every example starts with a whole transaction (one allowed recipient at least)
+        whose body hides a second one behind a lone-CR/LF "end of data"."""
+        self.transaction("EHLO", "plain", [("allowed", n), *recipients], body)
 
     def _check_next(self) -> tuple[int, list[str]]:
         assert self.conn is not None
@@ -621,10 +652,10 @@ class SmtpConversation(RuleBasedStateMachine):
             self._check_content(msg, want.body)
 
     @invariant()
-    def only_messages_answered_250_are_delivered(self) -> None:
-        delivered = self.processor.delivered[self.delivered_start :]
-        assert [(m.mail_from, m.rcpt_tos) for m in delivered] == [
-            (w.mail_from, w.rcpt_tos) for w in self.expected_delivered
+    def the_next_hop_received_exactly_the_messages_answered_250(self) -> None:
+        received = self.sink.messages[self.delivered_start :]
+        assert [("" if m.is_bounce else m.mail_from, m.rcpt_tos, m.data) for m in received] == [
+            (w.mail_from, w.rcpt_tos, w.content) for w in self.expected_delivered
         ]
 
     def _check_content(self, msg: InboundMessage, body: Body) -> None:
@@ -659,7 +690,6 @@ LONG = _settings(1000, 60)
 
 
 def _run(bare_lf: Literal["reject", "normalize"], profile: settings) -> None:
-    processor = ScriptedProcessor()
     config = SmtpConfig(
         listen="127.0.0.1:0",
         hostname="gw.test",
@@ -670,13 +700,15 @@ def _run(bare_lf: Literal["reject", "normalize"], profile: settings) -> None:
         max_message_size=MAX_SIZE,
         bare_lf=bare_lf,
     )
-    with server_thread(processor, config) as port:
-        machine = type(
-            f"SmtpConversation_{bare_lf}",
-            (SmtpConversation,),
-            {"port": port, "processor": processor, "bare_lf": bare_lf},
-        )
-        run_state_machine_as_test(machine, settings=profile)
+    with running_sink() as sink:
+        processor = ScriptedProcessor(SmtpDelivery(sink.host, sink.port, timeout=TIMEOUT))
+        with server_thread(processor, config) as port:
+            machine = type(
+                f"SmtpConversation_{bare_lf}",
+                (SmtpConversation,),
+                {"port": port, "processor": processor, "sink": sink, "bare_lf": bare_lf},
+            )
+            run_state_machine_as_test(machine, settings=profile)
 
 
 def test_random_conversations_get_valid_replies_and_deliver_only_accepted_mail() -> None:

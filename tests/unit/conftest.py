@@ -8,18 +8,16 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from gateway import redact
+from gateway.testing import isolated_secrets
 
 
 @pytest.fixture
 def isolated_logging() -> Iterator[None]:
     """The secret registry and the logging set-up, given back as the test found them."""
-    secrets = set(redact._SECRETS)
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
-    yield
-    redact._SECRETS.clear()
-    redact._SECRETS.update(secrets)
+    with isolated_secrets():
+        yield
     root.handlers[:] = handlers
     root.setLevel(level)
     structlog.reset_defaults()

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from gateway import redact
 from gateway.logsetup import _scrub_secrets, _scrub_value, configure_logging, get_logger
+from gateway.testing import isolated_secrets
 
 SECRET = "tok-3f9a8b7c6d5e"
 _TIMESTAMP = re.compile(r'"timestamp": "[^"]*"|^\S+Z ', re.MULTILINE)
@@ -186,11 +187,7 @@ _SCRUBBABLE: st.SearchStrategy[Any] = st.recursive(
 def test_scrub_fast_path_equals_scrubbing_every_value(
     event: dict[str, Any], registered: bool
 ) -> None:
-    saved = set(redact._SECRETS)
-    try:
-        redact._SECRETS.clear()
-        if registered:
-            redact.register_secret(SECRET)
+    with isolated_secrets(*([SECRET] if registered else []), clear=True):
         # With no secret registered at all the line is passed on as it is (as before).
         slow = {k: _scrub_value(v) for k, v in event.items()} if registered else event
         fast = _scrub_secrets(None, "info", dict(event))
@@ -199,9 +196,6 @@ def test_scrub_fast_path_equals_scrubbing_every_value(
         assert repr(fast) == repr(slow)
         if registered:
             assert SECRET not in repr(fast)
-    finally:
-        redact._SECRETS.clear()
-        redact._SECRETS.update(saved)
 
 
 def test_contains_secret_agrees_with_scrub() -> None:

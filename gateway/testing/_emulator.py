@@ -1,4 +1,4 @@
-"""Test helpers shipped with the package (like ``structlog.testing``).
+"""The Communications Mining emulator for tests.
 
 ``running_emulator()`` serves the Communications Mining emulator over real HTTP on
 loopback, in a background thread with its own event loop, so that sync and async tests
