@@ -81,8 +81,8 @@ def running_lmtp(directory: Path | None = None) -> Iterator[LmtpServer]:
     stop = asyncio.Event()
 
     async def serve() -> None:
-        def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> object:
-            return _session(srv, r, w)
+        async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            await _session(srv, r, w)
 
         if directory is not None:
             srv.path = str(directory / "lmtp")
