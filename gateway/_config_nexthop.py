@@ -112,4 +112,6 @@ class DownstreamConfig(NextHopConfig):
         for name in v:
             if not _ROUTE_NAME.fullmatch(name):
                 raise ValueError(f"route name {name!r}: 1-64 of A-Z a-z 0-9 _ -")
+            if name == "default":
+                raise ValueError("route name 'default' is reserved for [downstream] itself")
         return v

@@ -19,8 +19,8 @@ Per message (DESIGN.md §1, §6, §7):
 5. Rules -> ``Decision``; reject/defer -> its reply; discard -> 250, nothing delivered.
 6. Otherwise prepend ``Received`` and the ``X-CM-*`` / rule headers (through
    ``headers.safe_header_value``), apply subject prefixes, deliver to
-   ``Decision.recipients``, and answer ``250 ... queued as <our queue id>`` once the next
-   hop has it, or the next hop's failure mapped by ``delivery``.
+   ``Decision.recipients`` (via ``Decision.route`` if any), and answer ``250 ... queued
+   as <our queue id>`` once the next hop has it, or its failure mapped by ``delivery``.
 
 Audit mode (``rules.mode = "audit"``): the rules are evaluated and logged, and change
 nothing: no reject/defer/discard, no recipient, subject or rule-header change and no
@@ -45,7 +45,7 @@ from gateway import replies
 from gateway.classify import build_live_classifier
 from gateway.config import Config
 from gateway.context import CLASSIFIED, ClassificationStatus, Classifier, MessageContext
-from gateway.deliver import Delivery, make_delivery
+from gateway.deliver import Delivery, NextHops, make_next_hops
 from gateway.documents import RawEmailDocument
 from gateway.errors import ClassifierError, ClassifierTimeout, ConfigError, MalformedResponseError
 from gateway.logsetup import get_logger
@@ -100,6 +100,7 @@ class Pipeline:
         delivery: Delivery,
         metrics: GatewayMetrics | None = None,
         shadow: ShadowRunner | None = None,
+        next_hops: NextHops | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
@@ -108,7 +109,8 @@ class Pipeline:
         self.rules = rules
         # Failed rule reloads since start (the old rules stayed): for monitoring.
         self.reload_failures = 0
-        self.delivery = delivery
+        self.delivery = delivery  # the default of next_hops: [downstream]
+        self.next_hops = next_hops if next_hops is not None else NextHops(delivery)
         self._threshold = config.classifier.default_threshold
         # The classifier enforces classifier.timeout itself (retries included) and reports
         # the last real error (server-error, rate-limited...); this outer deadline is the
@@ -125,7 +127,7 @@ class Pipeline:
         log ``rules_reload_failed`` (file, ``line:column``) and count it."""
         paths = self.rule_paths()
         try:
-            rules = load_rules(paths, mode=self.config.rules.mode)
+            rules = load_rules(paths, mode=self.config.rules.mode, routes=self.next_hops.routes)
         except ConfigError as exc:
             self.reload_failures += 1
             if self.metrics is not None:
@@ -152,7 +154,7 @@ class Pipeline:
                 await self.shadow.aclose()
             await self.classifier.aclose()
         finally:
-            await self.delivery.aclose()
+            await self.next_hops.aclose()
 
     async def process(self, msg: InboundMessage) -> Reply:
         """Classify, route and deliver one message; the reply to its DATA."""
@@ -315,7 +317,9 @@ class Pipeline:
             for prefix in reversed(decision.subject_prefixes):
                 edit = functools.partial(prefix_subject, prefix=prefix)
                 outgoing = await off_loop(outgoing, edit)
-        return await self._relay(msg, outgoing, recipients, log, self._headers(ctx, decision))
+        route = decision.route if enforce else None  # audit mode changes nothing
+        headers = self._headers(ctx, decision)
+        return await self._relay(msg, outgoing, recipients, log, headers, route)
 
     async def _relay(
         self,
@@ -324,13 +328,16 @@ class Pipeline:
         recipients: Sequence[str],
         log: MessageLog,
         headers: Sequence[tuple[str, str]] = (),
+        route: str | None = None,
     ) -> Reply:
+        if route is not None:
+            log.set(next_hop_route=route)
         # One prepend (one copy of a possibly large message): our trace field on top.
         received = ("Received", received_header(msg, self.config.smtp.hostname))
         outgoing = await off_loop(content, lambda c: prepend_headers(c, [received, *headers]))
         log.set(recipients=len(recipients))
         with log.stage("relay"):
-            result = await self.delivery.deliver(
+            result = await self.next_hops.pick(route).deliver(
                 msg.mail_from,
                 recipients,
                 outgoing,
@@ -364,21 +371,21 @@ def build_processor(
     the configured classifier (deduplicated, batched, behind a circuit breaker), the
     shadow model when ``[shadow]`` asks for one, and the next hop. ``classifier`` and
     ``delivery`` replace the configured ones (tests, tools)."""
-    rules = load_rules(config.rule_paths(), mode=config.rules.mode)
+    rules = load_rules(config.rule_paths(), mode=config.rules.mode, routes=config.downstream.routes)
     if classifier is None:
         classifier = build_live_classifier(config, metrics)
     shadow = ShadowRunner.from_config(config, metrics)
-    if delivery is None:
-        delivery = make_delivery(config)
-    pool = getattr(delivery, "pool", None)
-    if metrics is not None and pool is not None:
-        metrics.track_pool(pool.stats)
+    next_hops = make_next_hops(config, delivery)
+    delivery = next_hops.default
+    for name, hop in next_hops.items():
+        if metrics is not None and (pool := getattr(hop, "pool", None)) is not None:
+            metrics.track_pool(pool.stats, route=name)
     _log.info(
         "pipeline_ready",
         classifier=classifier.description,
         rules=len(rules),
         rules_mode=config.rules.mode,
-        downstream=delivery.description,
+        downstream=next_hops.description,
         shadow=config.shadow.model_version if shadow is not None else None,
     )
     return Pipeline(
@@ -388,4 +395,5 @@ def build_processor(
         delivery=delivery,
         metrics=metrics,
         shadow=shadow,
+        next_hops=next_hops,
     )

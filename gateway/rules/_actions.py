@@ -29,6 +29,7 @@ __all__ = [
     "Quarantine",
     "Redirect",
     "Reject",
+    "Route",
 ]
 
 QUARANTINE_HEADER = "X-CM-Quarantine"
@@ -160,6 +161,15 @@ class Discard(_Static):
         super().__init__(Effect("discard", "discard"), "discard")
 
 
+class Route(_Static):
+    """Deliver the whole message through the named ``[downstream.routes.NAME]``."""
+
+    __slots__ = ()
+
+    def __init__(self, name: str) -> None:
+        super().__init__(Effect("route", f"route -> {name}", text=name), f"route {name}")
+
+
 class Draft:
     """What the matched rules asked for so far, before precedence is applied."""
 
@@ -172,6 +182,7 @@ class Draft:
         "quarantine",
         "redirect",
         "reject",
+        "route",
     )
 
     def __init__(self) -> None:
@@ -183,6 +194,7 @@ class Draft:
         self.bcc: list[str] = []
         self.headers: list[tuple[str, str]] = []
         self.prefixes: list[str] = []
+        self.route: str | None = None
 
     def add(self, effect: Effect) -> None:
         kind = effect.kind
@@ -203,5 +215,7 @@ class Draft:
             self.defer = self.defer or effect.reply
         elif kind == "discard":
             self.discard = True
+        elif kind == "route":
+            self.route = effect.text  # a later route replaces an earlier one
         else:  # pragma: no cover - the compiler only builds the kinds above
             raise ValueError(f"unknown effect {kind!r}")

@@ -8,7 +8,9 @@ prefix_subject. ``Decision.verdict`` is the strongest action any enforced rule a
   dropped so that a quarantined message reaches nobody else), ``X-CM-Quarantine: <rule>``
   is added; a later quarantine replaces an earlier one;
 - redirect: a later redirect replaces an earlier one;
-- bcc: added to the recipients (original or redirected), deduplicated case-insensitively.
+- bcc: added to the recipients (original or redirected), deduplicated case-insensitively;
+- route: the whole message (whatever its recipients) goes through that named next hop
+  instead of ``[downstream]``; a later route replaces an earlier one.
 
 Headers and subject prefixes are kept for every verdict; for reject/defer/discard the
 delivery fields say what delivery would have been, and the pipeline ignores them.
@@ -76,6 +78,7 @@ class Decision:
     audit: bool = False
     verdicts: tuple[RuleVerdict, ...] = ()
     audit_verdict: Verdict | None = None
+    route: str | None = None
 
 
 def dedupe_addresses(addresses: Iterable[str]) -> tuple[str, ...]:
@@ -108,6 +111,7 @@ class Outcome(NamedTuple):
     add_headers: tuple[tuple[str, str], ...]
     subject_prefixes: tuple[str, ...]
     quarantine_address: str | None
+    route: str | None = None
 
 
 def finalize(draft: Draft, original: tuple[str, ...]) -> Outcome:
@@ -141,4 +145,5 @@ def finalize(draft: Draft, original: tuple[str, ...]) -> Outcome:
         _dedupe_headers(headers),
         tuple(draft.prefixes),
         quarantine_address,
+        draft.route,
     )

@@ -159,6 +159,7 @@ class RuleSet:
             audit=self.audit,
             verdicts=tuple(verdicts),
             audit_verdict=finalize(shadow, original).verdict if audit_matched else None,
+            route=outcome.route,
         )
 
 

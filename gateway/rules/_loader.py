@@ -3,12 +3,15 @@
 load_rules(paths, mode=)    -> RuleSet             raises RuleFileError (the first error)
 check_rule_files(paths)     -> list[RuleFileError]  every error of every file
 parse_rules(text, file=)    -> RuleSet             the same, from a string
+
+``routes``: the configured ``[downstream.routes]`` names; when given, a ``route`` action
+naming another is an error at its value. None (a rule file alone) skips that check.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,20 +76,31 @@ class _File:
     model: RuleFileModel | None = None
 
 
-def load_rules(paths: Sequence[Path | str], *, mode: Mode = "enforce") -> RuleSet:
+def load_rules(
+    paths: Sequence[Path | str],
+    *,
+    mode: Mode = "enforce",
+    routes: Collection[str] | None = None,
+) -> RuleSet:
     """Load and compile rule files, evaluated in the order given.
 
     Raises ``RuleFileError`` (file, ``line:column``, message naming the rule) for the
     first error; duplicate rule names across files are an error too."""
-    files, errors = _load(paths, first_only=True)
+    files, errors = _load(paths, first_only=True, routes=routes)
     if errors:
         raise errors[0]
     return _compile(files, mode)
 
 
-def parse_rules(text: str, *, file: str = "<string>", mode: Mode = "enforce") -> RuleSet:
+def parse_rules(
+    text: str,
+    *,
+    file: str = "<string>",
+    mode: Mode = "enforce",
+    routes: Collection[str] | None = None,
+) -> RuleSet:
     """``load_rules`` for one file's text (tests, ``explain --rules -``)."""
-    loaded, errors = _load_text(text, file, first_only=True)
+    loaded, errors = _load_text(text, file, first_only=True, routes=routes)
     if errors:
         raise errors[0]
     assert loaded is not None
@@ -96,13 +110,15 @@ def parse_rules(text: str, *, file: str = "<string>", mode: Mode = "enforce") ->
     return _compile([loaded], mode)
 
 
-def check_rule_files(paths: Sequence[Path | str]) -> list[RuleFileError]:
+def check_rule_files(
+    paths: Sequence[Path | str], *, routes: Collection[str] | None = None
+) -> list[RuleFileError]:
     """Every error in these files (empty when they load), in file and line order."""
-    return _load(paths, first_only=False)[1]
+    return _load(paths, first_only=False, routes=routes)[1]
 
 
 def _load(
-    paths: Sequence[Path | str], *, first_only: bool
+    paths: Sequence[Path | str], *, first_only: bool, routes: Collection[str] | None = None
 ) -> tuple[list[_File], list[RuleFileError]]:
     files: list[_File] = []
     errors: list[RuleFileError] = []
@@ -113,7 +129,7 @@ def _load(
         except RuleFileError as exc:
             errors.append(exc)
         else:
-            loaded, file_errors = _load_text(text, name, first_only=first_only)
+            loaded, file_errors = _load_text(text, name, first_only=first_only, routes=routes)
             errors.extend(file_errors)
             if loaded is not None and not file_errors:
                 files.append(loaded)
@@ -124,7 +140,7 @@ def _load(
 
 
 def _load_text(
-    text: str, name: str, *, first_only: bool
+    text: str, name: str, *, first_only: bool, routes: Collection[str] | None = None
 ) -> tuple[_File | None, list[RuleFileError]]:
     try:
         doc = parse_yaml(text)
@@ -154,6 +170,8 @@ def _load_text(
             details = sorted(exc.errors(), key=lambda d: d["type"] == "missing")
             for detail in details:
                 errors.append(_from_pydantic(loaded, detail))
+        if loaded.model is not None and routes is not None:
+            errors.extend(_unknown_routes(loaded, routes))
     errors.sort(key=lambda e: (e[0], e[1]))
     out = [e[2] for e in errors]
     if first_only and len(out) > 1:
@@ -277,6 +295,24 @@ def _position(located: Located, on_key: bool) -> tuple[int, int]:
     if on_key:
         return located.key_line, located.key_column
     return located.line, located.column
+
+
+def _unknown_routes(loaded: _File, routes: Collection[str]) -> list[tuple[int, int, RuleFileError]]:
+    assert loaded.model is not None
+    known = ", ".join(sorted(routes)) or "none configured"
+    out = []
+    for i, rule in enumerate(loaded.model.rules):
+        for j, action in enumerate(rule.actions):
+            if action.route is None or action.route in routes:
+                continue
+            path = ("rules", i, "actions", j, "route")
+            line, column = _position(loaded.doc.positions[path], on_key=False)
+            hint = difflib.get_close_matches(action.route, list(routes), n=1)
+            message = f"unknown route {action.route!r} (" + (
+                f"did you mean {hint[0]!r}?)" if hint else f"[downstream.routes]: {known})"
+            )
+            out.append((line, column, _error(loaded, path, message, line, column)))
+    return out
 
 
 def _duplicate_names(files: Sequence[_File]) -> list[RuleFileError]:

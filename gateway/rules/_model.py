@@ -8,9 +8,9 @@ point at, so that the error lands on that key's line.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydantic_core import PydanticCustomError
 
 from ._fields import (
@@ -192,6 +192,10 @@ CONDITION_KEYS: tuple[str, ...] = tuple(
 )
 
 
+# A [downstream.routes.NAME] table of the configuration (checked against it at load).
+RouteName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
 class ActionModel(_Strict):
     """One action: a mapping with exactly one key."""
 
@@ -203,6 +207,7 @@ class ActionModel(_Strict):
     reject: ReplyText | None = None
     defer: ReplyText | None = None
     discard: Literal[True] | None = None
+    route: RouteName | None = None
 
     @model_validator(mode="after")
     def _check(self) -> ActionModel:
