@@ -3,8 +3,9 @@ shipped deploy/dovecot/99-cm-gateway.conf and shared-inbox.sieve.
 
 Everything lives in one temp root: the config, base_dir (sockets, pid), state, the log
 and the mailboxes (``ROOT/mail/<user>``, Maildir). Listeners are on loopback at free
-ports; no system service or system config file is touched. Any user logs in over IMAP
-with the password ``test`` (a static passdb, test only).
+ports; no system service or system config file is touched. Any user logs in over IMAP,
+or over SASL through the auth service's TCP listener (``auth_port``, what Postfix's
+``smtpd_sasl_path = inet:...`` talks to), with the password ``test`` (static, test only).
 
 Run as a normal user, every Dovecot process runs as that user. Run as root (CI
 containers), Dovecot insists on unprivileged users: its own ``dovecot`` and ``dovenull``
@@ -58,6 +59,7 @@ class DovecotInstance:
     root: Path
     lmtp_port: int
     imap_port: int
+    auth_port: int = 0  # Dovecot's SASL service for Postfix (smtpd_sasl_type = dovecot)
 
     @property
     def lmtp_url(self) -> str:
@@ -78,7 +80,7 @@ def _accounts() -> tuple[str, str, str, str]:
     return "dovecot", "dovecot", "dovenull", "dovecot"
 
 
-def _config(root: Path, lmtp_port: int, imap_port: int, sieve: Path) -> str:
+def _config(root: Path, lmtp_port: int, imap_port: int, sieve: Path, auth_port: int) -> str:
     internal, group, login, mail_user = _accounts()
     snippet = (DEPLOY_DIR / "99-cm-gateway.conf").read_text()
     assert snippet.count("port = 24\n") == 1, "99-cm-gateway.conf: expected one 'port = 24'"
@@ -122,6 +124,12 @@ service imap-login {{
 service anvil {{
   chroot =
 }}
+service auth {{
+  inet_listener {{
+    address = 127.0.0.1
+    port = {auth_port}
+  }}
+}}
 service pop3-login {{
   chroot =
 }}
@@ -147,9 +155,11 @@ def running_dovecot() -> Iterator[DovecotInstance]:
     if os.getuid() == 0:
         os.chmod(root, 0o755)
         shutil.chown(root / "mail", "dovecot", "dovecot")
-    instance = DovecotInstance(root, _free_port(), _free_port())
+    instance = DovecotInstance(root, _free_port(), _free_port(), _free_port())
     config = root / "dovecot.conf"
-    config.write_text(_config(root, instance.lmtp_port, instance.imap_port, sieve))
+    config.write_text(
+        _config(root, instance.lmtp_port, instance.imap_port, sieve, instance.auth_port)
+    )
     dovecot = shutil.which("dovecot") or "/usr/sbin/dovecot"
     # Output to a file, not a pipe: the daemon inherits it, and a pipe would never close.
     with open(root / "start.log", "wb") as out:
