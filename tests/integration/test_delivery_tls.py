@@ -13,12 +13,15 @@ import pytest
 from structlog.testing import capture_logs
 
 from gateway import replies
+from gateway.config import build_config
 from gateway.deliver._delivery import SmtpDelivery
 from gateway.deliver._result import DeliveryResult
 from gateway.deliver._security import Security
+from gateway.pipeline import build_processor
 
 from .downstream_sink import free_port
 from .nexthop_support import make_cert, running_secure_sink, running_tap
+from .pipeline_support import inbound, mail
 
 pytestmark = pytest.mark.both_loops
 
@@ -216,3 +219,32 @@ async def test_pool_reuses_the_encrypted_connection_after_rset(certs):
     first, second = sink.received
     assert first.tls and second.tls
     assert first.peer_port == second.peer_port
+
+
+async def test_through_the_pipeline_a_refused_tls_is_the_senders_451_and_nothing_delivered(
+    tmp_path: Path,
+):
+    """[downstream] tls = "required" and a next hop without STARTTLS: the message's reply
+    is 451 4.7.10 (the sending MTA keeps it), the log line says why, nothing arrives."""
+    (tmp_path / "rules.yaml").write_text("rules: []\n")
+    with running_secure_sink(None) as sink:
+        config = build_config(
+            {
+                "smtp": {"hostname": "gw.test"},
+                "downstream": {"url": f"smtp://127.0.0.1:{sink.port}", "tls": "required"},
+                "classifier": {"provider": "emulator"},
+                "rules": {"files": ["rules.yaml"]},
+            },
+            file=str(tmp_path / "gateway.toml"),
+            env={},
+        )
+        pipeline = build_processor(config)
+        try:
+            with capture_logs() as logs:
+                reply = await pipeline.process(inbound(mail()))
+        finally:
+            await pipeline.aclose()
+    assert reply == replies.DOWNSTREAM_NO_TLS
+    assert sink.received == []
+    (line,) = [e for e in logs if e["event"] == "message"]
+    assert line["relay_error"].startswith("TlsUnavailable")
