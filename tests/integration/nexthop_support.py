@@ -103,6 +103,7 @@ def running_secure_sink(
     *,
     implicit: bool = False,
     users: dict[str, str] | None = None,
+    exclude_mechanisms: list[str] | None = None,
 ) -> Iterator[SecureSink]:
     """A next hop on a free loopback port: STARTTLS with ``cert`` (None: no TLS at all),
     or TLS from the first byte when ``implicit``; AUTH against ``users`` when given."""
@@ -127,6 +128,8 @@ def running_secure_sink(
             return AuthResult(success=ok, handled=False, auth_data=data if ok else None)
 
         params["authenticator"] = authenticator
+        if exclude_mechanisms:
+            params["auth_exclude_mechanism"] = exclude_mechanisms
         # aiosmtpd tells implicit TLS from none only through STARTTLS: with implicit TLS
         # the connection is encrypted from the start, so its own check must stand down.
         params["auth_require_tls"] = not implicit

@@ -159,6 +159,21 @@ async def test_auth_plain_over_starttls_delivers_and_the_password_never_shows(ce
     assert b"AUTH" not in tap.sent and PASSWORD.encode() not in tap.sent
 
 
+async def test_auth_login_when_the_next_hop_offers_no_plain(certs, password):
+    """A next hop offering only AUTH LOGIN: the gateway logs in with LOGIN."""
+    users = {"relay@example.com": PASSWORD}
+    with running_secure_sink(certs["good"], users=users, exclude_mechanisms=["PLAIN"]) as sink:
+        d = delivery(
+            sink.port,
+            tls="required",
+            auth_user="relay@example.com",
+            auth_password_env=ENV,
+        )
+        result = await send(d)
+    assert result.delivered, result
+    assert sink.auth_attempts == [("LOGIN", True)]
+
+
 async def test_wrong_password_is_one_451_478_and_one_log_line_then_backs_off(certs, password):
     """A 535: our client gets 451 4.7.8, one log line names user and reply (never the
     password); the next message within the back-off does not try AUTH again."""
