@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from .downstream_sink import free_port
@@ -97,6 +98,11 @@ class _Handler:
         return "250 2.0.0 Ok: queued as TLS1"
 
 
+class _LmtpController(Controller):
+    def factory(self) -> LMTP:
+        return LMTP(self.handler, **self.SMTP_kwargs)
+
+
 @contextmanager
 def running_secure_sink(
     cert: tuple[Path, Path] | None,
@@ -104,9 +110,11 @@ def running_secure_sink(
     implicit: bool = False,
     users: dict[str, str] | None = None,
     exclude_mechanisms: list[str] | None = None,
+    lmtp: bool = False,
 ) -> Iterator[SecureSink]:
     """A next hop on a free loopback port: STARTTLS with ``cert`` (None: no TLS at all),
-    or TLS from the first byte when ``implicit``; AUTH against ``users`` when given."""
+    or TLS from the first byte when ``implicit``; AUTH against ``users`` when given;
+    LMTP (LHLO, aiosmtpd's ``LMTP``) when ``lmtp``."""
     sink = SecureSink("127.0.0.1", free_port())
     context = None
     if cert is not None:
@@ -133,7 +141,7 @@ def running_secure_sink(
         # aiosmtpd tells implicit TLS from none only through STARTTLS: with implicit TLS
         # the connection is encrypted from the start, so its own check must stand down.
         params["auth_require_tls"] = not implicit
-    controller = Controller(
+    controller = (_LmtpController if lmtp else Controller)(
         _Handler(sink),
         hostname=sink.host,
         port=sink.port,

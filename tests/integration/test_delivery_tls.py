@@ -159,6 +159,24 @@ async def test_auth_plain_over_starttls_delivers_and_the_password_never_shows(ce
     assert b"AUTH" not in tap.sent and PASSWORD.encode() not in tap.sent
 
 
+async def test_lmtp_upgrades_with_starttls_and_verifies(certs):
+    """lmtp:// with tls = verify: LHLO, STARTTLS, LHLO again, delivered encrypted."""
+    with running_secure_sink(certs["good"], lmtp=True) as sink, running_tap(sink.port) as tap:
+        d = SmtpDelivery(
+            "127.0.0.1",
+            tap.port,
+            timeout=10.0,
+            local_hostname="gw.test",
+            security=Security(tls="verify", ca_file=str(certs["good"][0])),
+            lmtp=True,
+        )
+        result = await send(d)
+    assert result.delivered, result
+    assert sink.received[0].tls
+    assert tap.sent.startswith(b"LHLO gw.test\r\nSTARTTLS\r\n")
+    assert MARKER not in tap.sent
+
+
 async def test_auth_login_when_the_next_hop_offers_no_plain(certs, password):
     """A next hop offering only AUTH LOGIN: the gateway logs in with LOGIN."""
     users = {"relay@example.com": PASSWORD}
