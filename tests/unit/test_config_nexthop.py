@@ -115,3 +115,18 @@ def test_config_show_says_whether_the_password_is_set_never_its_value(tmp_path: 
     again = tmp_path / "again.toml"
     again.write_text(result.stdout)
     assert load_config(again, env={}).downstream.routes["archive"].auth_user == "v"
+
+
+def test_config_check_warns_when_the_password_variable_is_not_set(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[downstream]\nurl = "smtps://h:465"\nauth_user = "u"\nauth_password_env = "NH_UNSET"\n',
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "config", "check", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        env={"PATH": ""},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "warning: NH_UNSET is not set: AUTH will fail" in result.stderr
