@@ -130,3 +130,25 @@ def test_explain_shows_the_route(tmp_path: Path) -> None:
     result = _cli("explain", "--config", str(config), str(message))
     assert result.returncode == 0, result.stderr
     assert "route" in result.stdout and "archive ([downstream.routes.archive])" in result.stdout
+
+
+async def test_a_reload_naming_an_unknown_route_keeps_the_old_rules(tmp_path: Path) -> None:
+    """SIGHUP reload: a rule file whose route is not configured is refused (logged with
+    file and line:column); the rules in use stay."""
+    with running_sink() as default, running_lmtp() as archive:
+        config = make_config(
+            tmp_path,
+            downstream=default.url,
+            rules_yaml=ROUTE_RULES,
+            downstream_routes={"archive": {"url": archive.url}},
+        )
+        pipeline = build_processor(config)
+        try:
+            (tmp_path / "rules.yaml").write_text(ROUTE_RULES.replace("archive\n", "elsewhere\n"))
+            assert pipeline.reload_rules(trigger="test") is False
+            assert pipeline.reload_failures == 1
+            reply = await pipeline.process(inbound(mail(headers=[("X-Archive", "yes")])))
+        finally:
+            await pipeline.aclose()
+    assert reply.code == 250
+    assert len(archive.delivered) == 1 and default.received == []
