@@ -8,7 +8,6 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -24,7 +23,6 @@ from pydantic import (
 __all__ = [
     "CacheConfig",
     "ClassifierConfig",
-    "DownstreamConfig",
     "LabelThreshold",
     "LogConfig",
     "MetricsConfig",
@@ -118,34 +116,6 @@ class SmtpConfig(_Section):
         if self.auth_users_file and not self.tls_cert_file:
             raise ValueError("auth_users_file needs TLS (AUTH is offered over TLS only)")
         return self
-
-
-class DownstreamConfig(_Section):
-    url: str = "smtp://127.0.0.1:10026"
-    timeout: float = Field(60.0, gt=0)
-    pool_size: int = Field(16, ge=1)
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme == "smtp":
-            if not parts.hostname or not parts.port:
-                raise ValueError(f"expected smtp://host:port, got {v!r}")
-        elif parts.scheme == "maildir":
-            if not (parts.netloc + parts.path):
-                raise ValueError(f"expected maildir:///path, got {v!r}")
-        else:
-            raise ValueError(f"scheme must be smtp:// or maildir://, got {v!r}")
-        return v
-
-    @property
-    def maildir_path(self) -> Path | None:
-        """The Maildir for ``maildir://`` URLs (``maildir://var/m`` is relative)."""
-        parts = urlsplit(self.url)
-        if parts.scheme != "maildir":
-            return None
-        return Path(parts.netloc + parts.path)
 
 
 class LabelThreshold(_Section):

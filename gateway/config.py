@@ -25,10 +25,10 @@ from pydantic import (
     model_validator,
 )
 
+from gateway._config_nexthop import DownstreamConfig, NextHopConfig
 from gateway._config_sections import (
     CacheConfig,
     ClassifierConfig,
-    DownstreamConfig,
     LabelThreshold,
     LogConfig,
     MetricsConfig,
@@ -49,6 +49,7 @@ __all__ = [
     "LabelThreshold",
     "LogConfig",
     "MetricsConfig",
+    "NextHopConfig",
     "RulesConfig",
     "ShadowConfig",
     "SmtpConfig",

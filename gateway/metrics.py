@@ -111,14 +111,14 @@ class GatewayMetrics:
         )
         self.downstream_connections = Gauge(
             "cm_gateway_downstream_connections",
-            "Pooled next-hop SMTP connections, by state (idle, in_use; size = the cap)",
-            ["state"],
+            "Pooled next-hop connections, by route and state (idle, in_use; size = the cap)",
+            ["route", "state"],
             registry=r,
         )
         self.downstream_connection_events = Gauge(
             "cm_gateway_downstream_connection_events",
-            "Next-hop connections created, reused, discarded, expired since start",
-            ["event"],
+            "Next-hop connections created, reused, discarded, expired since start, by route",
+            ["route", "event"],
             registry=r,
         )
         self.shadow_messages = Counter(
@@ -202,17 +202,17 @@ class GatewayMetrics:
         """One predict request retried after ``error``."""
         self.api_retries.labels(getattr(error, "kind", type(error).__name__)).inc()
 
-    def track_pool(self, stats: Callable[[], Mapping[str, int]]) -> None:
-        """Read the downstream pool's state from ``stats`` (``SmtpPool.stats``) at every
-        scrape."""
+    def track_pool(self, stats: Callable[[], Mapping[str, int]], route: str = "default") -> None:
+        """Read a next hop's pool state from ``stats`` (``SmtpPool.stats``) at every
+        scrape; ``route``: ``default`` for ``[downstream]``, else the route's name."""
 
         def reader(key: str) -> Callable[[], float]:
             return lambda: float(stats()[key])
 
         for state in ("idle", "in_use", "size"):
-            self.downstream_connections.labels(state).set_function(reader(state))
+            self.downstream_connections.labels(route, state).set_function(reader(state))
         for event in ("created", "reused", "discarded", "expired"):
-            self.downstream_connection_events.labels(event).set_function(reader(event))
+            self.downstream_connection_events.labels(route, event).set_function(reader(event))
 
     def render(self) -> bytes:
         """The text exposition format."""

@@ -16,9 +16,12 @@ __all__ = [
     "CLASSIFIER_DEFER",
     "COMMAND_TOO_LONG",
     "DATA_LINE_TOO_LONG",
+    "DOWNSTREAM_AUTH_FAILED",
     "DOWNSTREAM_NO_SMTPUTF8",
+    "DOWNSTREAM_NO_TLS",
     "DOWNSTREAM_PARTIAL",
     "DOWNSTREAM_TEMPFAIL",
+    "DOWNSTREAM_TLS_FAILED",
     "IDLE_TIMEOUT",
     "INTERNAL_ERROR",
     "LOOP_DETECTED",
@@ -77,6 +80,10 @@ DOWNSTREAM_PARTIAL = Reply(451, "4.5.0", "Next hop refused some recipients, try 
 INTERNAL_ERROR = Reply(451, "4.3.0", "Internal error")
 # RFC 6531 §3.2: a non-ASCII envelope cannot go to a next hop without SMTPUTF8.
 DOWNSTREAM_NO_SMTPUTF8 = Reply(554, "5.6.7", "Next hop does not support SMTPUTF8 addresses")
+# Next hop security (deliver/_security.py): each a 4xx, so the sending MTA keeps the message.
+DOWNSTREAM_NO_TLS = Reply(451, "4.7.10", "Next hop offers no TLS, try again later")
+DOWNSTREAM_TLS_FAILED = Reply(451, "4.7.5", "Next hop TLS failed, try again later")
+DOWNSTREAM_AUTH_FAILED = Reply(451, "4.7.8", "Next hop refused our credentials, try again later")
 # SMTP front (server.py / handler.py)
 BAD_SENDER_SYNTAX = Reply(501, "5.1.7", "Bad sender address syntax")
 SMTPUTF8_REQUIRED = Reply(553, "5.6.7", "Must declare SMTPUTF8 to send a non-ASCII address")

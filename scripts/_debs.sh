@@ -5,6 +5,10 @@ need=()
 command -v postfix >/dev/null 2>&1 || [ -x /usr/sbin/postfix ] || need+=(postfix)
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# The Dovecot shared-inbox test (LMTP + IMAP + Sieve, started privately by the test).
+[ -x /usr/lib/dovecot/lmtp ] || need+=(dovecot-lmtpd)
+[ -x /usr/lib/dovecot/imap ] || need+=(dovecot-imapd)
+command -v sievec >/dev/null 2>&1 || need+=(dovecot-sieve)
 if [ "${#need[@]}" -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" = 0 ] || SUDO="sudo"

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from gateway.config import Config, load_config
+from gateway.config import Config, NextHopConfig, load_config
 
 from ._tomlwrite import dumps
 
@@ -36,6 +36,20 @@ def redacted(config: Config) -> tuple[dict[str, Any], dict[str, str]]:
     if config.classifier.secret_env:
         state = "set, redacted" if config.classifier.secret() else "NOT SET"
         comments["classifier.secret_env"] = f"secret: {state}"
+
+    # Next hop passwords: like the token, only whether the variable is set.
+    def password(hop: NextHopConfig) -> str:
+        return "set, redacted" if hop.auth_password() else "NOT SET"
+
+    if config.downstream.auth_password_env:
+        comments["downstream.auth_password_env"] = f"password: {password(config.downstream)}"
+    routes = [
+        f"{name} password: {password(hop)}"
+        for name, hop in config.downstream.routes.items()
+        if hop.auth_password_env
+    ]
+    if routes:
+        comments["downstream.routes"] = "; ".join(routes)
     return data, comments
 
 
@@ -48,6 +62,9 @@ def run_check(args: argparse.Namespace) -> int:
         print(f"warning: {c.token_env} is not set: the API will answer 401", file=sys.stderr)
     if c.provider == "custom" and c.secret_env and not c.secret():
         print(f"warning: {c.secret_env} is not set", file=sys.stderr)
+    for hop in (config.downstream, *config.downstream.routes.values()):
+        if hop.auth_password_env and not hop.auth_password():
+            print(f"warning: {hop.auth_password_env} is not set: AUTH will fail", file=sys.stderr)
     return 0
 
 

@@ -241,6 +241,7 @@ def explain_message(
             "on_error_defer": deferred,
             "recipients": list(ctx.rcpt_tos if decision.audit else decision.recipients),
             "quarantine_address": decision.quarantine_address,
+            "route": None if decision.audit else decision.route,
             "rules_hit": list(decision.rules_hit),
             "audit": decision.audit,
             "audit_verdict": decision.audit_verdict,
@@ -327,6 +328,8 @@ def render_text(report: dict[str, Any]) -> str:
     _line(out, "recipients", ", ".join(d["recipients"]) or "(none)")
     if d["quarantine_address"]:
         _line(out, "quarantine", d["quarantine_address"])
+    if d.get("route"):
+        _line(out, "route", f"{d['route']} ([downstream.routes.{d['route']}])")
     if d["subject_prefixes"]:
         _line(out, "subject", d["subject"])
     if d["removed_headers"]:
@@ -347,7 +350,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror or exc}", file=args.file) from None
     paths = [Path(p) for p in args.rules] if args.rules else config.rule_paths()
-    ruleset = load_rules(paths, mode=config.rules.mode)
+    ruleset = load_rules(paths, mode=config.rules.mode, routes=config.downstream.routes)
     report = explain_message(
         config,
         args.file,

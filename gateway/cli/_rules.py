@@ -159,11 +159,12 @@ def _warning_text(warning: RuleWarning) -> str:
     return f"{warning.file}:{warning.line}: warning: rule '{warning.rule}': {warning.text}"
 
 
-def _check_one(path: Path) -> tuple[RuleSet | None, list[RuleFileError]]:
+def _check_one(path: Path, routes: Sequence[str]) -> tuple[RuleSet | None, list[RuleFileError]]:
+    # routes: a `route` action must name a [downstream.routes] table of --config.
     try:
-        return load_rules([path]), []
+        return load_rules([path], routes=routes), []
     except RuleFileError:
-        return None, check_rule_files([path]) or []
+        return None, check_rule_files([path], routes=routes) or []
 
 
 def _is_test_file(path: Path) -> bool:
@@ -195,7 +196,7 @@ def run_check(args: argparse.Namespace) -> int:
         if not errors:
             print(f"{path}: ok ({count} test{'' if count == 1 else 's'})")
     for path in paths:
-        ruleset, errors = _check_one(path)
+        ruleset, errors = _check_one(path, list(config.downstream.routes))
         if ruleset is None:
             invalid = True
             for error in errors:
@@ -210,10 +211,10 @@ def run_check(args: argparse.Namespace) -> int:
         # The files are evaluated as one sequence: names must be unique across them, and
         # a stop in one file can shadow a rule in the next.
         try:
-            combined = load_rules(paths)
+            combined = load_rules(paths, routes=list(config.downstream.routes))
         except RuleFileError:
             invalid = True
-            for error in check_rule_files(paths):
+            for error in check_rule_files(paths, routes=list(config.downstream.routes)):
                 _print_err(str(error))
     elif not invalid and loaded:
         combined = loaded[0]

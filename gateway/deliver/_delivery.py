@@ -1,4 +1,5 @@
-"""Handing a message to the next hop: ``smtp://host:port`` or ``maildir:///path``.
+"""Handing a message to the next hop: ``smtp://``, ``smtps://``, ``lmtp://``,
+``lmtp+unix://`` or ``maildir:///path``.
 
     make_delivery(config) -> Delivery        deliver(mail_from, rcpts, content) -> DeliveryResult
 
@@ -6,7 +7,15 @@ The reply to our client's DATA is sent only after the next hop has the message,
 so a delivery never queues anything: it succeeds, or it tells the pipeline which
 reply makes the sending MTA keep the message (4xx) or bounce it (5xx).
 
-The next hop's replies map to ours as ``_result`` describes.
+The next hop's replies map to ours as ``_result`` describes. LMTP's
+replies after the dot count like RCPT refusals: all 250 -> 250; any 4xx, or some
+recipients delivered and some not -> 451 (the sending MTA retries the whole message, so
+the recipients that already have it get it twice); every one a 5xx -> that 5xx.
+
+TLS and AUTH (``_security``): a next hop that cannot be used securely is a 4xx, logged
+(``next_hop_tls_failed`` / ``next_hop_auth_failed``). After an AUTH refusal the next hop
+is not asked again for ``AUTH_BACKOFF`` seconds: messages meanwhile get the same 4xx at
+once, so a wrong password costs one log line and cannot lock the account by repetition.
 
 XFORWARD: when the next hop offers it, each transaction starts with the message's client
 attributes (``InboundMessage.next_hop_xforward``). A 4xx/5xx to XFORWARD does not cost
@@ -22,14 +31,9 @@ one. A 421 is a closing connection like any other (see ``SmtpDelivery``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
-import os
 import re
-import socket
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -37,9 +41,10 @@ import aiosmtplib
 from aiosmtplib.response import SMTPResponse
 
 from gateway import replies
-from gateway.config import Config
+from gateway.config import Config, NextHopConfig
 from gateway.logsetup import get_logger
 
+from ._maildir import MaildirDelivery
 from ._pool import Connection, PoolClosedError, SmtpPool
 from ._result import (
     DeliveryResult,
@@ -48,16 +53,19 @@ from ._result import (
     recipients_refused,
     sender_or_data_refused,
 )
+from ._security import AuthFailed, NextHopSecurityError, Security
 from ._smtp_client import SmtpClient
 from ._smtp_data import XForwardRefused, sendmail
 from ._xforward import XForward
 
 __all__ = [
+    "AUTH_BACKOFF",
     "Delivery",
-    "MaildirDelivery",
     "SmtpDelivery",
     "make_delivery",
 ]
+
+AUTH_BACKOFF = 60.0
 
 _QUEUE_ID = re.compile(r"queued as ([A-Za-z0-9._-]+)", re.IGNORECASE)
 _log = get_logger("cm-gateway.deliver._delivery")
@@ -115,26 +123,53 @@ class SmtpDelivery:
         pool_size: int = 1,
         idle_timeout: float = 30.0,
         check_after: float = 5.0,
+        security: Security | None = None,
+        lmtp: bool = False,
+        socket_path: str | None = None,
     ) -> None:
         self._host = host
         self._port = port
         self._timeout = timeout
         self._local_hostname = local_hostname
+        self.security = security or Security()
+        self._lmtp = lmtp
+        self._socket_path = socket_path
+        self._auth_refused_until = 0.0
         self.pool = SmtpPool(
             self._client, size=pool_size, idle_timeout=idle_timeout, check_after=check_after
         )
 
     @property
     def description(self) -> str:
-        return f"smtp://{self._host}:{self._port}"
+        if self._socket_path is not None:
+            return f"lmtp+unix://{self._socket_path}"
+        scheme = "lmtp" if self._lmtp else "smtps" if self.security.implicit else "smtp"
+        return f"{scheme}://{self._host}:{self._port}"
 
     def _client(self) -> SmtpClient:
-        # Plain SMTP: the next hop is Postfix's reinjection port on the same host or a
-        # private network; smtp:// never upgrades (a self-signed certificate there
-        # would otherwise fail every delivery).
         return SmtpClient(
-            self._host, self._port, timeout=self._timeout, local_hostname=self._local_hostname
+            self._host,
+            self._port,
+            timeout=self._timeout,
+            local_hostname=self._local_hostname,
+            security=self.security,
+            lmtp=self._lmtp,
+            socket_path=self._socket_path,
         )
+
+    def _refused(self, exc: NextHopSecurityError) -> DeliveryResult:
+        event = "next_hop_auth_failed" if isinstance(exc, AuthFailed) else "next_hop_tls_failed"
+        if isinstance(exc, AuthFailed):
+            self._auth_refused_until = time.monotonic() + AUTH_BACKOFF
+        _log.warning(
+            event,
+            next_hop=self.description,
+            tls=self.security.tls,
+            user=self.security.auth_user or None,
+            error=str(exc),
+            reply=str(exc.reply),
+        )
+        return DeliveryResult(exc.reply, error=f"{type(exc).__name__}: {exc}")
 
     async def deliver(
         self,
@@ -148,6 +183,10 @@ class SmtpDelivery:
     ) -> DeliveryResult:
         """Send one message; the whole exchange (pool wait included) is bounded by
         ``timeout``."""
+        if time.monotonic() < self._auth_refused_until:
+            # The next hop refused our credentials moments ago: asking again would only
+            # repeat the refusal (and count towards an account lockout).
+            return DeliveryResult(replies.DOWNSTREAM_AUTH_FAILED, error="AuthFailed: backing off")
         needs_utf8 = _needs_smtputf8(mail_from, rcpt_tos)
         conn: Connection | None = None
         reusable = polite = False
@@ -179,6 +218,8 @@ class SmtpDelivery:
             # A refused recipient is a 5xx/4xx in this session: do not reuse it.
             reusable = not errors
             polite = True
+        except NextHopSecurityError as exc:
+            return self._refused(exc)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             polite = True
             return recipients_refused(exc)
@@ -257,93 +298,33 @@ def _xforward_refused(refusal: SMTPResponse) -> None:
     _log.warning("xforward_refused", next_hop_reply=f"{reply.code} {reply.enhanced}")
 
 
-class MaildirDelivery:
-    """Write each message once into a Maildir (``tmp/`` -> fsync -> ``new/`` -> fsync
-    of the directory), whatever its recipients. The three subdirectories are created
-    when missing."""
-
-    _counter = itertools.count(1)
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._hostname = (
-            socket.gethostname().replace("/", "\\057").replace(":", "\\072") or "localhost"
-        )
-
-    @property
-    def description(self) -> str:
-        return f"maildir://{self._path}"
-
-    @property
-    def path(self) -> Path:
-        return self._path
-
-    def _unique(self) -> str:
-        # The classic Maildir name: seconds, microseconds, pid and a counter make it
-        # unique on this host; the host name makes it unique across hosts.
-        now = time.time()
-        seconds = int(now)
-        micros = int((now - seconds) * 1_000_000)
-        return f"{seconds}.M{micros}P{os.getpid()}Q{next(self._counter)}.{self._hostname}"
-
-    def _write(self, content: bytes) -> str:
-        for sub in ("tmp", "new", "cur"):
-            (self._path / sub).mkdir(parents=True, exist_ok=True)
-        name = self._unique()
-        tmp = self._path / "tmp" / name
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(content)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.rename(tmp, self._path / "new" / name)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-        dir_fd = os.open(self._path / "new", os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-        return name
-
-    async def deliver(
-        self,
-        mail_from: str,
-        rcpt_tos: Sequence[str],
-        content: bytes,
-        *,
-        smtp_utf8: bool = False,
-        xforward: XForward | None = None,
-        crlf_only: bool = False,
-    ) -> DeliveryResult:
-        """Store the message as it is (``xforward`` and ``crlf_only`` have no meaning
-        here); a failing disk is a temporary failure."""
-        try:
-            name = await asyncio.to_thread(self._write, content)
-        except OSError as exc:
-            return DeliveryResult(replies.DOWNSTREAM_TEMPFAIL, error=describe_error(exc))
-        reply = replies.queued(name)
-        return DeliveryResult(reply, next_hop=reply, queue_id=name)
-
-    async def aclose(self) -> None:
-        """Nothing to release."""
-
-
-def make_delivery(config: Config) -> Delivery:
-    """The next hop named by ``downstream.url``."""
-    downstream = config.downstream
-    maildir = downstream.maildir_path
+def make_delivery(config: Config, hop: NextHopConfig | None = None) -> Delivery:
+    """The next hop ``hop`` describes (default: ``[downstream]``)."""
+    hop = config.downstream if hop is None else hop
+    maildir = hop.maildir_path
     if maildir is not None:
         return MaildirDelivery(maildir)
-    parts = urlsplit(downstream.url)
-    assert parts.hostname is not None and parts.port is not None  # validated by config
+    parts = urlsplit(hop.url)
+    scheme = parts.scheme
+    security = Security(
+        tls=hop.tls,
+        implicit=scheme == "smtps",
+        ca_file=hop.tls_ca_file,
+        auth_user=hop.auth_user,
+        auth_password_env=hop.auth_password_env,
+    )
+    if scheme == "lmtp+unix":
+        host, port, socket_path = "localhost", 0, parts.path
+    else:
+        assert parts.hostname is not None and parts.port is not None  # validated by config
+        host, port, socket_path = parts.hostname, parts.port, None
     return SmtpDelivery(
-        parts.hostname,
-        parts.port,
-        timeout=downstream.timeout,
+        host,
+        port,
+        timeout=hop.timeout,
         local_hostname=config.smtp.hostname,
-        pool_size=downstream.pool_size,
+        pool_size=hop.pool_size,
+        security=security,
+        lmtp=scheme.startswith("lmtp"),
+        socket_path=socket_path,
     )

@@ -15,8 +15,10 @@ Errors are aiosmtplib's exception classes, so that callers map them as before.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import socket
+import ssl
 from collections import deque
 from collections.abc import Iterable
 
@@ -31,6 +33,7 @@ from aiosmtplib import (
 
 from gateway.transports import stream_transport
 
+from ._security import Security, TlsFailed, TlsUnavailable, authenticate, describe_tls_error
 from ._xforward import XForward, commands
 
 __all__ = ["SmtpClient", "mailbox"]
@@ -60,12 +63,24 @@ class SmtpClient(asyncio.Protocol):
     """
 
     def __init__(
-        self, host: str, port: int, *, timeout: float, local_hostname: str | None = None
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout: float,
+        local_hostname: str | None = None,
+        security: Security | None = None,
+        lmtp: bool = False,
+        socket_path: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.timeout = timeout
         self.local_hostname = local_hostname
+        self.security = security or Security()
+        self.lmtp = lmtp  # LHLO, and one reply per accepted recipient after the dot
+        self.socket_path = socket_path  # LMTP over a Unix socket instead of TCP
+        self.encrypted = False
         self.extensions: dict[str, str] = {}  # EHLO keyword (lower case) -> its parameters
         self.mail_accepted = False
         self.rset_due = False
@@ -194,24 +209,91 @@ class SmtpClient(asyncio.Protocol):
         return await self.reply()
 
     async def connect(self) -> None:
-        """TCP, the greeting (220), EHLO (250); within ``timeout``."""
-        loop = asyncio.get_running_loop()
+        """The connection, the greeting (220), EHLO/LHLO (250), STARTTLS and AUTH as
+        ``security`` asks; within ``timeout``. TLS problems raise ``TlsUnavailable`` /
+        ``TlsFailed``, AUTH ones ``AuthFailed`` (see ``_security``)."""
+        security = self.security
         async with asyncio.timeout(self.timeout):
-            try:
-                await loop.create_connection(lambda: self, self.host, self.port)
-            except OSError as exc:
-                raise SMTPConnectError(
-                    f"Error connecting to {self.host} on port {self.port}: {exc}"
-                ) from exc
+            await self._open()
             greeting = await self.reply()
             if greeting.code != 220:
                 raise SMTPConnectResponseError(greeting.code, greeting.message)
             if self.local_hostname is None:
                 self.local_hostname = await asyncio.to_thread(socket.getfqdn)
-            ehlo = await self.command(b"EHLO " + self.local_hostname.encode("ascii"))
-            if ehlo.code != 250:
-                raise SMTPHeloError(ehlo.code, ehlo.message)
-        self.extensions = _extensions(ehlo.message.splitlines()[1:])
+            self.extensions = await self._hello()
+            if security.wants_starttls:
+                if "starttls" in self.extensions:
+                    await self._starttls()
+                    self.extensions = await self._hello()  # RFC 3207 §4.2: forget the old
+                elif security.must_encrypt:
+                    raise TlsUnavailable(f"{self.where} offers no STARTTLS (tls = {security.tls})")
+            if security.auth_user:
+                password = os.environ.get(security.auth_password_env) or None
+                await authenticate(self, security.auth_user, password)
+
+    @property
+    def where(self) -> str:
+        """The next hop, for errors: ``host:port`` or the socket's path."""
+        return self.socket_path or f"{self.host}:{self.port}"
+
+    async def _open(self) -> None:
+        loop = asyncio.get_running_loop()
+        security = self.security
+        try:
+            if self.socket_path is not None:
+                await loop.create_unix_connection(lambda: self, self.socket_path)
+            elif security.implicit:
+                await loop.create_connection(
+                    lambda: self,
+                    self.host,
+                    self.port,
+                    ssl=security.context,
+                    server_hostname=self.host,
+                )
+                self.encrypted = True
+            else:
+                await loop.create_connection(lambda: self, self.host, self.port)
+        except ssl.SSLError as exc:  # before OSError: it is one
+            raise TlsFailed(f"{self.where}: {describe_tls_error(exc)}") from None
+        except OSError as exc:
+            raise SMTPConnectError(f"Error connecting to {self.where}: {exc}") from exc
+
+    async def _hello(self) -> dict[str, str]:
+        assert self.local_hostname is not None
+        verb = b"LHLO " if self.lmtp else b"EHLO "
+        response = await self.command(verb + self.local_hostname.encode("ascii"))
+        if response.code != 250:
+            raise SMTPHeloError(response.code, response.message)
+        return _extensions(response.message.splitlines()[1:])
+
+    async def _starttls(self) -> None:
+        response = await self.command(b"STARTTLS")
+        if response.code != 220:
+            if self.security.must_encrypt:
+                raise TlsUnavailable(f"{self.where} refused STARTTLS: {response.code}")
+            return  # opportunistic: go on in clear, as RFC 3207 allows
+        if self._buffer or self._replies:
+            # Bytes sent before the handshake would be read as if they came encrypted
+            # (the STARTTLS injection attack): nothing more goes over this connection.
+            self.abort()
+            raise TlsFailed(f"{self.where} sent data after its STARTTLS reply")
+        transport = self._transport
+        assert transport is not None
+        loop = asyncio.get_running_loop()
+        try:
+            upgraded = await loop.start_tls(
+                transport, self, self.security.context, server_hostname=self.host
+            )
+        except ssl.SSLError as exc:
+            transport.abort()
+            raise TlsFailed(f"{self.where}: {describe_tls_error(exc)}") from None
+        except (ConnectionError, OSError) as exc:
+            transport.abort()
+            raise TlsFailed(f"{self.where}: TLS handshake failed: {type(exc).__name__}") from None
+        if upgraded is None:  # pragma: no cover - asyncio returns None only when closing
+            raise SMTPServerDisconnected("Connection lost during STARTTLS")
+        self._transport = upgraded
+        self.encrypted = True
 
     async def _expect_250(self, line: bytes) -> SMTPResponse:
         response = await self.command(line)

@@ -53,7 +53,14 @@ from gateway.mail import find_bare_line_ending, line_pieces
 
 from ._smtp_client import SmtpClient, mailbox
 
-__all__ = ["CHUNK", "XForwardRefused", "send_data", "sendmail", "stuffed_pieces"]
+__all__ = [
+    "CHUNK",
+    "XForwardRefused",
+    "send_data",
+    "send_data_lmtp",
+    "sendmail",
+    "stuffed_pieces",
+]
 
 CHUNK = 256 * 1024
 _LINE_ENDINGS = re.compile(rb"\r\n|\n|\r(?!\n)")
@@ -144,12 +151,43 @@ async def sendmail(
             refused = await _pipelined(client, mail_from, rcpt_tos, [*xforward], mail, rcpts)
         else:
             refused = await _lockstep(client, mail_from, rcpt_tos, mail, rcpts)
-        response = await send_data(client, content, crlf_only=crlf_only)
+        if client.lmtp:
+            accepted = [r for r in rcpt_tos if r not in {x.recipient for x in refused}]
+            message = await send_data_lmtp(client, content, accepted, refused, crlf_only)
+        else:
+            message = (await send_data(client, content, crlf_only=crlf_only)).message
     except (SMTPResponseException, SMTPRecipientsRefused):
         with contextlib.suppress(ConnectionError, SMTPResponseException):
             await client.rset()
         raise
-    return {r.recipient: SMTPResponse(r.code, r.message) for r in refused}, response.message
+    return {r.recipient: SMTPResponse(r.code, r.message) for r in refused}, message
+
+
+async def send_data_lmtp(
+    client: SmtpClient,
+    content: bytes,
+    accepted: Sequence[str],
+    refused: list[SMTPRecipientRefused],
+    crlf_only: bool,
+) -> str:
+    """LMTP (RFC 2033 §4.2): after the dot, one reply per accepted recipient, in RCPT
+    order. Refusals are added to ``refused``; when no recipient got the message this
+    raises ``SMTPRecipientsRefused`` (so every refusal is weighed, as for RCPT), else it
+    returns the first success's text."""
+    for i, piece in enumerate(stuffed_pieces(content, crlf_only=crlf_only)):
+        if i:
+            await client.drain()
+        client.write(piece)
+    delivered: list[str] = []
+    for rcpt in accepted:
+        response = await client.reply()
+        if response.code == 250:
+            delivered.append(response.message)
+        else:
+            refused.append(SMTPRecipientRefused(response.code, response.message, rcpt))
+    if not delivered:
+        raise SMTPRecipientsRefused(refused)
+    return delivered[0]
 
 
 async def _lockstep(

@@ -5,8 +5,8 @@
 
 ``/healthz`` answers 200 ``ok`` while the process runs. ``/readyz`` answers 503
 ``draining`` from the moment a shutdown starts (so a load balancer stops sending while
-the sessions in DATA finish); otherwise 200 when the next hop is reachable (SMTP:
-connect, EHLO, QUIT; Maildir: a file can be written in ``tmp/``) and the classifier is
+the sessions in DATA finish); otherwise 200 when every next hop is reachable
+(``downstream`` and each ``route:NAME``; see ``deliver.probe_next_hop``) and the classifier is
 reachable (a TCP connect to its API host) or does not need to be (``on_error =
 "deliver"``, or the in-process emulator); otherwise 503. Both answer a JSON body naming
 each check. Probe results are cached for ``PROBE_TTL`` seconds so that a burst of scrapes
@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import aiosmtplib
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from gateway.config import Config, parse_listen
+from gateway.config import Config, NextHopConfig, parse_listen
+from gateway.deliver import probe_next_hop
 from gateway.logsetup import get_logger
 from gateway.metrics import GatewayMetrics
 
@@ -61,38 +60,22 @@ class Readiness:
             now = time.monotonic()
             if self._cached is not None and now - self._cached[0] < self.ttl:
                 return self._cached[1]
-            downstream, classifier = await asyncio.gather(self._downstream(), self._classifier())
-            result = {"downstream": downstream, "classifier": classifier}
+            hops, classifier = await asyncio.gather(self._next_hops(), self._classifier())
+            result = {**hops, "classifier": classifier}
             self._cached = (time.monotonic(), result)
             return result
 
-    async def _downstream(self) -> Check:
-        downstream = self.config.downstream
-        maildir = downstream.maildir_path
-        if maildir is not None:
-            try:
-                await asyncio.to_thread(_probe_maildir, maildir)
-            except OSError as exc:
-                return Check(False, f"maildir {maildir} not writable: {exc.strerror or exc}")
-            return Check(True, f"maildir {maildir} writable")
-        parts = urlsplit(downstream.url)
-        host, port = parts.hostname or "", parts.port or 25
-        client = aiosmtplib.SMTP(
-            hostname=host,
-            port=port,
-            timeout=PROBE_TIMEOUT,
-            local_hostname=self.config.smtp.hostname,
-            start_tls=False,
+    async def _next_hops(self) -> dict[str, Check]:
+        # "downstream" is [downstream]; each route is "route:NAME", probed side by side.
+        hops: dict[str, NextHopConfig] = {"downstream": self.config.downstream}
+        hops.update({f"route:{n}": h for n, h in self.config.downstream.routes.items()})
+        results = await asyncio.gather(
+            *(
+                probe_next_hop(hop, local_hostname=self.config.smtp.hostname, timeout=PROBE_TIMEOUT)
+                for hop in hops.values()
+            )
         )
-        try:
-            async with asyncio.timeout(PROBE_TIMEOUT * 2):
-                await client.connect()
-                await client.ehlo()
-                await client.quit()
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            client.close()
-            return Check(False, f"smtp://{host}:{port} unreachable: {type(exc).__name__}")
-        return Check(True, f"smtp://{host}:{port} answered EHLO")
+        return {name: Check(ok, detail) for name, (ok, detail) in zip(hops, results, strict=True)}
 
     async def _classifier(self) -> Check:
         settings = self.config.classifier
@@ -113,15 +96,6 @@ class Readiness:
         except (OSError, TimeoutError) as exc:
             return Check(False, f"{host}:{port} unreachable: {type(exc).__name__}")
         return Check(True, f"{host}:{port} reachable")
-
-
-def _probe_maildir(path: os.PathLike[str]) -> None:
-    tmp = os.path.join(path, "tmp")
-    os.makedirs(tmp, exist_ok=True)
-    probe = os.path.join(tmp, f".readyz.{os.getpid()}")
-    with open(probe, "wb"):
-        pass
-    os.unlink(probe)
 
 
 class MetricsServer:

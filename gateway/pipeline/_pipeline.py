@@ -20,8 +20,8 @@ Per message (README "How it works", "What it writes into a message", "SMTP repli
    ``_thread``); reject/defer -> its reply; discard -> 250, nothing delivered.
 6. Otherwise prepend ``Received`` and the ``X-CM-*`` / rule headers (through
    ``gateway.mail.safe_header_value``), remove headers and prefix the subject, deliver to
-   ``Decision.recipients``, and answer ``250 ... queued as <our queue id>`` once the next
-   hop has it, or the next hop's failure mapped by ``gateway.deliver``.
+   ``Decision.recipients`` (via ``Decision.route`` if any), and answer ``250 ... queued
+   as <our queue id>`` once the next hop has it, or its failure mapped by ``gateway.deliver``.
 
 Audit mode (``rules.mode = "audit"``): the rules are evaluated and logged, and change
 nothing: no reject/defer/discard, no recipient, subject or rule-header change and no
@@ -45,7 +45,7 @@ from gateway import replies
 from gateway.classify import ThreadMemory, build_live_classifier, build_thread_memory
 from gateway.config import Config
 from gateway.context import Classifier, MessageContext
-from gateway.deliver import Delivery, make_delivery
+from gateway.deliver import Delivery, NextHops, make_next_hops
 from gateway.documents import RawEmailDocument
 from gateway.errors import ConfigError
 from gateway.logsetup import get_logger
@@ -100,6 +100,7 @@ class Pipeline:
         metrics: GatewayMetrics | None = None,
         shadow: ShadowRunner | None = None,
         threads: ThreadMemory | None = None,
+        next_hops: NextHops | None = None,
     ) -> None:
         self.config = config
         self.threads = ThreadStep(threads)  # thread: {matched: RULE} conditions
@@ -109,7 +110,8 @@ class Pipeline:
         self.rules = rules
         # Failed rule reloads since start (the old rules stayed): for monitoring.
         self.reload_failures = 0
-        self.delivery = delivery
+        self.delivery = delivery  # the default of next_hops: [downstream]
+        self.next_hops = next_hops if next_hops is not None else NextHops(delivery)
         self._threshold = config.classifier.default_threshold
         self._heavy_parses = asyncio.Semaphore(HEAVY_PARSES)
         self._heavy_waiting = 0
@@ -123,7 +125,7 @@ class Pipeline:
         log ``rules_reload_failed`` (file, ``line:column``) and count it."""
         paths = self.config.rule_paths()
         try:
-            rules = load_rules(paths, mode=self.config.rules.mode)
+            rules = load_rules(paths, mode=self.config.rules.mode, routes=self.next_hops.routes)
         except ConfigError as exc:
             self.reload_failures += 1
             if self.metrics is not None:
@@ -151,7 +153,7 @@ class Pipeline:
             await self.classifier.aclose()
             await self.threads.aclose()
         finally:
-            await self.delivery.aclose()
+            await self.next_hops.aclose()
 
     async def process(self, msg: InboundMessage) -> Reply:
         """Classify, route and deliver one message; the reply to its DATA."""
@@ -285,7 +287,9 @@ class Pipeline:
             log.set(recipients=0)
             return self._done(log, replies.queued(msg.queue_id))
         outgoing = await rewrite_message(content, decision) if enforce else content
-        return await self._relay(msg, outgoing, recipients, log, self._headers(ctx, decision))
+        route = decision.route if enforce else None  # audit mode changes nothing
+        headers = self._headers(ctx, decision)
+        return await self._relay(msg, outgoing, recipients, log, headers, route)
 
     async def _relay(
         self,
@@ -294,13 +298,16 @@ class Pipeline:
         recipients: Sequence[str],
         log: MessageLog,
         headers: Sequence[tuple[str, str]] = (),
+        route: str | None = None,
     ) -> Reply:
+        if route is not None:
+            log.set(next_hop_route=route)
         # One prepend (one copy of a possibly large message): our trace field on top.
         received = ("Received", received_header(msg, self.config.smtp.hostname))
         outgoing = await off_loop(content, lambda c: prepend_headers(c, [received, *headers]))
         log.set(recipients=len(recipients))
         with log.stage("relay"):
-            result = await self.delivery.deliver(
+            result = await self.next_hops.pick(route).deliver(
                 msg.mail_from,
                 recipients,
                 outgoing,
@@ -334,21 +341,21 @@ def build_processor(
     the configured classifier (deduplicated, batched, behind a circuit breaker), the
     shadow model when ``[shadow]`` asks for one, and the next hop. ``classifier`` and
     ``delivery`` replace the configured ones (tests, tools)."""
-    rules = load_rules(config.rule_paths(), mode=config.rules.mode)
+    rules = load_rules(config.rule_paths(), mode=config.rules.mode, routes=config.downstream.routes)
     if classifier is None:
         classifier = build_live_classifier(config, metrics)
     shadow = ShadowRunner.from_config(config, metrics)
-    if delivery is None:
-        delivery = make_delivery(config)
-    pool = getattr(delivery, "pool", None)
-    if metrics is not None and pool is not None:
-        metrics.track_pool(pool.stats)
+    next_hops = make_next_hops(config, delivery)
+    delivery = next_hops.default
+    for name, hop in next_hops.items():
+        if metrics is not None and (pool := getattr(hop, "pool", None)) is not None:
+            metrics.track_pool(pool.stats, route=name)
     _log.info(
         "pipeline_ready",
         classifier=classifier.description,
         rules=len(rules),
         rules_mode=config.rules.mode,
-        downstream=delivery.description,
+        downstream=next_hops.description,
         shadow=config.shadow.model_version if shadow is not None else None,
     )
     return Pipeline(
@@ -359,4 +366,5 @@ def build_processor(
         metrics=metrics,
         shadow=shadow,
         threads=build_thread_memory(config),
+        next_hops=next_hops,
     )

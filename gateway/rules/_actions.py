@@ -30,6 +30,7 @@ __all__ = [
     "Redirect",
     "Reject",
     "RemoveHeader",
+    "Route",
 ]
 
 QUARANTINE_HEADER = "X-CM-Quarantine"
@@ -174,6 +175,15 @@ class Discard(_Static):
         super().__init__(Effect("discard", "discard"), "discard")
 
 
+class Route(_Static):
+    """Deliver the whole message through the named ``[downstream.routes.NAME]``."""
+
+    __slots__ = ()
+
+    def __init__(self, name: str) -> None:
+        super().__init__(Effect("route", f"route -> {name}", text=name), f"route {name}")
+
+
 class Draft:
     """What the matched rules asked for so far, before precedence is applied."""
 
@@ -187,6 +197,7 @@ class Draft:
         "redirect",
         "reject",
         "removed",
+        "route",
     )
 
     def __init__(self) -> None:
@@ -199,6 +210,7 @@ class Draft:
         self.headers: list[tuple[str, str]] = []
         self.prefixes: list[str] = []
         self.removed: list[str] = []
+        self.route: str | None = None
 
     def add(self, effect: Effect) -> None:
         kind = effect.kind
@@ -222,5 +234,7 @@ class Draft:
             self.defer = self.defer or effect.reply
         elif kind == "discard":
             self.discard = True
+        elif kind == "route":
+            self.route = effect.text  # a later route replaces an earlier one
         else:  # pragma: no cover - the compiler only builds the kinds above
             raise ValueError(f"unknown effect {kind!r}")

@@ -99,6 +99,8 @@ def compile_action(model: ActionModel, rule: str) -> act.Action:
         return act.Reject(model.reject)
     if model.defer is not None:
         return act.Defer(model.defer)
+    if model.route is not None:
+        return act.Route(model.route)
     return act.Discard()
 
 

@@ -8,7 +8,9 @@ prefix_subject. ``Decision.verdict`` is the strongest action any enforced rule a
   dropped so that a quarantined message reaches nobody else), ``X-CM-Quarantine: <rule>``
   is added; a later quarantine replaces an earlier one;
 - redirect: a later redirect replaces an earlier one;
-- bcc: added to the recipients (original or redirected), deduplicated case-insensitively.
+- bcc: added to the recipients (original or redirected), deduplicated case-insensitively;
+- route: the whole message (whatever its recipients) goes through that named next hop
+  instead of ``[downstream]``; a later route replaces an earlier one.
 
 Headers and subject prefixes are kept for every verdict; for reject/defer/discard the
 delivery fields say what delivery would have been, and the pipeline ignores them.
@@ -78,6 +80,7 @@ class Decision:
     verdicts: tuple[RuleVerdict, ...] = ()
     audit_verdict: Verdict | None = None
     remove_headers: tuple[str, ...] = ()
+    route: str | None = None
 
 
 def dedupe_addresses(addresses: Iterable[str]) -> tuple[str, ...]:
@@ -111,6 +114,7 @@ class Outcome(NamedTuple):
     subject_prefixes: tuple[str, ...]
     quarantine_address: str | None
     remove_headers: tuple[str, ...]
+    route: str | None = None
 
 
 def finalize(draft: Draft, original: tuple[str, ...]) -> Outcome:
@@ -145,4 +149,5 @@ def finalize(draft: Draft, original: tuple[str, ...]) -> Outcome:
         tuple(draft.prefixes),
         quarantine_address,
         tuple(draft.removed),
+        draft.route,
     )

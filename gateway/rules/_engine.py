@@ -181,6 +181,7 @@ class RuleSet:
             verdicts=tuple(verdicts),
             audit_verdict=finalize(shadow, original).verdict if audit_matched else None,
             remove_headers=outcome.remove_headers,
+            route=outcome.route,
         )
 
 

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from ._fields import (
@@ -227,6 +234,10 @@ CONDITION_KEYS: tuple[str, ...] = tuple(
 )
 
 
+# A [downstream.routes.NAME] table of the configuration (checked against it at load).
+RouteName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
 class ActionModel(_Strict):
     """One action: a mapping with exactly one key."""
 
@@ -239,6 +250,7 @@ class ActionModel(_Strict):
     defer: ReplyText | None = None
     discard: Literal[True] | None = None
     remove_header: RemovedHeaderNames | None = None
+    route: RouteName | None = None
 
     @model_validator(mode="after")
     def _check(self) -> ActionModel:

@@ -30,8 +30,8 @@ from gateway.errors import RuleFileError
 from gateway.textfile import read_text
 
 from ._decision import Verdict
+from ._describe import describe_error, position_of
 from ._fields import AddressList, HeaderName, RuleName
-from ._loader import describe_error, position_of
 from ._yaml import YamlDoc, YamlProblem, parse_yaml
 
 __all__ = ["RuleTestFileModel", "RuleTestModel", "is_test_document", "load_test_file"]

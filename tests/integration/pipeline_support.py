@@ -57,13 +57,14 @@ def make_config(
     downstream: str,
     rules_yaml: str = RULES,
     classifier: dict[str, Any] | None = None,
+    downstream_routes: dict[str, dict[str, Any]] | None = None,
     **sections: dict[str, Any],
 ) -> Config:
     """A Config whose rule file lives in ``tmp_path``; emulator classifier by default."""
     (tmp_path / "rules.yaml").write_text(rules_yaml, encoding="utf-8")
     data: dict[str, Any] = {
         "smtp": {"hostname": "gw.test"},
-        "downstream": {"url": downstream, "timeout": 5},
+        "downstream": {"url": downstream, "timeout": 5, "routes": downstream_routes or {}},
         "classifier": classifier or {"provider": "emulator"},
         "rules": {"files": ["rules.yaml"]},
     }

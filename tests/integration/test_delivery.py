@@ -10,7 +10,8 @@ import pytest
 from gateway import replies
 from gateway.config import Config, load_config
 from gateway.deliver import make_delivery
-from gateway.deliver._delivery import MaildirDelivery, SmtpDelivery
+from gateway.deliver._delivery import SmtpDelivery
+from gateway.deliver._maildir import MaildirDelivery
 from gateway.deliver._result import parse_reply
 from gateway.replies import Reply
 from gateway.testing import SinkBehaviour, free_port, running_sink

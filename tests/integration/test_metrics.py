@@ -313,10 +313,16 @@ async def test_metrics_show_the_downstream_pool_and_classifier_retries(tmp_path:
             text = metrics.render().decode()
         api_calls = emu.stats()["requests"]
     assert len(sink.received) == 2
-    assert _sample(text, 'cm_gateway_downstream_connection_events{event="created"}') == 1
-    assert _sample(text, 'cm_gateway_downstream_connection_events{event="reused"}') == 1
-    assert _sample(text, 'cm_gateway_downstream_connections{state="idle"}') == 1
-    assert _sample(text, 'cm_gateway_downstream_connections{state="in_use"}') == 0
+    assert (
+        _sample(text, 'cm_gateway_downstream_connection_events{event="created",route="default"}')
+        == 1
+    )
+    assert (
+        _sample(text, 'cm_gateway_downstream_connection_events{event="reused",route="default"}')
+        == 1
+    )
+    assert _sample(text, 'cm_gateway_downstream_connections{route="default",state="idle"}') == 1
+    assert _sample(text, 'cm_gateway_downstream_connections{route="default",state="in_use"}') == 0
     retries = _sample(text, 'cm_gateway_api_retries_total{kind="server-error"}')
     assert retries >= 1
     assert retries == api_calls - _sample(text, "cm_gateway_api_requests_total")
