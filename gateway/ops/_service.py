@@ -88,7 +88,14 @@ class Service:
         """Build everything, then listen; raises ``ConfigError`` before listening."""
         smtp = self.config.smtp
         tls = (
-            build_tls_context(smtp.tls_cert_file, smtp.tls_key_file) if smtp.tls_cert_file else None
+            build_tls_context(
+                smtp.tls_cert_file,
+                smtp.tls_key_file,
+                min_version=smtp.tls_min_version,
+                ciphers=smtp.tls_ciphers,
+            )
+            if smtp.tls_cert_file
+            else None
         )
         authenticator = (
             Authenticator.from_file(smtp.auth_users_file) if smtp.auth_users_file else None

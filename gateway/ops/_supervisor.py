@@ -70,7 +70,12 @@ def _check_once(config: Config) -> None:
     from gateway.smtp import build_tls_context, load_users
 
     if config.smtp.tls_cert_file:
-        build_tls_context(config.smtp.tls_cert_file, config.smtp.tls_key_file)
+        build_tls_context(
+            config.smtp.tls_cert_file,
+            config.smtp.tls_key_file,
+            min_version=config.smtp.tls_min_version,
+            ciphers=config.smtp.tls_ciphers,
+        )
     if config.smtp.auth_users_file:
         load_users(config.smtp.auth_users_file)
 

@@ -2,6 +2,8 @@
 suit a relay (``gateway.smtp._server`` listens and builds these):
 
 - a connection cap: over ``max_connections`` the client gets ``421 4.7.0`` and is closed;
+  so does one address over its own limits (``gateway.clientlimit``);
+- HELP lists AUTH only when EHLO would offer it;
 - aiosmtpd's own 552 texts are replaced by exactly ``replies.TOO_BIG``, and its
   over-long line replies by ``replies.COMMAND_TOO_LONG`` / ``replies.DATA_LINE_TOO_LONG``;
 - message lines up to ``MAX_LINE_OCTETS`` (1 MiB) are accepted and relayed unchanged, as
@@ -36,6 +38,7 @@ import structlog
 from aiosmtpd.smtp import MISSING, SMTP, syntax
 
 from gateway import replies
+from gateway.clientlimit import ClientLimiter, LimitReason
 from gateway.deliver import XForwardError, XForwardState
 from gateway.logsetup import get_logger
 from gateway.transports import stream_transport
@@ -68,10 +71,12 @@ _AIOSMTPD_LONG = b"500 Command line too long"
 
 
 class ConnectionTracker:
-    """Live connections of one listener, the cap, and the drain flag."""
+    """Live connections of one listener, the cap, the per-client limits (``clients``;
+    None: none) and the drain flag."""
 
-    def __init__(self, max_connections: int) -> None:
+    def __init__(self, max_connections: int, clients: ClientLimiter | None = None) -> None:
         self.max_connections = max_connections
+        self.clients = clients
         self.live: set[GatewaySMTP] = set()
         self.draining = False
         self.refused = 0
@@ -121,6 +126,7 @@ class GatewaySMTP(SMTP):
         self.peer_ip = ""
         self.rcpt_overshoot = 0
         self.lingering = False
+        self.client_counted = False
 
     @syntax("EHLO hostname")
     async def smtp_EHLO(self, hostname: str) -> None:
@@ -145,6 +151,16 @@ class GatewaySMTP(SMTP):
             return None, None
         return address, rest
 
+    def _syntax_available(self, method: Any) -> bool:
+        # HELP lists what EHLO offers: AUTH only with a mechanism, and (auth_require_tls)
+        # only once TLS is up; aiosmtpd's HELP listed it always.
+        offered = bool(self._auth_methods) and (
+            not self._auth_require_tls or self._tls_protocol is not None
+        )
+        if getattr(method, "__name__", "") == "smtp_AUTH" and not offered:
+            return False
+        return bool(super()._syntax_available(method))
+
     def _create_envelope(self) -> GatewayEnvelope:
         return GatewayEnvelope()
 
@@ -153,21 +169,37 @@ class GatewaySMTP(SMTP):
             super().connection_made(transport)
             return
         tracker = self.tracker
-        if tracker.draining or len(tracker.live) >= tracker.max_connections:
-            self.refused = True
-            tracker.refused += 1
-            reply = replies.SHUTTING_DOWN if tracker.draining else replies.TOO_MANY_CONNECTIONS
-            writer = stream_transport(transport)
-            assert writer is not None
-            writer.write(f"{reply}\r\n".encode("ascii"))
-            writer.close()
-            log.warning("connection_refused", reply=reply.enhanced, live=len(tracker.live))
-            return
-        tracker.add(self)
         peer = transport.get_extra_info("peername")
         host = peer[0] if isinstance(peer, tuple) and peer else None
         ip = parse_peer_ip(host)
         self.peer_ip = str(ip) if ip is not None else str(host or "")
+        reply: replies.Reply | None = None
+        limit: LimitReason | None = None
+        if tracker.draining:
+            reply = replies.SHUTTING_DOWN
+        elif len(tracker.live) >= tracker.max_connections:
+            reply = replies.TOO_MANY_CONNECTIONS
+        elif tracker.clients is not None:
+            limit = tracker.clients.admit(self.peer_ip)
+            if limit is not None:
+                reply = replies.CLIENT_CONNECTION_LIMIT
+        if reply is not None:
+            self.refused = True
+            tracker.refused += 1
+            writer = stream_transport(transport)
+            assert writer is not None
+            writer.write(f"{reply}\r\n".encode("ascii"))
+            writer.close()
+            log.warning(
+                "connection_refused",
+                reply=reply.enhanced,
+                reason=limit.value if limit is not None else reply.text,
+                peer=self.peer_ip,
+                live=len(tracker.live),
+            )
+            return
+        self.client_counted = tracker.clients is not None
+        tracker.add(self)
         policy: RelayPolicy | None = getattr(self.event_handler, "policy", None)
         self.xforward_allowed = policy is not None and policy.may_xforward(ip)
         if not self.xforward_allowed:
@@ -180,6 +212,9 @@ class GatewaySMTP(SMTP):
             # aiosmtpd never saw this connection: no session, no task to cancel.
             return
         self.tracker.discard(self)
+        if self.client_counted and self.tracker.clients is not None:
+            self.client_counted = False
+            self.tracker.clients.release(self.peer_ip)
         super().connection_lost(error)
 
     def data_received(self, data: bytes) -> None:
