@@ -116,7 +116,7 @@ class SmtpConfig(_Section):
     @classmethod
     def _strip(cls, v: list[str]) -> list[str]:
         for name in v:
-            if not re.fullmatch(r"[!-9;-~]+\*?", name):
+            if not re.fullmatch(r"[!-9;-~]+\*?", name) or not name.rstrip("*"):
                 raise ValueError(f"{name!r} is not a header field name (or prefix*)")
         return v
 

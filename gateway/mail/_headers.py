@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import functools
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from email.header import decode_header, make_header
 
 from gateway.redact import scrub
@@ -285,12 +285,20 @@ def prepend_headers(raw: bytes, headers: Sequence[tuple[str, str]]) -> bytes:
     return b"".join([*(_field_bytes(n, v, linesep) for n, v in headers), raw])
 
 
-def strip_headers(raw: bytes, prefix: str = "X-CM-") -> bytes:
-    """``raw`` without the header fields whose name starts with ``prefix``
-    (case-insensitive), continuation lines included. Only the header block is looked at;
-    everything else stays byte for byte."""
-    wanted = prefix.lower().encode("ascii")
-    drop = [(s, e) for name, s, e in _fields(raw) if name.startswith(wanted)]
+def strip_headers(raw: bytes, prefix: str = "X-CM-", names: Iterable[str] = ()) -> bytes:
+    """``raw`` without the header fields whose name starts with ``prefix``, or is one of
+    ``names`` (a name ending in ``*``: a prefix), case-insensitive, continuation lines
+    included. Only the header block is looked at; everything else stays byte for byte."""
+    prefixes = [prefix.lower().encode("ascii")]
+    exact: set[bytes] = set()
+    for name in names:
+        folded = name.lower().encode("ascii")
+        if folded.endswith(b"*"):
+            prefixes.append(folded[:-1])
+        else:
+            exact.add(folded)
+    starts = tuple(prefixes)
+    drop = [(s, e) for name, s, e in _fields(raw) if name in exact or name.startswith(starts)]
     if not drop:
         return raw
     view = memoryview(raw)
