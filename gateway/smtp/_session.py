@@ -9,7 +9,9 @@ suit a relay (``gateway.smtp._server`` listens and builds these):
 - message lines up to ``MAX_LINE_OCTETS`` (1 MiB) are accepted and relayed unchanged, as
   Postfix accepts them (aiosmtpd stops at 1,000): refusing them would bounce real mail,
   and splitting them would break DKIM signatures. A line ends at CRLF only, so a run of
-  bare-LF "lines" counts as one line for that bound (``bare_lf = normalize`` included);
+  bare-LF "lines" counts as one line for that bound (``bare_lf = normalize`` included;
+  with ``reject`` such a line gets the bare-LF reply, the more specific reason);
+- every refused MAIL or DATA logs one line with its reply and reason;
 - DATA is read in large pieces by ``gateway.smtp._data_reader`` (same outcomes as aiosmtpd's
   line-by-line loop, which held the loop for seconds on a big message);
 - MAIL/RCPT addresses of the plain ``<dot-atom@domain>`` form skip the stdlib parser;
@@ -43,7 +45,7 @@ from gateway.deliver import XForwardError, XForwardState
 from gateway.logsetup import get_logger
 from gateway.transports import stream_transport
 
-from ._data_reader import DataOutcome, read_data
+from ._data_reader import DataOutcome, DataResult, read_data
 from ._handler import RCPT_OVERSHOOT, GatewayEnvelope
 from ._policy import RelayPolicy, parse_peer_ip
 
@@ -247,6 +249,8 @@ class GatewaySMTP(SMTP):
     async def push(self, status: AnyStr) -> None:
         raw = status.encode("utf-8") if isinstance(status, str) else status
         if raw.startswith(_AIOSMTPD_552):
+            # MAIL ... SIZE= over max_message_size (DATA's own is _refuse_data's).
+            log.info("sender_refused", reply=replies.TOO_BIG.enhanced, reason="SIZE too big")
             await super().push(str(replies.TOO_BIG))
         elif raw.startswith(_AIOSMTPD_LONG):
             await super().push(str(replies.COMMAND_TOO_LONG))
@@ -353,8 +357,7 @@ class GatewaySMTP(SMTP):
             self._writer.close()  # the connection went away during DATA
             raise
         if result.outcome is not DataOutcome.NOMINAL:
-            too_long = result.outcome is DataOutcome.TOO_LONG
-            await self.push(str(replies.DATA_LINE_TOO_LONG if too_long else replies.TOO_BIG))
+            await self.push(str(self._refuse_data(result)))
             self._set_post_data_state()
             return
         # decode_data is off (SmtpServer): content and original_content are the bytes.
@@ -363,6 +366,19 @@ class GatewaySMTP(SMTP):
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()
         await self.push("250 OK" if status is MISSING else status)
+
+    def _refuse_data(self, result: DataResult) -> replies.Reply:
+        """The reply to a DATA section that was read but not taken, logged with its
+        reason; a bare line end inside an over-long line is the more specific reason."""
+        if result.outcome is DataOutcome.TOO_MUCH:
+            log.info("message_refused", reply=replies.TOO_BIG.enhanced, reason="too big")
+            return replies.TOO_BIG
+        if result.bare is not None and getattr(self.event_handler, "bare_lf", "") == "reject":
+            log.info("bare_line_ending_rejected", kind=result.bare, reason="line too long")
+            return replies.BARE_LF if result.bare == "LF" else replies.BARE_CR
+        reply = replies.DATA_LINE_TOO_LONG
+        log.info("message_refused", reply=reply.enhanced, reason="line too long")
+        return reply
 
     def close_for_shutdown(self) -> None:
         """Tell the client we are going away (421 4.3.2) and close."""

@@ -162,3 +162,66 @@ async def test_starttls_offers_no_cbc_suite_and_the_minimum_version_is_configura
         new = await asyncio.to_thread(_starttls, srv.port, cert, ciphers=None, tls12_only=False)
     assert old.startswith("no session")
     assert new.startswith("TLS_")
+
+
+def _transaction(port: int, mail: str, data: bytes | None) -> tuple[str, str]:
+    client = RawClient(port)
+    try:
+        client.reply()
+        client.cmd("EHLO c.test")
+        first = client.cmd(mail)
+        if data is None:
+            return first, ""
+        client.cmd("RCPT TO:<triage@example.com>")
+        client.cmd("DATA")
+        client.send(data)
+        return first, client.reply()
+    finally:
+        client.close()
+
+
+async def test_every_refused_transaction_leaves_one_log_line_with_its_reason():
+    """SIZE= over the limit at MAIL (552 5.3.4), a message over the limit (552 5.3.4) and
+    a CRLF line over 1 MiB (554 5.6.0) each log one line naming the reply and reason."""
+    async with running_server(RecordingProcessor(), smtp_config(max_message_size=3_000_000)) as srv:
+        with capture_logs() as logs:
+            at_mail, _ = await asyncio.to_thread(
+                _transaction, srv.port, "MAIL FROM:<a@example.net> SIZE=9000000", None
+            )
+            _, too_big = await asyncio.to_thread(
+                _transaction,
+                srv.port,
+                "MAIL FROM:<a@example.net>",
+                b"Subject: x\r\n\r\n" + (b"y" * 998 + b"\r\n") * 3100 + b".\r\n",
+            )
+            _, too_long = await asyncio.to_thread(
+                _transaction,
+                srv.port,
+                "MAIL FROM:<a@example.net>",
+                b"Subject: x\r\n\r\n" + b"z" * (1 << 21) + b"\r\n.\r\n",
+            )
+    assert at_mail == str(replies.TOO_BIG)
+    assert too_big == str(replies.TOO_BIG)
+    assert too_long == str(replies.DATA_LINE_TOO_LONG)
+    refusals = [e for e in logs if e["event"] in ("sender_refused", "message_refused")]
+    assert [(e["event"], e["reply"]) for e in refusals] == [
+        ("sender_refused", "5.3.4"),
+        ("message_refused", "5.3.4"),
+        ("message_refused", "5.6.0"),
+    ]
+    assert all(e["reason"] for e in refusals)
+
+
+async def test_a_bare_lf_message_over_one_mib_gets_the_bare_lf_reply():
+    """1.5 MB of bare-LF lines is one 'line' to SMTP: the reply is the specific 550 5.6.11
+    bare LF (with its log line), not 554 5.6.0 line too long."""
+    async with running_server(RecordingProcessor()) as srv:
+        with capture_logs() as logs:
+            _, reply = await asyncio.to_thread(
+                _transaction,
+                srv.port,
+                "MAIL FROM:<a@example.net>",
+                b"Subject: x\n\n" + b"hello world\n" * 130_000 + b"\r\n.\r\n",
+            )
+    assert reply == str(replies.BARE_LF)
+    assert [e["kind"] for e in logs if e["event"] == "bare_line_ending_rejected"] == ["LF"]
