@@ -4,15 +4,22 @@ skipped mail under the shipped rule sets, the envelope in the Maildir."""
 from __future__ import annotations
 
 import email
+import fcntl
+import os
+import pty
 import signal
 import smtplib
+import socket
+import subprocess
+import sys
+import termios
 import time
 from email.message import Message
 from pathlib import Path
 
 import pytest
 
-from .serve_support import port_of, read_until, start_serve, stop_serve
+from .serve_support import ROOT, port_of, read_until, start_serve, stop_serve
 
 SHIPPED = ["shared-inbox-triage.yaml", "inline-routing.yaml", "compliance-tagging.yaml"]
 
@@ -117,3 +124,48 @@ def test_skipped_mail_reaches_its_recipients_under_every_shipped_rule_set(
         assert message["X-CM-Status"].startswith("skipped"), message["X-CM-Status"]
         assert "alice@example.com" in (message.get_all("Delivered-To") or []), message["Subject"]
     assert delivered[0]["Return-Path"] == "<>"
+
+
+def test_a_foreground_gateway_stops_when_its_terminal_hangs_up_and_sigusr1_reloads(
+    tmp_path: Path,
+) -> None:
+    """`cm-gateway serve` on a terminal (a pty as its controlling terminal): SIGUSR1
+    reloads the rules and it goes on serving; closing the terminal (the hangup) stops it
+    with exit 0 and frees the port, so the next `serve` can listen there."""
+    config = _config(tmp_path, "shared-inbox-triage.yaml")
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdin=slave,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        # The new session takes the pty as its controlling terminal, as a login shell's.
+        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+    )
+    os.close(slave)
+    try:
+        port = port_of(read_until(proc, "listening on"))
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(0.5)
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            assert client.noop()[0] == 250
+        os.close(master)  # the terminal window is closed
+        master = -1
+        code = proc.wait(timeout=60)
+    finally:
+        if master >= 0:
+            os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.stderr is not None
+    stderr = proc.stderr.read().decode()
+    assert code == 0, stderr[-2000:]
+    assert "trigger=sigusr1" in stderr or '"trigger": "sigusr1"' in stderr
+    assert "rules_reloaded" in stderr
+    assert "shutdown_requested" in stderr and "SIGHUP" in stderr
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", port))

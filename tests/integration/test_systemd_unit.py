@@ -21,7 +21,7 @@ def _service() -> dict[str, str]:
 
 
 def test_unit_is_hardened_and_reloads_with_sighup() -> None:
-    """The unit sets the sandboxing directives, ExecReload=SIGHUP and a stop timeout
+    """The unit sets the sandboxing directives, ExecReload=SIGUSR1 and a stop timeout
     longer than the 30 s drain."""
     service = _service()
     expected = {
@@ -50,7 +50,7 @@ def test_unit_is_hardened_and_reloads_with_sighup() -> None:
         "UMask": "0077",
         "Restart": "on-failure",
         "EnvironmentFile": "-/etc/cm-gateway/env",
-        "ExecReload": "/bin/kill -HUP $MAINPID",
+        "ExecReload": "/bin/kill -USR1 $MAINPID",
     }
     assert {key: service.get(key) for key in expected} == expected
     assert "serve --config /etc/cm-gateway/config.toml" in service["ExecStart"]
