@@ -167,5 +167,7 @@ def test_a_foreground_gateway_stops_when_its_terminal_hangs_up_and_sigusr1_reloa
     assert "trigger=sigusr1" in stderr or '"trigger": "sigusr1"' in stderr
     assert "rules_reloaded" in stderr
     assert "shutdown_requested" in stderr and "SIGHUP" in stderr
-    with socket.socket() as again:
+    with socket.socket() as again:  # as the next `serve` binds it: fails while one listens
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         again.bind(("127.0.0.1", port))
+        again.listen()
