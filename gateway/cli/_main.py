@@ -41,8 +41,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.set_defaults(handler="gateway.cli._serve:run")
 
-    p = sub.add_parser("classify", help="classify .eml, mbox and Maildir; send no mail")
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p = sub.add_parser(
+        "classify",
+        help="classify .eml, mbox and Maildir; send no mail",
+        description="Classify mail files and print each message's labels (and the rules'"
+        " decision). Sends no mail. Exit 0 when every message was classified or skipped by"
+        " policy, 1 when some were not, 2 on a bad config, rule file or PATH.",
+    )
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="a message file (any name), an mbox (first line 'From ' or *.mbox), a Maildir"
+        " (has cur/ or new/), or a directory: searched recursively for *.eml and *.mbox"
+        " only (other files are listed as not read)",
+    )
     _add_config(p)
     p.add_argument("--rules", nargs="+", metavar="FILE", help="rule files (default: config)")
     p.add_argument("--json", action="store_true", help="one JSON line per message")

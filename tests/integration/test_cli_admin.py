@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -82,3 +83,55 @@ def test_config_errors_list_every_problem_with_its_line_and_a_suggestion(tmp_pat
     assert f"{config}:9:classifier.treshold: unknown key (did you mean 'threshold'?)" in (
         check.stderr
     )
+
+
+def _eml(subject: str, extra: str = "", sender: str | None = "alice@example.net") -> str:
+    head = f"From: {sender}\n" if sender else ""
+    return head + f"To: team@example.com\nSubject: {subject}\n{extra}\nPlease pay invoice 7.\n"
+
+
+def test_explain_refuses_an_mbox_of_several_messages(tmp_path: Path) -> None:
+    """An mbox of 3 messages is not explained (and classified, billed) as one message:
+    exit 2, and the error says to use classify."""
+    mbox = tmp_path / "inbox"
+    mbox.write_text(
+        "".join(f"From a@example.net Mon Dec  7 10:00:00 2026\n{_eml(f'm{i}')}\n" for i in range(3))
+    )
+    result = cli("explain", str(mbox))
+    assert result.returncode == 2, result.stdout[-500:]
+    assert "several messages" in result.stderr and "classify" in result.stderr
+    assert result.stdout == ""
+
+
+def test_classify_treats_a_policy_skip_as_no_failure_and_says_why_files_were_not_read(
+    tmp_path: Path,
+) -> None:
+    """A folder with an invoice, an out-of-office (skipped by policy), a message without
+    From: (classified: not a 'bounce') and a notes.txt: exit 0, the .txt is named as not
+    read, and the summary says "1 request", not "1 requests"."""
+    folder = tmp_path / "mail"
+    folder.mkdir()
+    (folder / "a.eml").write_text(_eml("Invoice INV-7 overdue"))
+    (folder / "b.eml").write_text(_eml("Out of office", "Auto-Submitted: auto-replied\n"))
+    (folder / "c.eml").write_text(_eml("Invoice INV-8 overdue", sender=None))
+    (folder / "notes.txt").write_text(_eml("not read"))
+    result = cli("classify", str(folder), "--json")
+    assert result.returncode == 0, result.stderr
+    status = {
+        Path(r["source"]).name: r["status"] for r in map(json.loads, result.stdout.splitlines())
+    }
+    assert status["b.eml"] == "skipped; reason=auto-submitted"
+    assert status["c.eml"] == "classified"
+    assert status["a.eml"] == "classified"
+    assert "1 file not read" in result.stderr and str(folder) in result.stderr
+    assert "2 of 3 messages classified, 1 skipped by policy in 1 request," in result.stderr
+
+
+def test_classify_of_a_missing_path_exits_2_and_help_says_what_is_read(tmp_path: Path) -> None:
+    """A PATH that does not exist is a usage error (2) like the other commands', not a
+    finding (1); `classify --help` says which files are read."""
+    missing = cli("classify", str(tmp_path / "nope.eml"))
+    assert missing.returncode == 2
+    assert "nope.eml" in missing.stderr and "no such file" in missing.stderr
+    helped = cli("classify", "--help")
+    assert "*.eml" in helped.stdout and "Maildir" in helped.stdout

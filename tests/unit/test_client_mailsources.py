@@ -52,18 +52,23 @@ def test_a_maildir_yields_new_then_cur_keyed_without_flags(tmp_path: Path) -> No
 
 
 def test_directories_are_walked_recursively_for_eml_and_mbox(tmp_path: Path) -> None:
-    """A directory: *.eml and *.mbox files at any depth, sorted; other files ignored."""
+    """A directory: *.eml and *.mbox files at any depth, sorted; other files are not read,
+    and a note (not a failure) says how many."""
     (tmp_path / "a" / "b").mkdir(parents=True)
     (tmp_path / "a" / "b" / "deep.eml").write_bytes(msg(1))
     (tmp_path / "top.eml").write_bytes(msg(2))
     (tmp_path / "notes.txt").write_text("not mail")
     (tmp_path / "a" / "list.mbox").write_bytes(b"From x\n" + msg(3))
-    sources = [i.source for i in iter_messages([tmp_path])]
-    assert sources == [
+    items = list(iter_messages([tmp_path]))
+    assert [i.source for i in items] == [
         str(tmp_path / "a" / "b" / "deep.eml"),
         f"{tmp_path / 'a' / 'list.mbox'}#0",
         str(tmp_path / "top.eml"),
+        str(tmp_path),
     ]
+    note = items[-1]
+    assert isinstance(note, SourceProblem) and not note.failure
+    assert note.problem.startswith("1 file not read")
 
 
 def test_broken_inputs_are_problems_and_the_walk_goes_on(tmp_path: Path) -> None:
