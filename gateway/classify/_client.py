@@ -355,7 +355,7 @@ class CommunicationsMiningClient:
             return json_object(response)
 
         return await call_with_retries(
-            once, policy=self.retry, budget=self.timeout, on_retry=self.on_retry
+            once, policy=self.retry, budget=self.timeout, on_retry=self.on_retry, url=url
         )
 
 

@@ -3,13 +3,19 @@
 
 from __future__ import annotations
 
+import argparse
+import http.server
 import json
 import os
+import smtplib
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
-from .serve_support import ROOT
+from gateway.cli._main import build_parser
+
+from .serve_support import ROOT, port_of, read_until, stop_serve
 
 BASE = "[downstream]\nurl = 'maildir://var/maildir'\n[classifier]\nprovider = 'emulator'\n"
 
@@ -135,3 +141,101 @@ def test_classify_of_a_missing_path_exits_2_and_help_says_what_is_read(tmp_path:
     assert "nope.eml" in missing.stderr and "no such file" in missing.stderr
     helped = cli("classify", "--help")
     assert "*.eml" in helped.stdout and "Maildir" in helped.stdout
+
+
+def test_scripts_serve_takes_a_relative_config_from_anywhere_and_its_maildir_is_beside_it(
+    tmp_path: Path,
+) -> None:
+    """`../scripts/serve --config site/gateway.toml` from another directory: the config is
+    found (it was looked up in the checkout), and its maildir://var/maildir means
+    site/var/maildir, beside the config, as rule files do (it was the working directory)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "gateway.toml").write_text("[smtp]\nlisten = '127.0.0.1:0'\n" + BASE)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = subprocess.Popen(
+        [str(ROOT / "scripts" / "serve"), "--config", "../site/gateway.toml"],
+        cwd=elsewhere,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        port = port_of(read_until(proc, "listening on"))
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            client.sendmail("alice@example.net", ["triage@example.com"], _eml("Invoice INV-7"))
+    finally:
+        code, stderr = stop_serve(proc)
+    assert code == 0, stderr[-2000:]
+    assert len(list((site / "var" / "maildir" / "new").iterdir())) == 1
+    assert not (elsewhere / "var").exists()
+
+
+def test_config_check_refuses_maildir_urls_that_do_not_mean_what_they_seem(
+    tmp_path: Path,
+) -> None:
+    """maildir://~/Maildir would be a folder named '~'; '%20' would not be a space."""
+    for url in ("maildir://~/Maildir", "maildir:///srv/my%20mail", "maildir:var/mail"):
+        config = tmp_path / "gateway.toml"
+        config.write_text(BASE.replace("maildir://var/maildir", url))
+        check = cli("config", "check", "--config", str(config))
+        assert check.returncode == 2, url
+        assert f"{config}:2:downstream.url" in check.stderr, check.stderr
+
+
+def test_emulate_refuses_a_port_out_of_range_and_every_option_has_help() -> None:
+    """`emulate --port 99999` is a usage error (exit 2) before anything listens; every
+    option and positional of every command says what it is in --help."""
+    result = cli("emulate", "--port", "99999")
+    assert result.returncode == 2
+    assert "99999 is not between 0 and 65535" in result.stderr
+    missing = []
+
+    def walk(parser: argparse.ArgumentParser, name: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub, subparser in action.choices.items():
+                    walk(subparser, f"{name} {sub}")
+            elif not action.help:
+                missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+
+    walk(build_parser(), "cm-gateway")
+    assert missing == []
+
+
+def test_a_retried_classifier_call_logs_one_line_with_url_and_error(tmp_path: Path) -> None:
+    """An API that answers 503: each retry is one warning naming the URL and the error,
+    without stamina's callable='<context block>' args=()."""
+
+    class Unavailable(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f"[classifier]\nbase_url = '{base}'\nproject = 'p'\ndataset = 'd'\ntimeout = 3\n"
+        "[log]\nformat = 'console'\n"
+    )
+    message = tmp_path / "m.eml"
+    message.write_text(_eml("Invoice INV-7"))
+    try:
+        result = cli("classify", "--config", str(config), str(message), env={"REINFER_TOKEN": "t"})
+    finally:
+        server.shutdown()
+    assert result.returncode == 1
+    retries = [x for x in result.stderr.splitlines() if "retry_scheduled" in x]
+    assert retries, result.stderr[-2000:]
+    assert all(f"url={base}/api/v1/datasets/p/d/" in x for x in retries), retries
+    assert all("server-error" in x for x in retries), retries
+    assert "callable=" not in result.stderr and "<context block>" not in result.stderr
