@@ -374,8 +374,14 @@ class GatewaySMTP(SMTP):
             log.info("message_refused", reply=replies.TOO_BIG.enhanced, reason="too big")
             return replies.TOO_BIG
         if result.bare is not None and getattr(self.event_handler, "bare_lf", "") == "reject":
-            log.info("bare_line_ending_rejected", kind=result.bare, reason="line too long")
-            return replies.BARE_LF if result.bare == "LF" else replies.BARE_CR
+            reply = replies.BARE_LF if result.bare == "LF" else replies.BARE_CR
+            log.info(
+                "bare_line_ending_rejected",
+                reply=reply.enhanced,
+                kind=result.bare,
+                reason="line too long",
+            )
+            return reply
         reply = replies.DATA_LINE_TOO_LONG
         log.info("message_refused", reply=reply.enhanced, reason="line too long")
         return reply
