@@ -60,7 +60,9 @@ class ClientLimiter:
             return None
         if self.rate_per_minute:
             now = self._clock()
-            recent = self._recent.setdefault(ip, collections.deque())
+            # Re-inserted at each attempt: the table stays ordered by last activity.
+            recent = self._recent.pop(ip, None) or collections.deque()
+            self._recent[ip] = recent
             while recent and now - recent[0] >= RATE_WINDOW:
                 recent.popleft()
             recent.append(now)
@@ -80,15 +82,12 @@ class ClientLimiter:
             self._live[ip] -= 1
 
     def _forget_idle(self, now: float) -> None:
-        # Bounded memory under a spray of source addresses: drop windows gone quiet,
-        # at most a few per call so that admit stays O(1) amortised.
+        # Bounded memory under a spray of source addresses: the least recently active
+        # addresses come first; drop those gone quiet, at most two per call (each call
+        # adds at most one), so that admit stays O(1) amortised.
         for _ in range(2):
-            if not self._recent:
-                return
             ip = next(iter(self._recent))
             recent = self._recent[ip]
             if recent and now - recent[-1] < RATE_WINDOW:
-                # Oldest-inserted key still active: move it to the end and stop.
-                self._recent[ip] = self._recent.pop(ip)
                 return
             del self._recent[ip]

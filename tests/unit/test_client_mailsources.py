@@ -98,3 +98,23 @@ def test_a_message_starts_with_a_header_field() -> None:
     assert looks_like_message(b"\r\nSubject: x\r\n\r\nbody")
     assert not looks_like_message(b"%PDF-1.4 binary")
     assert not looks_like_message(b"just some words: here")
+
+
+def test_the_classify_progress_bar_knows_a_maildirs_size(tmp_path: Path) -> None:
+    """Maildir entries and single message files are counted up front (the bar shows a
+    total); an mbox or a plain directory would have to be read first (no total)."""
+    from gateway.cli._classify import _known_count
+
+    maildir = tmp_path / "Maildir"
+    for sub in ("new", "cur", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    for i in range(3):
+        (maildir / "new" / f"m{i}").write_bytes(msg(i))
+    (maildir / "cur" / "old:2,S").write_bytes(msg(9))
+    (maildir / "tmp" / "partial").write_bytes(msg(8))
+    single = tmp_path / "one.eml"
+    single.write_bytes(msg(1))
+    mbox = tmp_path / "box"
+    mbox.write_bytes(b"From x\n" + msg(2))
+    assert _known_count([str(maildir), str(single)]) == 5
+    assert _known_count([str(maildir), str(mbox)]) is None
