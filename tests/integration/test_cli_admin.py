@@ -8,6 +8,7 @@ import http.server
 import json
 import os
 import smtplib
+import socket
 import subprocess
 import sys
 import threading
@@ -239,3 +240,23 @@ def test_a_retried_classifier_call_logs_one_line_with_url_and_error(tmp_path: Pa
     assert all(f"url={base}/api/v1/datasets/p/d/" in x for x in retries), retries
     assert all("server-error" in x for x in retries), retries
     assert "callable=" not in result.stderr and "<context block>" not in result.stderr
+
+
+def test_a_transport_failure_is_one_retry_line_not_two(tmp_path: Path) -> None:
+    """A closed port: each retry is one `retry_scheduled` warning naming the URL and the
+    transport error; no second warning line per attempt."""
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f"[classifier]\nbase_url = 'http://127.0.0.1:{port}'\nproject = 'p'\ndataset = 'd'\n"
+        "timeout = 2\n[log]\nformat = 'console'\n"
+    )
+    message = tmp_path / "m.eml"
+    message.write_text(_eml("Invoice INV-7"))
+    result = cli("classify", "--config", str(config), str(message), env={"REINFER_TOKEN": "t"})
+    assert result.returncode == 1
+    warnings = [x for x in result.stderr.splitlines() if "[warning" in x]
+    assert warnings, result.stderr[-2000:]
+    assert all("retry_scheduled" in x and f"127.0.0.1:{port}" in x for x in warnings), warnings
