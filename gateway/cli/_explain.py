@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import re
 import sys
@@ -192,7 +193,11 @@ def explain_message(
         given = load_predictions_file(predictions_file)
         source = f"file {predictions_file}"
     else:
-        reason = skip_reason(config, context(GivenPredictions(None, unclassified, None)))
+        probe = context(GivenPredictions(None, unclassified, None))
+        reason = skip_reason(config, probe)
+        if reason == "bounce" and not parsed.from_addresses:
+            # A file has no envelope: no From says nothing of a null sender.
+            reason = skip_reason(config, dataclasses.replace(probe, mail_from="<no From>"))
         if reason is not None:
             given = GivenPredictions(None, ClassificationStatus("skipped", reason), None)
             source = "not classified (the gateway would skip it)"

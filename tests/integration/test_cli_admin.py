@@ -260,3 +260,12 @@ def test_a_transport_failure_is_one_retry_line_not_two(tmp_path: Path) -> None:
     warnings = [x for x in result.stderr.splitlines() if "[warning" in x]
     assert warnings, result.stderr[-2000:]
     assert all("retry_scheduled" in x and f"127.0.0.1:{port}" in x for x in warnings), warnings
+
+
+def test_explain_of_a_message_without_from_does_not_call_it_a_bounce(tmp_path: Path) -> None:
+    """No From: header says nothing of the (absent) envelope: it is classified."""
+    message = tmp_path / "m.eml"
+    message.write_text(_eml("Invoice INV-8 overdue", sender=None))
+    result = cli("explain", str(message), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["classification"]["status"] == "classified"
