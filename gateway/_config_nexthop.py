@@ -53,6 +53,16 @@ class NextHopConfig(_Section):
         elif parts.scheme == "maildir":
             if not (parts.netloc + parts.path):
                 raise ValueError(f"expected maildir:///path, got {v!r}")
+            if (parts.netloc + parts.path).startswith("~"):
+                raise ValueError(
+                    f"{v!r}: '~' is not expanded (it would be a folder named '~'); write"
+                    " the absolute path, maildir:///home/..., or one relative to the config"
+                )
+            if parts.query or parts.fragment or "%" in v or not v.startswith("maildir://"):
+                raise ValueError(
+                    f"{v!r} is not a plain maildir:///path or maildir://relative/path"
+                    " ('?', '#' and '%' are not part of a path here)"
+                )
         else:
             schemes = ", ".join(s + "://" for s in _NEXT_HOP_SCHEMES)
             raise ValueError(f"scheme must be one of {schemes}, got {v!r}")
@@ -88,7 +98,8 @@ class NextHopConfig(_Section):
 
     @property
     def maildir_path(self) -> Path | None:
-        """The Maildir for ``maildir://`` URLs (``maildir://var/m`` is relative)."""
+        """The Maildir for ``maildir://`` URLs (``maildir://var/m`` is relative: to the
+        config file's folder, see ``Config``; without a file, to the working directory)."""
         parts = urlsplit(self.url)
         if parts.scheme != "maildir":
             return None

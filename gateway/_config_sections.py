@@ -7,6 +7,7 @@ import ipaddress
 import math
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -49,6 +50,9 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+DEFAULT_TLS_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!SHA1:!SHA256:!SHA384"
+
+
 def _networks(values: list[str]) -> list[str]:
     for v in values:
         try:
@@ -63,6 +67,10 @@ class SmtpConfig(_Section):
     hostname: str = "gateway.example.com"
     max_message_size: int = Field(36_700_160, gt=0)
     max_connections: int = Field(200, ge=1)
+    # One address may not take every slot (Postfix: smtpd_client_connection_count_limit
+    # and _rate_limit). relay_networks and trusted_networks are exempt. 0: no limit.
+    max_connections_per_client: int = Field(50, ge=0)
+    connection_rate_per_client: int = Field(600, ge=0)  # new connections per minute
     max_recipients: int = Field(1000, ge=1)
     max_hops: int = Field(30, ge=1)
     workers: int = Field(1, ge=1, le=64)
@@ -74,6 +82,10 @@ class SmtpConfig(_Section):
     tls_cert_file: str = ""
     tls_key_file: str = ""
     require_tls: bool = False
+    tls_min_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2"
+    # OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are all AEAD and always on):
+    # ECDHE with AES-GCM or ChaCha20 only, no CBC (LUCKY13) and no static RSA.
+    tls_ciphers: str = DEFAULT_TLS_CIPHERS
     auth_users_file: str = ""
     bare_lf: Literal["reject", "normalize"] = "reject"
     # Empty by default, not loopback: behind Postfix every message comes
@@ -83,6 +95,9 @@ class SmtpConfig(_Section):
     # so that Postfix in front may name the original client without its senders' X-CM-*
     # headers being trusted.
     xforward_networks: list[str] = Field(default_factory=list)
+    # Header fields removed from mail of peers outside trusted_networks, besides X-CM-*
+    # and every header the loaded rules can add: names, or a prefix ending in "*".
+    strip_headers: list[str] = Field(default_factory=list)
 
     @field_validator("listen")
     @classmethod
@@ -94,6 +109,24 @@ class SmtpConfig(_Section):
     @classmethod
     def _nets(cls, v: list[str]) -> list[str]:
         return _networks(v)
+
+    @field_validator("strip_headers")
+    @classmethod
+    def _strip(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not re.fullmatch(r"[!-9;-~]+\*?", name) or not name.rstrip("*"):
+                raise ValueError(f"{name!r} is not a header field name (or prefix*)")
+        return v
+
+    @field_validator("tls_ciphers")
+    @classmethod
+    def _ciphers(cls, v: str) -> str:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.set_ciphers(v)
+        except ssl.SSLError:
+            raise ValueError(f"OpenSSL knows no cipher in {v!r}") from None
+        return v
 
     @field_validator("relay_domains")
     @classmethod

@@ -11,10 +11,11 @@ only whether it is set.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,16 @@ class Config(_Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _maildir_next_to_config(self) -> Config:
+        # A relative maildir:// means the config file's folder, as rule files do, not
+        # wherever the gateway happened to be started (the embedded default: the cwd).
+        path = self.downstream.maildir_path
+        if path is not None and not path.is_absolute() and self.source:
+            where = (Path(self.source).resolve().parent / path).as_posix()
+            self.downstream.url = f"maildir://{where}"
+        return self
+
     def rule_paths(self) -> list[Path]:
         """``rules.files`` resolved: absolute; else next to the config file; else the
         working directory; else the rule sets shipped with cm-gateway."""
@@ -119,16 +130,76 @@ def resolve_rule_path(name: str, base: Path | None) -> Path:
     return (base or Path.cwd()) / path
 
 
-def _error_from_validation(exc: ValidationError, file: str | None) -> ConfigError:
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        msg = "unknown key"
-    elif err["type"] == "missing":
-        msg = "missing"
-    extra = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    return ConfigError(msg + extra, file=file, where=loc or None)
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The section model that holds the last key of ``loc`` (None past a list)."""
+    model: Any = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model if isinstance(model, type) else None
+
+
+def _suggestion(loc: tuple[Any, ...]) -> str:
+    model = _model_at(loc)
+    if model is None or not isinstance(loc[-1], str):
+        return ""
+    known = [k for k in model.model_fields if k != "source"]
+    close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def toml_key_line(text: str, loc: Sequence[Any]) -> int | None:
+    """The line of ``[section]`` ``key = ...`` (or of the ``[section]`` header alone) in a
+    TOML text; None when it cannot be found (an env override, a default, a list item)."""
+    section = str(loc[0]) if loc else ""
+    key = str(loc[1]) if len(loc) > 1 else None
+    table = ""
+    header_line = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        match = _TOML_TABLE.match(line)
+        if match:
+            table = match.group(1).strip().strip("\"'")
+            if table == section and header_line is None:
+                header_line = number
+            continue
+        match = _TOML_KEY.match(line)
+        if match is None:
+            continue
+        name = match.group(1).strip("\"'")
+        dotted = f"{table}.{name}" if table else name
+        if key is not None and dotted == f"{section}.{key}":
+            return number
+        if key is None and not table and name == section:
+            return number
+    return header_line
+
+
+_TOML_TABLE = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_TOML_KEY = re.compile(r"^\s*([A-Za-z0-9_-]+|\"[^\"]*\"|'[^']*')\s*=")
+
+
+def _error_from_validation(
+    exc: ValidationError, file: str | None, text: str | None = None
+) -> ConfigError:
+    """Every problem pydantic found, one per line (the first also in ``where``), each with
+    its line in ``text`` when found and a "did you mean" for an unknown key."""
+    problems: list[ConfigError] = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key" + _suggestion(loc)
+        elif err["type"] == "missing":
+            msg = "missing"
+        where = ".".join(str(p) for p in loc) or None
+        line = toml_key_line(text, loc) if text is not None and loc else None
+        problems.append(ConfigError(msg, file=file, where=where, line=line))
+    first = problems[0]
+    message = "".join([first.message, *(f"\n{e}" for e in problems[1:])])
+    return ConfigError(message, file=file, where=first.where, line=first.line)
 
 
 def _parse_env_value(raw: str) -> Any:
@@ -161,7 +232,11 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> list[str]:
 
 
 def build_config(
-    data: dict[str, Any], *, file: str | None, env: Mapping[str, str] | None = None
+    data: dict[str, Any],
+    *,
+    file: str | None,
+    env: Mapping[str, str] | None = None,
+    text: str | None = None,
 ) -> Config:
     """Validate a parsed TOML document, with env overrides applied on top."""
     env = os.environ if env is None else env
@@ -171,7 +246,7 @@ def build_config(
     try:
         config = Config.model_validate({**data, "source": file})
     except ValidationError as exc:
-        err = _error_from_validation(exc, file)
+        err = _error_from_validation(exc, file, text)
         if err.where:
             env_name = ENV_PREFIX + err.where.split(".")[0].upper() + "_"
             env_name += err.where.split(".")[1].upper() if "." in err.where else ""
@@ -195,7 +270,7 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
         raise ConfigError(
             re.sub(r"\s*\(at line.*\)", "", str(exc)) or "not TOML", file=file, where=where
         ) from None
-    return build_config(data, file=file, env=env)
+    return build_config(data, file=file, env=env, text=text)
 
 
 EMBEDDED_DEFAULT: dict[str, Any] = {

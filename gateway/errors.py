@@ -53,11 +53,19 @@ class GatewayError(Exception):
 class ConfigError(GatewayError):
     """A config value or file is wrong. ``str()`` names the file and the key or line."""
 
-    def __init__(self, message: str, *, file: str | None = None, where: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        where: str | None = None,
+        line: int | None = None,
+    ):
         self.file = file
         self.where = where
+        self.line = line  # in ``file``, when ``where`` is a key and its line is known
         self.message = message
-        prefix = ":".join(p for p in (file, where) if p)
+        prefix = ":".join(p for p in (file, str(line) if line else None, where) if p)
         super().__init__(f"{prefix}: {message}" if prefix else message)
 
 

@@ -14,6 +14,7 @@ __all__ = [
     "BARE_CR",
     "BARE_LF",
     "CLASSIFIER_DEFER",
+    "CLIENT_CONNECTION_LIMIT",
     "COMMAND_TOO_LONG",
     "DATA_LINE_TOO_LONG",
     "DOWNSTREAM_AUTH_FAILED",
@@ -89,6 +90,7 @@ BAD_SENDER_SYNTAX = Reply(501, "5.1.7", "Bad sender address syntax")
 SMTPUTF8_REQUIRED = Reply(553, "5.6.7", "Must declare SMTPUTF8 to send a non-ASCII address")
 BARE_CR = Reply(550, "5.6.11", "Bare CR not allowed")
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections")
+CLIENT_CONNECTION_LIMIT = Reply(421, "4.7.0", "Too many connections from your address")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down")
 PROCESSING_TIMEOUT = Reply(451, "4.3.0", "Timed out processing the message, try again later")
 # aiosmtpd's own wording for these has no enhanced code (server.py rewrites it).

@@ -339,7 +339,9 @@ class CommunicationsMiningClient:
                         )
                 except httpx.HTTPError as exc:
                     error = error_from_transport(exc)
-                    log.warning("classifier.transport_error", route=route, error=str(error))
+                    # Debug: a retry logs it (classifier.retry_scheduled, with the URL),
+                    # and the last one is the message's reason.
+                    log.debug("classifier.transport_error", route=route, error=str(error))
                     raise error from None
                 except ValueError as exc:  # NaN or inf in a document: httpx refuses it
                     raise InvalidRequestError(f"request is not valid JSON: {exc}") from None
@@ -355,7 +357,7 @@ class CommunicationsMiningClient:
             return json_object(response)
 
         return await call_with_retries(
-            once, policy=self.retry, budget=self.timeout, on_retry=self.on_retry
+            once, policy=self.retry, budget=self.timeout, on_retry=self.on_retry, url=url
         )
 
 

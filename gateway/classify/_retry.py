@@ -17,8 +17,10 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import stamina
+import stamina.instrumentation
 
 from gateway.errors import (
     ClassifierError,
@@ -27,10 +29,15 @@ from gateway.errors import (
     ServerError,
     TransportError,
 )
+from gateway.logsetup import get_logger
 
 __all__ = ["RETRYABLE", "RetryPolicy", "call_with_retries"]
 
 T = TypeVar("T")
+log = get_logger("cm-gateway.classify")
+# stamina's own retry line names "callable='<context block>' args=()" and the error's
+# repr; ours (in call_with_retries) names the URL and the error, on one line.
+stamina.instrumentation.set_on_retry_hooks([])
 
 RETRYABLE: tuple[type[ClassifierError], ...] = (RateLimitedError, ServerError, TransportError)
 
@@ -59,10 +66,12 @@ async def call_with_retries(
     policy: RetryPolicy,
     budget: float,
     on_retry: Callable[[ClassifierError], None] | None = None,
+    url: str = "",
 ) -> T:
     """``await call()``, retried by ``policy``, all within ``budget`` seconds.
 
-    ``on_retry(error)`` is called before each retry (for the retries metric).
+    ``on_retry(error)`` is called before each retry (for the retries metric), which is
+    logged as one ``classifier.retry_scheduled`` warning naming ``url`` and the error.
     Raises the last ``ClassifierError``, or ``ClassifierTimeout`` when the budget runs out
     while a call or a backoff is under way.
     """
@@ -88,8 +97,15 @@ async def call_with_retries(
     async def attempt() -> T:
         nonlocal attempts, last
         attempts += 1
-        if attempts > 1 and last is not None and on_retry is not None:
-            on_retry(last)  # a retry really made, with the error that caused it
+        if attempts > 1 and last is not None:  # a retry really made, and why
+            log.warning(
+                "classifier.retry_scheduled",
+                url=_without_userinfo(url),
+                error=f"{last.kind}: {last}",
+                attempt=attempts,
+            )
+            if on_retry is not None:
+                on_retry(last)
         try:
             return await call()
         except ClassifierError as exc:
@@ -118,3 +134,10 @@ async def call_with_retries(
             f"no answer within {budget:g}s ({attempts} attempt{plural}{after})"
         ) from None
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _without_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))

@@ -9,14 +9,16 @@ marks its messages ``unclassified; reason=<kind>`` and the run goes on. After an
 ``auth`` or ``not-found`` failure no further batch is sent (each would fail, and the
 tenant would log every attempt); the remaining messages are marked the same way.
 
-Exit status: 0 every message classified; 1 some were not (or a file was broken);
-2 bad config or rule file.
+Exit status: 0 every message classified or skipped by policy (bounce, auto-submitted,
+too large: the gateway would not classify them either); 1 some were not (a failed batch,
+a broken file); 2 bad config or rule file, or a PATH that does not exist.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -34,12 +36,12 @@ from gateway.classify import make_classifier
 from gateway.config import Config, load_config
 from gateway.context import CLASSIFIED, ClassificationStatus, Classifier, MessageContext
 from gateway.documents import RawEmailDocument
-from gateway.errors import AuthError, ClassifierError, NotFoundError
+from gateway.errors import AuthError, ClassifierError, ConfigError, NotFoundError
 from gateway.logsetup import configure_logging
 from gateway.predictions import DocumentPrediction, PredictionBatch
 from gateway.redact import scrub
 
-from ._sources import SourceMessage, SourceProblem, iter_messages
+from ._sources import SourceMessage, SourceProblem, is_maildir, iter_messages
 
 __all__ = ["ClassifiedMessage", "Tally", "classify_sources", "result_json", "run"]
 
@@ -66,13 +68,15 @@ class ClassifiedMessage:
 class Tally:
     messages: int = 0
     classified: int = 0
+    skipped: int = 0  # by policy (bounce, auto-submitted, too large): not a failure
     problems: int = 0
     requests: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
 
     @property
     def all_classified(self) -> bool:
-        return self.problems == 0 and self.classified == self.messages
+        """Nothing failed: every message was classified or skipped by policy."""
+        return self.problems == 0 and self.classified + self.skipped == self.messages
 
 
 def _prepare(source: SourceMessage, config: Config) -> _Item:
@@ -138,6 +142,8 @@ async def classify_sources(
             tally.statuses[state] = tally.statuses.get(state, 0) + 1
             if item.ctx.status.classified:
                 tally.classified += 1
+            elif item.ctx.status.state == "skipped":
+                tally.skipped += 1
             on_result(ClassifiedMessage(item.source, item.ctx, decision))
 
     async def drain_one() -> None:
@@ -169,7 +175,7 @@ async def classify_sources(
     pending_docs = 0
     for entry in messages:
         if isinstance(entry, SourceProblem):
-            tally.problems += 1
+            tally.problems += entry.failure
             on_problem(entry)
             continue
         item = _prepare(entry, config)
@@ -242,6 +248,27 @@ def _load_ruleset(config: Config, rule_files: Sequence[str] | None) -> Any | Non
     return load_rules(paths, mode=config.rules.mode)
 
 
+def _known_count(paths: Sequence[str]) -> int | None:
+    """How many messages ``paths`` hold, when that is cheap to know (Maildirs: their
+    entries; a single message file: one); None when an mbox or a plain directory would
+    have to be read first (the bar then only counts)."""
+    total = 0
+    for item in paths:
+        path = Path(item)
+        if is_maildir(path):
+            for sub in ("new", "cur"):
+                with contextlib.suppress(OSError):
+                    total += sum(1 for n in os.listdir(path / sub) if not n.startswith("."))
+        elif path.is_file() and path.suffix.lower() != ".mbox":
+            with contextlib.suppress(OSError), path.open("rb") as fh:
+                if fh.read(5) == b"From ":
+                    return None
+            total += 1
+        else:
+            return None
+    return total
+
+
 def _progress(stream: TextIO) -> AbstractContextManager[Any]:
     if not stream.isatty():
         return nullcontext(None)
@@ -270,6 +297,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    for path in args.paths:
+        if not os.path.exists(path):
+            raise ConfigError("no such file or directory", file=path)
     config = load_config(args.config)
     configure_logging(config.log.level, config.log.format)
     # mail-parser warns about every content type it does not decode; payload handles them.
@@ -280,7 +310,8 @@ def _run(args: argparse.Namespace) -> int:
     started = time.monotonic()
 
     with _progress(err) as progress:
-        task = progress.add_task("classify", total=None) if progress is not None else None
+        total = _known_count(args.paths) if progress is not None else None
+        task = progress.add_task("classify", total=total) if progress is not None else None
 
         def say(text: str) -> None:
             if progress is not None:
@@ -297,7 +328,8 @@ def _run(args: argparse.Namespace) -> int:
                 progress.advance(task)
 
         def on_problem(problem: SourceProblem) -> None:
-            say(f"cm-gateway classify: {problem.source}: {problem.problem} (skipped)")
+            tail = " (skipped)" if problem.failure else ""
+            say(f"cm-gateway classify: {problem.source}: {problem.problem}{tail}")
 
         def on_error(exc: ClassifierError, count: int) -> None:
             say(
@@ -322,9 +354,11 @@ def _run(args: argparse.Namespace) -> int:
         tally = asyncio.run(main())
     out.flush()
     elapsed = time.monotonic() - started
+    requests = f"{tally.requests} request" + ("" if tally.requests == 1 else "s")
     print(
         f"cm-gateway classify: {tally.classified} of {tally.messages} messages classified"
-        f" in {tally.requests} requests, {elapsed:.1f}s"
+        + (f", {tally.skipped} skipped by policy" if tally.skipped else "")
+        + f" in {requests}, {elapsed:.1f}s"
         + (f"; {tally.problems} files skipped" if tally.problems else ""),
         file=err,
     )

@@ -9,6 +9,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from gateway.config import Config, NextHopConfig, load_config
+from gateway.errors import ConfigError
+from gateway.redact import scrub
 
 from ._tomlwrite import dumps
 
@@ -53,9 +55,47 @@ def redacted(config: Config) -> tuple[dict[str, Any], dict[str, str]]:
     return data, comments
 
 
+def problems_beyond_the_file(config: Config) -> list[ConfigError]:
+    """What ``serve`` would refuse that the config file alone does not show: rule files
+    (every error in each), TLS certificate and key, the AUTH users file."""
+    from gateway.rules import check_rule_files, load_rules
+
+    problems: list[ConfigError] = list(check_rule_files(config.rule_paths()))
+    if not problems:
+        try:  # across files: duplicate rule names and the like
+            load_rules(config.rule_paths(), mode=config.rules.mode)
+        except ConfigError as exc:
+            problems.append(exc)
+    smtp = config.smtp
+    if smtp.tls_cert_file or smtp.auth_users_file:
+        from gateway.smtp import build_tls_context, load_users
+
+        try:
+            if smtp.tls_cert_file:
+                build_tls_context(
+                    smtp.tls_cert_file,
+                    smtp.tls_key_file,
+                    min_version=smtp.tls_min_version,
+                    ciphers=smtp.tls_ciphers,
+                )
+        except ConfigError as exc:
+            problems.append(exc)
+        try:
+            if smtp.auth_users_file:
+                load_users(smtp.auth_users_file)
+        except ConfigError as exc:
+            problems.append(exc)
+    return problems
+
+
 def run_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     source = config.source or "embedded default"
+    problems = problems_beyond_the_file(config)
+    for problem in problems:
+        print(f"cm-gateway: {scrub(str(problem))}", file=sys.stderr)
+    if problems:
+        return 2
     print(f"{source}: ok")
     c = config.classifier
     if c.provider == "communications-mining" and not c.token():

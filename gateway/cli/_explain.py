@@ -48,6 +48,8 @@ from gateway.predictions import DocumentPrediction
 from gateway.replies import CLASSIFIER_DEFER
 from gateway.rules import Decision, RuleSet, load_rules
 
+from ._sources import SourceMessage, iter_messages
+
 __all__ = ["explain_message", "render_text", "run"]
 
 PREVIEW_CHARS = 200
@@ -340,15 +342,35 @@ def render_text(report: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _one_message(file: str) -> bytes:
+    """The message in ``file``; an mbox of one message gives that message. A file of
+    several messages is refused (ConfigError, exit 2): explained as one message, a whole
+    mailbox would be classified (and billed) as one 7 MB document."""
+    try:
+        raw = Path(file).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror or exc}", file=file) from None
+    if not raw.startswith(b"From "):
+        return raw
+    found: list[SourceMessage] = []
+    for item in iter_messages([file]):
+        if isinstance(item, SourceMessage):
+            found.append(item)
+        if len(found) > 1:
+            raise ConfigError(
+                "holds several messages (an mbox): explain takes one message;"
+                " use `cm-gateway classify FILE` for a mailbox",
+                file=file,
+            )
+    return found[0].raw if found else raw
+
+
 def run(args: argparse.Namespace) -> int:
     """``cm-gateway explain``: see the module docstring."""
     config = load_config(args.config)
     # Logs go to stderr, and only warnings: stdout is the report (and may be JSON).
     configure_logging("warning", config.log.format)
-    try:
-        raw = Path(args.file).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror or exc}", file=args.file) from None
+    raw = _one_message(args.file)
     paths = [Path(p) for p in args.rules] if args.rules else config.rule_paths()
     ruleset = load_rules(paths, mode=config.rules.mode, routes=config.downstream.routes)
     report = explain_message(

@@ -40,6 +40,17 @@ def _moment(value: str) -> datetime:
     return moment
 
 
+def _port(text: str) -> int:
+    """A TCP port for argparse: 0 (any free port) to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is not between 0 and 65535")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cm-gateway",
@@ -52,15 +63,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.set_defaults(handler="gateway.cli._serve:run")
 
-    p = sub.add_parser("classify", help="classify .eml, mbox and Maildir; send no mail")
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p = sub.add_parser(
+        "classify",
+        help="classify .eml, mbox and Maildir; send no mail",
+        description="Classify mail files and print each message's labels (and the rules'"
+        " decision). Sends no mail. Exit 0 when every message was classified or skipped by"
+        " policy, 1 when some were not, 2 on a bad config, rule file or PATH.",
+    )
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="a message file (any name), an mbox (first line 'From ' or *.mbox), a Maildir"
+        " (has cur/ or new/), or a directory: searched recursively for *.eml and *.mbox"
+        " only (other files are listed as not read)",
+    )
     _add_config(p)
     p.add_argument("--rules", nargs="+", metavar="FILE", help="rule files (default: config)")
     p.add_argument("--json", action="store_true", help="one JSON line per message")
     p.set_defaults(handler="gateway.cli._classify:run")
 
     p = sub.add_parser("explain", help="show what the gateway would do with one message")
-    p.add_argument("file", metavar="FILE.eml")
+    p.add_argument("file", metavar="FILE.eml", help="one message (an mbox of one message too)")
     _add_config(p)
     p.add_argument("--predictions", metavar="JSON", help="use these predictions, not the model")
     p.add_argument("--rules", nargs="+", metavar="FILE", help="rule files (default: config)")
@@ -74,22 +98,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rules", help="rule files")
     rsub = p.add_subparsers(dest="rules_command", required=True, metavar="SUBCOMMAND")
     rc = rsub.add_parser("check", help="validate rule files")
-    rc.add_argument("files", nargs="*", metavar="FILE")
+    rc.add_argument("files", nargs="*", metavar="FILE", help="rule files (default: the config's)")
     _add_config(rc)
     rc.add_argument(
         "--against-model", action="store_true", help="flag labels the model does not know"
     )
     rc.set_defaults(handler="gateway.cli._rules:run_check")
     rt = rsub.add_parser("test", help="run rule test files (expectations on messages)")
-    rt.add_argument("files", nargs="+", metavar="FILE")
+    rt.add_argument("files", nargs="+", metavar="FILE", help="rule test files (YAML)")
     _add_config(rt)
     rt.add_argument("--json", action="store_true", help="one JSON object")
     rt.set_defaults(handler="gateway.cli._rules_test:run")
 
     p = sub.add_parser("emulate", help="run the local Communications Mining emulator")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--latency-ms", type=float, default=0.0)
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    p.add_argument(
+        "--port", type=_port, default=8000, help="port to listen on, 0-65535 (default: %(default)s)"
+    )
+    p.add_argument(
+        "--latency-ms", type=float, default=0.0, help="added to every answer, in milliseconds"
+    )
     p.add_argument("--fail-rate", type=float, default=0.0, help="share of calls that fail")
     p.add_argument(
         "--fail-status",
@@ -105,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("model", help="print the model's validation stats and taxonomy")
     _add_config(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler="gateway.cli._model:run")
 
     p = sub.add_parser("config", help="validate or show the configuration")

@@ -36,8 +36,12 @@ class SourceMessage:
 
 @dataclass(frozen=True, slots=True)
 class SourceProblem:
+    """A file that could not be read as mail; ``failure`` False: only a note (files a
+    directory held that are not read), not a failure of the run."""
+
     source: str
     problem: str
+    failure: bool = True
 
 
 def looks_like_message(raw: bytes) -> bool:
@@ -139,6 +143,7 @@ def _directory(path: Path) -> Iterator[SourceMessage | SourceProblem]:
     except OSError as exc:
         yield SourceProblem(str(path), f"cannot list: {exc.strerror or exc}")
         return
+    ignored = 0
     for entry in entries:
         if entry.name.startswith("."):
             continue
@@ -148,6 +153,15 @@ def _directory(path: Path) -> Iterator[SourceMessage | SourceProblem]:
             yield _one_message(entry, str(entry))
         elif entry.suffix.lower() == ".mbox":
             yield from _mbox(entry)
+        else:
+            ignored += 1
+    if ignored:
+        yield SourceProblem(
+            str(path),
+            f"{ignored} file{'s' if ignored > 1 else ''} not read: in a directory only"
+            " *.eml and *.mbox files are (name a file to read it as one message)",
+            failure=False,
+        )
 
 
 def iter_messages(paths: Iterable[str | Path]) -> Iterator[SourceMessage | SourceProblem]:

@@ -21,8 +21,8 @@ __all__ = ["MaildirDelivery"]
 
 class MaildirDelivery:
     """Write each message once into a Maildir (``tmp/`` -> fsync -> ``new/`` -> fsync
-    of the directory), whatever its recipients. The three subdirectories are created
-    when missing."""
+    of the directory), whatever its recipients (named in ``Delivered-To``). The three
+    subdirectories are created when missing."""
 
     _counter = itertools.count(1)
 
@@ -81,10 +81,16 @@ class MaildirDelivery:
         xforward: XForward | None = None,
         crlf_only: bool = False,
     ) -> DeliveryResult:
-        """Store the message as it is (``xforward`` and ``crlf_only`` have no meaning
-        here); a failing disk is a temporary failure."""
+        """Store the message with the envelope on top, as Postfix's local delivery does
+        (``Return-Path``, one ``Delivered-To`` per recipient: where the rules sent it);
+        ``xforward`` and ``crlf_only`` have no meaning here. A failing disk is a
+        temporary failure."""
+        envelope = [f"Return-Path: <{mail_from}>", *(f"Delivered-To: {r}" for r in rcpt_tos)]
+        # Addresses passed the front's checks (no CR/LF); the line end follows the message's.
+        eol = b"\r\n" if b"\r\n" in content[:4096] or not content else b"\n"
+        stamped = eol.join(line.encode("utf-8") for line in envelope) + eol + content
         try:
-            name = await asyncio.to_thread(self._write, content)
+            name = await asyncio.to_thread(self._write, stamped)
         except OSError as exc:
             return DeliveryResult(replies.DOWNSTREAM_TEMPFAIL, error=describe_error(exc))
         reply = replies.queued(name)

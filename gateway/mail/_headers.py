@@ -257,12 +257,22 @@ def prepend_headers(raw: bytes, headers: Sequence[tuple[str, str]]) -> bytes:
     return b"".join([*(_field_bytes(n, v, linesep) for n, v in headers), raw])
 
 
-def strip_headers(raw: bytes, prefix: str = "X-CM-") -> bytes:
-    """``raw`` without the header fields whose name starts with ``prefix``
-    (case-insensitive), continuation lines included. Only the header block is looked at;
-    everything else stays byte for byte."""
-    wanted = prefix.lower().encode("ascii")
-    return _drop(raw, [(s, e) for name, s, e in _fields(raw) if name.startswith(wanted)])
+def strip_headers(raw: bytes, prefix: str = "X-CM-", names: Iterable[str] = ()) -> bytes:
+    """``raw`` without the header fields whose name starts with ``prefix``, or is one of
+    ``names`` (a name ending in ``*``: a prefix), case-insensitive, continuation lines
+    included. Only the header block is looked at; everything else stays byte for byte."""
+    prefixes = [prefix.lower().encode("ascii")]
+    exact: set[bytes] = set()
+    for name in names:
+        folded = name.lower().encode("ascii")
+        if folded.endswith(b"*"):
+            prefixes.append(folded[:-1])
+        else:
+            exact.add(folded)
+    starts = tuple(prefixes)
+    return _drop(
+        raw, [(s, e) for name, s, e in _fields(raw) if name in exact or name.startswith(starts)]
+    )
 
 
 def remove_headers(raw: bytes, names: Iterable[str]) -> bytes:

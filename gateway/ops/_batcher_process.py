@@ -197,6 +197,7 @@ def batcher_main(config_path: str | None, path: str, ready: Connection) -> None:
     """The batcher process (spawned by ``_supervisor.run_workers``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     # Imported here, as in the workers: the spawned process starts from nothing.
     from gateway.config import load_config
     from gateway.logsetup import configure_logging

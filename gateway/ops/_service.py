@@ -8,8 +8,10 @@
 ``serve(config)`` does all four. Config errors raise ``ConfigError`` from ``start`` before
 anything listens. Shutdown: sessions inside DATA get ``shutdown_grace`` seconds, idle
 sessions are told ``421 4.3.2``, then the pipeline closes. A second stop signal (more
-than ``SAME_STOP_WINDOW`` after the first) cuts the drain short. SIGHUP reloads the rule
+than ``SAME_STOP_WINDOW`` after the first) cuts the drain short. SIGUSR1 reloads the rule
 files, and so does a change of their mtime or size (polled every 2 s): see ``_reload``.
+SIGHUP reloads too, unless the process has a controlling terminal: then it is the
+terminal's hangup, and stops the gateway (``_process.hangup_stops``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from gateway.pipeline import MessageProcessor, build_processor
 from gateway.smtp import Authenticator, SmtpServer, build_tls_context
 
 from ._metrics_server import MetricsServer
-from ._process import shutdown_grace
+from ._process import hangup_stops, shutdown_grace
 from ._reload import RuleReloader
 
 __all__ = ["SAME_STOP_WINDOW", "Service", "serve", "start_metrics"]
@@ -86,7 +88,14 @@ class Service:
         """Build everything, then listen; raises ``ConfigError`` before listening."""
         smtp = self.config.smtp
         tls = (
-            build_tls_context(smtp.tls_cert_file, smtp.tls_key_file) if smtp.tls_cert_file else None
+            build_tls_context(
+                smtp.tls_cert_file,
+                smtp.tls_key_file,
+                min_version=smtp.tls_min_version,
+                ciphers=smtp.tls_ciphers,
+            )
+            if smtp.tls_cert_file
+            else None
         )
         authenticator = (
             Authenticator.from_file(smtp.auth_users_file) if smtp.auth_users_file else None
@@ -127,14 +136,22 @@ class Service:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_stop, signum)
+        reload_signals = [signal.SIGUSR1]
+        if hangup_stops():
+            loop.add_signal_handler(signal.SIGHUP, self._on_stop, signal.SIGHUP)
+        else:
+            reload_signals.append(signal.SIGHUP)
         if hasattr(processor, "reload_rules"):
             self._reloader = RuleReloader(processor)
-            loop.add_signal_handler(signal.SIGHUP, self._reloader.reload)
+            for signum in reload_signals:
+                trigger = signal.Signals(signum).name.lower()
+                loop.add_signal_handler(signum, self._reloader.reload, trigger)
             self._watcher = asyncio.create_task(self._reloader.watch())
         else:  # a processor without rules (tests)
-            loop.add_signal_handler(
-                signal.SIGHUP, lambda: log.info("sighup_ignored", reason="processor has no rules")
-            )
+            for signum in reload_signals:
+                loop.add_signal_handler(
+                    signum, lambda: log.info("reload_ignored", reason="processor has no rules")
+                )
 
     def _on_stop(self, signum: int) -> None:
         loop = asyncio.get_running_loop()
@@ -172,7 +189,7 @@ class Service:
                 await self._server.aclose(grace=shutdown_grace(self.config))
         finally:
             # Kept until here so that a second signal during the drain can cut it short.
-            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
                 loop.remove_signal_handler(signum)
             if self._metrics_server is not None:
                 await self._metrics_server.aclose()

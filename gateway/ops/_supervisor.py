@@ -4,7 +4,8 @@ The parent starts N worker processes (multiprocessing, spawn), each running
 ``gateway.ops.serve`` on the shared port (SO_REUSEPORT). With ``[classifier]
 shared_batcher`` (the default) it first starts the batcher process (``ops._batcher_process``),
 which classifies for all of them over a Unix socket in a private directory, and waits
-until it listens. Then the parent only forwards signals (SIGHUP to the workers) and waits.
+until it listens. Then the parent only forwards signals and waits (SIGUSR1, and SIGHUP
+without a terminal: reload; SIGHUP on a terminal: stop).
 
 Stopping: SIGTERM/SIGINT go to the workers; the batcher gets SIGTERM once the last
 worker has exited, so that the sessions the workers drain still get answers. A child that
@@ -25,6 +26,8 @@ from multiprocessing.process import BaseProcess
 from gateway.config import Config, load_config, parse_listen
 from gateway.errors import ConfigError
 from gateway.logsetup import configure_logging, get_logger
+
+from ._process import hangup_stops
 
 __all__ = ["BATCHER_START_TIMEOUT", "run_workers"]
 
@@ -70,7 +73,12 @@ def _check_once(config: Config) -> None:
     from gateway.smtp import build_tls_context, load_users
 
     if config.smtp.tls_cert_file:
-        build_tls_context(config.smtp.tls_cert_file, config.smtp.tls_key_file)
+        build_tls_context(
+            config.smtp.tls_cert_file,
+            config.smtp.tls_key_file,
+            min_version=config.smtp.tls_min_version,
+            ciphers=config.smtp.tls_ciphers,
+        )
     if config.smtp.auth_users_file:
         load_users(config.smtp.auth_users_file)
 
@@ -131,8 +139,10 @@ def run_workers(config: Config, config_path: str | None) -> int:
     try:
         batcher: BaseProcess | None = None
         socket_path = os.path.join(rundir, SOCKET_NAME) if rundir is not None else None
-        # SIGHUP ignored from here, and inherited so by the children until they listen.
+        # Reload signals ignored from here, and inherited so by the children until they
+        # listen (their default action is to terminate).
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         try:
             if socket_path is not None:
                 # A stop asked for while the batcher starts (up to BATCHER_START_TIMEOUT)
@@ -203,7 +213,11 @@ def _supervise(
                 os.kill(proc.pid, signum)
 
     # Set after the start: the workers inherit SIG_IGN (not a handler) until they listen.
-    signal.signal(signal.SIGHUP, forward_reload)
+    signal.signal(signal.SIGUSR1, forward_reload)
+    if hangup_stops():  # the terminal went away: stop, as the workers do
+        signal.signal(signal.SIGHUP, lambda _s, f: forward(signal.SIGTERM, f))
+    else:
+        signal.signal(signal.SIGHUP, forward_reload)
     log.info(
         "workers_started",
         workers=len(procs),

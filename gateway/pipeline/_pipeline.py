@@ -4,8 +4,8 @@
 
 Per message (README "How it works", "What it writes into a message", "SMTP replies"):
 
-1. ``X-CM-*`` headers from peers outside ``smtp.trusted_networks`` are removed, so nobody
-   can forge a verdict.
+1. From peers outside ``smtp.trusted_networks``, ``X-CM-*``, every header a loaded rule
+   can add and ``smtp.strip_headers`` are removed: nobody can forge a verdict.
 2. Loop checks: more ``Received`` fields than ``smtp.max_hops`` -> ``554 5.4.6``. A
    message that already carries ``X-CM-Status`` from a trusted peer was classified and
    routed by a gateway before us (e.g. a content-filter loop through Postfix): it is not
@@ -165,7 +165,9 @@ class Pipeline:
             stage = "prepare"
             content = msg.content
             if not msg.trusted_peer:
-                content = await off_loop(content, lambda c: strip_headers(c, HEADER_PREFIX))
+                # A reload brings a new RuleSet: the names follow the rules.
+                forged = (*rules.header_names(), *self.config.smtp.strip_headers)
+                content = await off_loop(content, lambda c: strip_headers(c, HEADER_PREFIX, forged))
             hops = await off_loop(content, count_hops)
             if hops > self.config.smtp.max_hops:
                 log.set(status="not-processed", hops=hops)

@@ -76,6 +76,7 @@ def prepare_message(
     else:
         status = CLASSIFIED
         parsed = parse_message(raw)
+    no_envelope = mail_from is None
     if mail_from is None or rcpt_tos is None:
         assumed_from, assumed_rcpts = assumed_envelope(parsed)
         mail_from = assumed_from if mail_from is None else mail_from
@@ -90,6 +91,9 @@ def prepare_message(
     )
     if status.classified:
         reason = skip_reason(config, ctx)
+        if reason == "bounce" and no_envelope and not parsed.from_addresses:
+            # A file has no envelope: no From says nothing of a null sender.
+            reason = skip_reason(config, dataclasses.replace(ctx, mail_from="<no From>"))
         if reason is not None:
             ctx = dataclasses.replace(ctx, status=ClassificationStatus("skipped", reason))
     if not ctx.status.classified:

@@ -35,7 +35,15 @@ _new = tuple.__new__
 class RuleSet:
     """Rules loaded from one or more files, in evaluation order."""
 
-    __slots__ = ("_any_audit", "files", "list_files", "mode", "rules", "thread_rules")
+    __slots__ = (
+        "_any_audit",
+        "_header_names",
+        "files",
+        "list_files",
+        "mode",
+        "rules",
+        "thread_rules",
+    )
 
     def __init__(
         self,
@@ -59,6 +67,7 @@ class RuleSet:
         )
         # The shadow run (audit_verdict) only matters when some rule is audited.
         self._any_audit = mode == "audit" or any(r.audit for r in self.rules)
+        self._header_names: frozenset[str] | None = None
 
     def __len__(self) -> int:
         return len(self.rules)
@@ -84,6 +93,22 @@ class RuleSet:
             if rule.model.when is not None:
                 _collect_labels(rule.model.when.model_dump(by_alias=True), out)
         return out
+
+    def header_names(self) -> frozenset[str]:
+        """Lower-cased names of every header field a rule can add (``add_header``,
+        ``quarantine``...): the pipeline strips them from untrusted peers' mail, so that
+        a sender cannot forge what a rule writes."""
+        if self._header_names is not None:
+            return self._header_names
+        out: set[str] = set()
+        for rule in self.rules:
+            for action in rule.actions:
+                items = getattr(action, "items", ())
+                effect = getattr(action, "effect", None)
+                headers = getattr(effect, "headers", ())
+                out.update(str(name).lower() for name, _ in (*items, *headers))
+        self._header_names = frozenset(out)
+        return self._header_names
 
     def warnings(self) -> list[RuleWarning]:
         """Rules that can never take effect (see ``gateway.rules._lint``)."""

@@ -43,10 +43,13 @@ class DataOutcome(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class DataResult:
-    """The unstuffed content (empty unless ``NOMINAL``) and the outcome."""
+    """The unstuffed content (empty unless ``NOMINAL``) and the outcome. ``bare``: for
+    ``TOO_LONG``, ``"LF"``/``"CR"`` when the over-long line holds a bare line end (a
+    message of bare-LF lines is one long line to SMTP: its bare LF is the real reason)."""
 
     content: bytes
     outcome: DataOutcome
+    bare: str | None = None
 
 
 class _Section:
@@ -59,6 +62,7 @@ class _Section:
         self.size = 0  # octets so far, CRLFs included (what aiosmtpd compares)
         self.partial = 0  # octets of the current line so far, before its CRLF
         self.outcome = DataOutcome.NOMINAL
+        self.bare: str | None = None
 
     @property
     def at_line_start(self) -> bool:
@@ -90,6 +94,9 @@ class _Section:
             crlf = piece.rfind(b"\r\n", 0, first)  # the last line end before it
             cross_at = crlf + 2 if crlf >= 0 else -self.partial
         if long_at is not None and (cross_at is None or long_at <= cross_at):
+            start = max(long_at, 0)
+            end = piece.find(b"\r\n", start)
+            self.bare = _bare_line_end(piece[start : end if end >= 0 else len(piece)])
             self._stop(DataOutcome.TOO_LONG)
         elif cross_at is not None:
             self._stop(DataOutcome.TOO_MUCH)
@@ -123,7 +130,7 @@ class _Section:
 
     async def result(self) -> DataResult:
         if self.outcome is not DataOutcome.NOMINAL:
-            return DataResult(b"", self.outcome)
+            return DataResult(b"", self.outcome, self.bare)
         if self.size > JOIN_IN_THREAD:
             # Joining 25 MB holds the loop for ~0.1 s on a slow machine (most of it page
             # faults of the new object); bytes.join copies without the GIL from 1 MB on,
@@ -133,6 +140,15 @@ class _Section:
             content = b"".join(self.pieces)
         self.pieces.clear()
         return DataResult(content, DataOutcome.NOMINAL)
+
+
+def _bare_line_end(data: bytes) -> str | None:
+    # Pieces never split a CRLF, so a CR at the very end is bare too.
+    if data.count(b"\n") != data.count(b"\r\n"):
+        return "LF"
+    if data.count(b"\r") != data.count(b"\r\n"):
+        return "CR"
+    return None
 
 
 def _peek(reader: asyncio.StreamReader) -> bytearray:

@@ -145,10 +145,14 @@ class GatewayHandler:
     ) -> str:
         structlog.contextvars.unbind_contextvars("queue_id")
         smtputf8 = "SMTPUTF8" in mail_options
+        refusal = None
         if not _encodable(address):
-            return str(replies.BAD_SENDER_SYNTAX)
-        if not smtputf8 and not address.isascii():
-            return str(replies.SMTPUTF8_REQUIRED)
+            refusal = replies.BAD_SENDER_SYNTAX
+        elif not smtputf8 and not address.isascii():
+            refusal = replies.SMTPUTF8_REQUIRED
+        if refusal is not None:
+            log.info("sender_refused", reply=refusal.enhanced, reason=refusal.text)
+            return str(refusal)
         queue_id = new_queue_id()
         structlog.contextvars.bind_contextvars(queue_id=queue_id)
         if isinstance(envelope, GatewayEnvelope):

@@ -116,6 +116,12 @@ class RelayPolicy:
         """True when the peer is in ``trusted_networks`` (its X-CM-* headers are kept)."""
         return _in(ip, self.trusted_networks)
 
+    def exempt_from_client_limits(self, peer: str) -> bool:
+        """True for relay and trusted networks: no per-client connection limits (as
+        Postfix exempts mynetworks)."""
+        ip = parse_peer_ip(peer)
+        return _in(ip, self.relay_networks) or _in(ip, self.trusted_networks)
+
     def may_xforward(self, ip: _Address | None) -> bool:
         """True when the peer is in ``xforward_networks`` (is offered XFORWARD)."""
         return _in(ip, self.xforward_networks)

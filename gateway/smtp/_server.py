@@ -14,6 +14,7 @@ import functools
 import socket
 import ssl
 
+from gateway.clientlimit import ClientLimiter
 from gateway.config import SmtpConfig, parse_listen
 from gateway.errors import ConfigError
 from gateway.logsetup import get_logger
@@ -55,10 +56,24 @@ def command_call_limits(smtp: SmtpConfig) -> dict[str, int]:
     }
 
 
-def build_tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
-    """The server-side STARTTLS context (TLS 1.2+). Raises ConfigError naming the file."""
+def build_tls_context(
+    cert_file: str,
+    key_file: str,
+    *,
+    min_version: str = "TLSv1.2",
+    ciphers: str | None = None,
+) -> ssl.SSLContext:
+    """The server-side STARTTLS context: TLS ``min_version`` or later, TLS 1.2 suites from
+    ``ciphers`` (default ``smtp.tls_ciphers``'s: AEAD only, no CBC). Raises ConfigError
+    naming the file."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.minimum_version = ssl.TLSVersion[min_version.replace(".", "_")]
+    default_ciphers = SmtpConfig.model_fields["tls_ciphers"].default
+    try:
+        context.set_ciphers(ciphers or default_ciphers)
+    except ssl.SSLError:
+        message = f"OpenSSL knows no cipher in {ciphers!r}"
+        raise ConfigError(message, where="smtp.tls_ciphers") from None
     # We do not ask clients for certificates (aiosmtpd warns on CERT_REQUIRED).
     context.verify_mode = ssl.CERT_NONE
     try:
@@ -90,10 +105,14 @@ class SmtpServer:
     ) -> None:
         self.config = smtp
         self.processor = processor
-        self.tracker = ConnectionTracker(smtp.max_connections)
-        self.handler = GatewayHandler(
-            processor, smtp, policy=RelayPolicy.from_config(smtp), authenticator=authenticator
+        policy = RelayPolicy.from_config(smtp)
+        clients = ClientLimiter(
+            max_per_client=smtp.max_connections_per_client,
+            rate_per_minute=smtp.connection_rate_per_client,
+            exempt=policy.exempt_from_client_limits,
         )
+        self.tracker = ConnectionTracker(smtp.max_connections, clients)
+        self.handler = GatewayHandler(processor, smtp, policy=policy, authenticator=authenticator)
         self.tls_context = tls_context
         self.reuse_port = reuse_port
         self._auth = authenticator

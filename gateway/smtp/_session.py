@@ -2,12 +2,16 @@
 suit a relay (``gateway.smtp._server`` listens and builds these):
 
 - a connection cap: over ``max_connections`` the client gets ``421 4.7.0`` and is closed;
+  so does one address over its own limits (``gateway.clientlimit``);
+- HELP lists AUTH only when EHLO would offer it;
 - aiosmtpd's own 552 texts are replaced by exactly ``replies.TOO_BIG``, and its
   over-long line replies by ``replies.COMMAND_TOO_LONG`` / ``replies.DATA_LINE_TOO_LONG``;
 - message lines up to ``MAX_LINE_OCTETS`` (1 MiB) are accepted and relayed unchanged, as
   Postfix accepts them (aiosmtpd stops at 1,000): refusing them would bounce real mail,
   and splitting them would break DKIM signatures. A line ends at CRLF only, so a run of
-  bare-LF "lines" counts as one line for that bound (``bare_lf = normalize`` included);
+  bare-LF "lines" counts as one line for that bound (``bare_lf = normalize`` included;
+  with ``reject`` such a line gets the bare-LF reply, the more specific reason);
+- every refused MAIL or DATA logs one line with its reply and reason;
 - DATA is read in large pieces by ``gateway.smtp._data_reader`` (same outcomes as aiosmtpd's
   line-by-line loop, which held the loop for seconds on a big message);
 - MAIL/RCPT addresses of the plain ``<dot-atom@domain>`` form skip the stdlib parser;
@@ -36,11 +40,12 @@ import structlog
 from aiosmtpd.smtp import MISSING, SMTP, syntax
 
 from gateway import replies
+from gateway.clientlimit import ClientLimiter, LimitReason
 from gateway.deliver import XForwardError, XForwardState
 from gateway.logsetup import get_logger
 from gateway.transports import stream_transport
 
-from ._data_reader import DataOutcome, read_data
+from ._data_reader import DataOutcome, DataResult, read_data
 from ._handler import RCPT_OVERSHOOT, GatewayEnvelope, GatewayHandler
 from ._policy import RelayPolicy, parse_peer_ip
 
@@ -68,10 +73,12 @@ _AIOSMTPD_LONG = b"500 Command line too long"
 
 
 class ConnectionTracker:
-    """Live connections of one listener, the cap, and the drain flag."""
+    """Live connections of one listener, the cap, the per-client limits (``clients``;
+    None: none) and the drain flag."""
 
-    def __init__(self, max_connections: int) -> None:
+    def __init__(self, max_connections: int, clients: ClientLimiter | None = None) -> None:
         self.max_connections = max_connections
+        self.clients = clients
         self.live: set[GatewaySMTP] = set()
         self.draining = False
         self.refused = 0
@@ -124,6 +131,7 @@ class GatewaySMTP(SMTP):
         self.peer_ip = ""
         self.rcpt_overshoot = 0
         self.lingering = False
+        self.client_counted = False
 
     @syntax("EHLO hostname")
     async def smtp_EHLO(self, hostname: str) -> None:
@@ -148,6 +156,16 @@ class GatewaySMTP(SMTP):
             return None, None
         return address, rest
 
+    def _syntax_available(self, method: Any) -> bool:
+        # HELP lists what EHLO offers: AUTH only with a mechanism, and (auth_require_tls)
+        # only once TLS is up; aiosmtpd's HELP listed it always.
+        offered = bool(self._auth_methods) and (
+            not self._auth_require_tls or self._tls_protocol is not None
+        )
+        if getattr(method, "__name__", "") == "smtp_AUTH" and not offered:
+            return False
+        return bool(super()._syntax_available(method))
+
     def _create_envelope(self) -> GatewayEnvelope:
         return GatewayEnvelope()
 
@@ -156,21 +174,37 @@ class GatewaySMTP(SMTP):
             super().connection_made(transport)
             return
         tracker = self.tracker
-        if tracker.draining or len(tracker.live) >= tracker.max_connections:
-            self.refused = True
-            tracker.refused += 1
-            reply = replies.SHUTTING_DOWN if tracker.draining else replies.TOO_MANY_CONNECTIONS
-            writer = stream_transport(transport)
-            assert writer is not None
-            writer.write(f"{reply}\r\n".encode("ascii"))
-            writer.close()
-            log.warning("connection_refused", reply=reply.enhanced, live=len(tracker.live))
-            return
-        tracker.add(self)
         peer = transport.get_extra_info("peername")
         host = peer[0] if isinstance(peer, tuple) and peer else None
         ip = parse_peer_ip(host)
         self.peer_ip = str(ip) if ip is not None else str(host or "")
+        reply: replies.Reply | None = None
+        limit: LimitReason | None = None
+        if tracker.draining:
+            reply = replies.SHUTTING_DOWN
+        elif len(tracker.live) >= tracker.max_connections:
+            reply = replies.TOO_MANY_CONNECTIONS
+        elif tracker.clients is not None:
+            limit = tracker.clients.admit(self.peer_ip)
+            if limit is not None:
+                reply = replies.CLIENT_CONNECTION_LIMIT
+        if reply is not None:
+            self.refused = True
+            tracker.refused += 1
+            writer = stream_transport(transport)
+            assert writer is not None
+            writer.write(f"{reply}\r\n".encode("ascii"))
+            writer.close()
+            log.warning(
+                "connection_refused",
+                reply=reply.enhanced,
+                reason=limit.value if limit is not None else reply.text,
+                peer=self.peer_ip,
+                live=len(tracker.live),
+            )
+            return
+        self.client_counted = tracker.clients is not None
+        tracker.add(self)
         self.xforward_allowed = self.policy.may_xforward(ip)
         if not self.xforward_allowed:
             # XFORWARD rewrites our audit trail: to anyone else the verb does not exist.
@@ -182,6 +216,9 @@ class GatewaySMTP(SMTP):
             # aiosmtpd never saw this connection: no session, no task to cancel.
             return
         self.tracker.discard(self)
+        if self.client_counted and self.tracker.clients is not None:
+            self.client_counted = False
+            self.tracker.clients.release(self.peer_ip)
         super().connection_lost(error)
 
     def data_received(self, data: bytes) -> None:
@@ -214,6 +251,8 @@ class GatewaySMTP(SMTP):
     async def push(self, status: AnyStr) -> None:
         raw = status.encode("utf-8") if isinstance(status, str) else status
         if raw.startswith(_AIOSMTPD_552):
+            # MAIL ... SIZE= over max_message_size (DATA's own is _refuse_data's).
+            log.info("sender_refused", reply=replies.TOO_BIG.enhanced, reason="SIZE too big")
             await super().push(str(replies.TOO_BIG))
         elif raw.startswith(_AIOSMTPD_LONG):
             await super().push(str(replies.COMMAND_TOO_LONG))
@@ -320,8 +359,7 @@ class GatewaySMTP(SMTP):
             self._writer.close()  # the connection went away during DATA
             raise
         if result.outcome is not DataOutcome.NOMINAL:
-            too_long = result.outcome is DataOutcome.TOO_LONG
-            await self.push(str(replies.DATA_LINE_TOO_LONG if too_long else replies.TOO_BIG))
+            await self.push(str(self._refuse_data(result)))
             self._set_post_data_state()
             return
         # decode_data is off (SmtpServer): content and original_content are the bytes.
@@ -330,6 +368,25 @@ class GatewaySMTP(SMTP):
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()
         await self.push("250 OK" if status is MISSING else status)
+
+    def _refuse_data(self, result: DataResult) -> replies.Reply:
+        """The reply to a DATA section that was read but not taken, logged with its
+        reason; a bare line end inside an over-long line is the more specific reason."""
+        if result.outcome is DataOutcome.TOO_MUCH:
+            log.info("message_refused", reply=replies.TOO_BIG.enhanced, reason="too big")
+            return replies.TOO_BIG
+        if result.bare is not None and getattr(self.event_handler, "bare_lf", "") == "reject":
+            reply = replies.BARE_LF if result.bare == "LF" else replies.BARE_CR
+            log.info(
+                "bare_line_ending_rejected",
+                reply=reply.enhanced,
+                kind=result.bare,
+                reason="line too long",
+            )
+            return reply
+        reply = replies.DATA_LINE_TOO_LONG
+        log.info("message_refused", reply=reply.enhanced, reason="line too long")
+        return reply
 
     def close_for_shutdown(self) -> None:
         """Tell the client we are going away (421 4.3.2) and close."""

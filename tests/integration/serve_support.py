@@ -23,11 +23,13 @@ def start_serve(
     *args: str,
     env: dict[str, str] | None = None,
     stderr: IO[bytes] | int = subprocess.PIPE,
-    new_session: bool = False,
+    new_session: bool = True,
 ) -> subprocess.Popen[bytes]:
     """``cm-gateway serve ARGS`` in ``cwd``; stdout piped (see ``read_until``).
     ``stderr``: a file for a log too long for a pipe nobody reads; ``new_session``: a
-    process group of its own, for signals sent to the group."""
+    session (and process group) of its own, for signals sent to the group, and without
+    the test runner's terminal: SIGHUP then reloads, as it does under systemd, however
+    pytest was started."""
     return subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", *args],
         cwd=cwd,

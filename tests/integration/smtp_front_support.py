@@ -64,7 +64,12 @@ async def running_server(
     """An SmtpServer on the test's own loop; closed (drained) on exit."""
     config = config or smtp_config()
     tls = (
-        build_tls_context(config.tls_cert_file, config.tls_key_file)
+        build_tls_context(
+            config.tls_cert_file,
+            config.tls_key_file,
+            min_version=config.tls_min_version,
+            ciphers=config.tls_ciphers,
+        )
         if config.tls_cert_file
         else None
     )
@@ -104,8 +109,11 @@ def client_tls_context(cert: Path) -> ssl.SSLContext:
 class RawClient:
     """A blocking line-oriented SMTP client over a plain socket, for byte-exact tests."""
 
-    def __init__(self, port: int, timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, timeout: float = 10.0, *, source: str | None = None) -> None:
+        # source: connect from that loopback address (127.0.0.2 ...) to act as another client.
+        self.sock = socket.create_connection(
+            ("127.0.0.1", port), timeout=timeout, source_address=(source, 0) if source else None
+        )
         self.buf = b""
 
     def reply(self) -> str:

@@ -183,13 +183,17 @@ def test_parse_reply_takes_the_enhanced_code_of_the_same_class_only() -> None:
 
 
 async def test_maildir_delivery_writes_into_new_and_leaves_tmp_empty(tmp_path: Path) -> None:
-    """The message lands in new/ byte for byte; tmp/ is empty; cur/ exists."""
+    """The message lands in new/ byte for byte under the envelope (Return-Path, one
+    Delivered-To per recipient); tmp/ is empty; cur/ exists."""
     maildir = tmp_path / "mail"
-    result = await MaildirDelivery(maildir).deliver("alice@example.com", ["b@x.test"], CONTENT)
+    rcpts = ["b@x.test", "c@x.test"]
+    result = await MaildirDelivery(maildir).deliver("alice@example.com", rcpts, CONTENT)
     assert result.delivered
     files = list((maildir / "new").iterdir())
     assert len(files) == 1
-    assert files[0].read_bytes() == CONTENT
+    eol = b"\r\n" if b"\r\n" in CONTENT else b"\n"
+    envelope = b"Return-Path: <alice@example.com>%sDelivered-To: b@x.test%sDelivered-To: c@x.test%s"
+    assert files[0].read_bytes() == envelope % (eol, eol, eol) + CONTENT
     assert result.reply == replies.queued(files[0].name)
     assert list((maildir / "tmp").iterdir()) == []
     assert (maildir / "cur").is_dir()

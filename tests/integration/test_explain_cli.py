@@ -151,8 +151,9 @@ def test_explain_json_with_the_emulator_quarantines_card_data_and_masks_the_numb
     assert "4111 1111 1111 1111" not in result.stdout
 
 
-def test_explain_of_an_unclassified_message_shows_the_review_redirect(explain: Any) -> None:
-    """{"unclassified": reason} explains the message as the classifier failing."""
+def test_explain_of_an_unclassified_message_shows_the_review_copy(explain: Any) -> None:
+    """{"unclassified": reason} explains the message as the classifier failing: it still
+    reaches its recipient, with a copy to review@."""
     here = case("shared-inbox-triage", "unclassified-review")
     code, out, _ = explain(
         str(here / "message.eml"), "--predictions", str(here / "predictions.json"), "--json"
@@ -161,7 +162,7 @@ def test_explain_of_an_unclassified_message_shows_the_review_redirect(explain: A
     report = json.loads(out)
     assert report["classification"]["status"] == "unclassified; reason=timeout"
     assert report["classification"]["prediction"] is None
-    assert report["decision"]["recipients"] == ["review@example.com"]
+    assert report["decision"]["recipients"] == ["team@example.com", "review@example.com"]
     assert ["X-CM-Status", "unclassified; reason=timeout"] in report["decision"]["headers"]
 
 

@@ -64,6 +64,7 @@ class _Gateway:
             env={**os.environ, "PYTHONPATH": str(ROOT)},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            start_new_session=True,  # no controlling terminal: SIGHUP reloads (as under systemd)
         )
         self._stderr: list[str] = []
         self._lock = threading.Lock()

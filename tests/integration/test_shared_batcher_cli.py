@@ -30,7 +30,7 @@ def launch_workers(
     tmp_path: Path,
     emu: EmulatorHandle,
     *,
-    new_session: bool = False,
+    new_session: bool = True,
     env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], int, Path]:
     """``serve`` with two workers on a free port; returns (process, port, log) at once."""
@@ -62,7 +62,7 @@ def start_workers(
     tmp_path: Path,
     emu: EmulatorHandle,
     *,
-    new_session: bool = False,
+    new_session: bool = True,
     env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], int, Path]:
     """Two workers sharing a free port and the batcher; returns (process, port, log)

@@ -52,18 +52,23 @@ def test_a_maildir_yields_new_then_cur_keyed_without_flags(tmp_path: Path) -> No
 
 
 def test_directories_are_walked_recursively_for_eml_and_mbox(tmp_path: Path) -> None:
-    """A directory: *.eml and *.mbox files at any depth, sorted; other files ignored."""
+    """A directory: *.eml and *.mbox files at any depth, sorted; other files are not read,
+    and a note (not a failure) says how many."""
     (tmp_path / "a" / "b").mkdir(parents=True)
     (tmp_path / "a" / "b" / "deep.eml").write_bytes(msg(1))
     (tmp_path / "top.eml").write_bytes(msg(2))
     (tmp_path / "notes.txt").write_text("not mail")
     (tmp_path / "a" / "list.mbox").write_bytes(b"From x\n" + msg(3))
-    sources = [i.source for i in iter_messages([tmp_path])]
-    assert sources == [
+    items = list(iter_messages([tmp_path]))
+    assert [i.source for i in items] == [
         str(tmp_path / "a" / "b" / "deep.eml"),
         f"{tmp_path / 'a' / 'list.mbox'}#0",
         str(tmp_path / "top.eml"),
+        str(tmp_path),
     ]
+    note = items[-1]
+    assert isinstance(note, SourceProblem) and not note.failure
+    assert note.problem.startswith("1 file not read")
 
 
 def test_broken_inputs_are_problems_and_the_walk_goes_on(tmp_path: Path) -> None:
@@ -93,3 +98,23 @@ def test_a_message_starts_with_a_header_field() -> None:
     assert looks_like_message(b"\r\nSubject: x\r\n\r\nbody")
     assert not looks_like_message(b"%PDF-1.4 binary")
     assert not looks_like_message(b"just some words: here")
+
+
+def test_the_classify_progress_bar_knows_a_maildirs_size(tmp_path: Path) -> None:
+    """Maildir entries and single message files are counted up front (the bar shows a
+    total); an mbox or a plain directory would have to be read first (no total)."""
+    from gateway.cli._classify import _known_count
+
+    maildir = tmp_path / "Maildir"
+    for sub in ("new", "cur", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    for i in range(3):
+        (maildir / "new" / f"m{i}").write_bytes(msg(i))
+    (maildir / "cur" / "old:2,S").write_bytes(msg(9))
+    (maildir / "tmp" / "partial").write_bytes(msg(8))
+    single = tmp_path / "one.eml"
+    single.write_bytes(msg(1))
+    mbox = tmp_path / "box"
+    mbox.write_bytes(b"From x\n" + msg(2))
+    assert _known_count([str(maildir), str(single)]) == 5
+    assert _known_count([str(maildir), str(mbox)]) is None
