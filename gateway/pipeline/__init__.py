@@ -9,8 +9,8 @@ prepare messages with the same functions.
 
 from __future__ import annotations
 
-from ._inbound import InboundMessage, MessageProcessor
-from ._pipeline import build_processor
+from ._build import build_processor
+from ._inbound import InboundMessage, MessageDecider, MessageEdits, MessageProcessor
 from ._prepare import (
     GivenPredictions,
     assumed_envelope,
@@ -23,6 +23,8 @@ from ._prepare import (
 __all__ = [
     "GivenPredictions",
     "InboundMessage",
+    "MessageDecider",
+    "MessageEdits",
     "MessageProcessor",
     "assumed_envelope",
     "build_processor",

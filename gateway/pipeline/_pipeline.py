@@ -39,19 +39,17 @@ import dataclasses
 import functools
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from gateway import replies
-from gateway.classify import build_live_classifier
 from gateway.config import Config
 from gateway.context import CLASSIFIED, ClassificationStatus, Classifier, MessageContext
-from gateway.deliver import Delivery, make_delivery
+from gateway.deliver import Delivery
 from gateway.documents import RawEmailDocument
-from gateway.errors import ClassifierError, ClassifierTimeout, ConfigError, MalformedResponseError
+from gateway.errors import ConfigError
 from gateway.logsetup import get_logger
 from gateway.mail import (
     ParsedMessage,
-    build_document,
     header_fields,
     parse_message,
     prefix_subject,
@@ -59,12 +57,13 @@ from gateway.mail import (
     strip_headers,
 )
 from gateway.pipeline._shadow import ShadowRunner
-from gateway.predictions import DocumentPrediction
 from gateway.replies import Reply
 from gateway.rules import Decision, RuleSet, load_rules
 
 from ._big_message import PARSE_IN_THREAD, light_parse, off_loop
-from ._inbound import InboundMessage
+from ._classify_step import classify_one
+from ._edits import message_edits
+from ._inbound import InboundMessage, MessageEdits
 from ._msglog import MessageLog, labels_brief
 from ._prepare import (
     HEADER_PREFIX,
@@ -77,10 +76,16 @@ from ._trace import count_hops, received_header
 if TYPE_CHECKING:
     from gateway.metrics import GatewayMetrics
 
-__all__ = [
-    "Pipeline",
-    "build_processor",
-]
+__all__ = ["Pipeline"]
+
+
+class _Routed(NamedTuple):
+    """A message the rules decided on (``decision`` None: a trusted gateway did already)."""
+
+    content: bytes
+    ctx: MessageContext
+    decision: Decision | None
+
 
 _CLASSIFICATION_HEADERS = {f"{HEADER_PREFIX}{n}".lower() for n in ("Labels", "Model", "Status")}
 ALREADY_CLASSIFIED = "already-classified"
@@ -157,70 +162,113 @@ class Pipeline:
     async def process(self, msg: InboundMessage) -> Reply:
         """Classify, route and deliver one message; the reply to its DATA."""
         log = MessageLog(msg, self.metrics)
+        where = ["start"]
+        try:
+            routed = await self._route(msg, log, where)
+            if isinstance(routed, Reply):
+                return self._done(log, routed)
+            where[0] = "deliver"
+            if routed.decision is None:
+                return await self._relay(msg, routed.content, msg.rcpt_tos, log)
+            return await self._apply(msg, routed.content, routed.ctx, routed.decision, log)
+        except Exception as exc:
+            self._failed(msg, where[0], exc)
+            raise
+
+    async def decide(self, msg: InboundMessage) -> MessageEdits:
+        """Classify and route one message the MTA delivers itself (the milter front):
+        the decision as edits; nothing is delivered. Same log line, verdicts and
+        metrics as ``process``."""
+        log = MessageLog(msg, self.metrics)
+        log.set(front="milter")
+        where = ["start"]
+        try:
+            routed = await self._route(msg, log, where)
+            if isinstance(routed, Reply):
+                self._done(log, routed)
+                return MessageEdits(verdict="refused", reply=routed)
+            where[0] = "edits"
+            decision = routed.decision
+            if decision is None:  # already classified by a trusted gateway: unchanged
+                log.set(recipients=len(msg.rcpt_tos))
+                self._done(log, replies.OK)
+                return MessageEdits(verdict="pass-through")
+            self._log_decision(decision, log)
+            edits = message_edits(msg, routed.ctx, decision, self._headers(routed.ctx, decision))
+            if edits.discard:
+                self._discarded(msg, decision)
+            recipients = msg.rcpt_tos if edits.recipients is None else edits.recipients
+            log.set(recipients=0 if edits.discard else len(recipients))
+            self._done(log, edits.reply or replies.OK)
+            return edits
+        except Exception as exc:
+            self._failed(msg, where[0], exc)
+            raise
+
+    def _failed(self, msg: InboundMessage, stage: str, exc: Exception) -> None:
+        if self.metrics is not None:
+            self.metrics.message_failed()
+        _log.error(
+            "message_failed", queue_id=msg.queue_id, stage=stage, error_type=type(exc).__name__
+        )
+
+    async def _route(
+        self, msg: InboundMessage, log: MessageLog, where: list[str]
+    ) -> _Routed | Reply:
+        """Everything up to the rules' decision (``where[0]``: the stage, for errors);
+        a Reply when the message ends before the rules (loop, classifier defer)."""
         rules = self.rules  # taken once: a reload does not change a message in flight
         document: RawEmailDocument | None = None
-        stage = "start"
-        try:
-            stage = "prepare"
-            content = msg.content
-            if not msg.trusted_peer:
-                content = await off_loop(content, lambda c: strip_headers(c, HEADER_PREFIX))
-            hops = await off_loop(content, count_hops)
-            if hops > self.config.smtp.max_hops:
-                log.set(status="not-processed", hops=hops)
-                return self._done(log, replies.LOOP_DETECTED)
-            stage = "parse"
-            status, parsed = await self._parse(msg, content, log)
-            ctx = message_context(
-                parsed,
-                mail_from=msg.mail_from,
-                rcpt_tos=msg.rcpt_tos,
-                prediction=None,
-                status=status,
-                model_version=None,
+        where[0] = "prepare"
+        content = msg.content
+        if not msg.trusted_peer:
+            content = await off_loop(content, lambda c: strip_headers(c, HEADER_PREFIX))
+        hops = await off_loop(content, count_hops)
+        if hops > self.config.smtp.max_hops:
+            log.set(status="not-processed", hops=hops)
+            return replies.LOOP_DETECTED
+        where[0] = "parse"
+        status, parsed = await self._parse(msg, content, log)
+        ctx = message_context(
+            parsed,
+            mail_from=msg.mail_from,
+            rcpt_tos=msg.rcpt_tos,
+            prediction=None,
+            status=status,
+            model_version=None,
+        )
+        if status.classified:
+            reason = skip_reason(self.config, ctx)
+            if reason is not None:
+                ctx = dataclasses.replace(ctx, status=ClassificationStatus("skipped", reason))
+        if ctx.status.classified:
+            where[0] = "classify"
+            outcome = await classify_one(
+                self.classifier, self.config, self._classify_deadline, parsed, content, ctx, log
             )
-            if status.classified:
-                reason = skip_reason(self.config, ctx)
-                if reason is not None:
-                    ctx = dataclasses.replace(ctx, status=ClassificationStatus("skipped", reason))
-            if ctx.status.classified:
-                stage = "classify"
-                outcome = await self._classify(parsed, content, ctx, log)
-                if isinstance(outcome, Reply):
-                    return self._done(log, outcome)
-                ctx, document = outcome
-            log.set(
-                message_id=ctx.message_id,
-                status=ctx.status.header_value,
-                labels=labels_brief(ctx.prediction),
-                model=ctx.model_version,
-            )
-            stage = "deliver"
-            if ctx.status.reason == ALREADY_CLASSIFIED:
-                # Classified and routed by the gateway before us (a trusted peer): its
-                # headers stand and its routing is final. Evaluating rules again would
-                # see an unclassified message and could re-route it (the shipped triage
-                # rules send unclassified mail to review@).
-                log.set(verdict="pass-through")
-                return await self._relay(msg, content, msg.rcpt_tos, log)
-            stage = "rules"
-            with log.stage("rules"):
-                decision = rules.evaluate(ctx, default_threshold=self._threshold)
-            if self.shadow is not None and document is not None:
-                # A background task: the reply below never waits for the shadow model.
-                self.shadow.submit(document, ctx, decision, rules, msg.queue_id)
-            stage = "deliver"
-            return await self._apply(msg, content, ctx, decision, log)
-        except Exception as exc:
-            if self.metrics is not None:
-                self.metrics.message_failed()
-            _log.error(
-                "message_failed",
-                queue_id=msg.queue_id,
-                stage=stage,
-                error_type=type(exc).__name__,
-            )
-            raise
+            if isinstance(outcome, Reply):
+                return outcome
+            ctx, document = outcome
+        log.set(
+            message_id=ctx.message_id,
+            status=ctx.status.header_value,
+            labels=labels_brief(ctx.prediction),
+            model=ctx.model_version,
+        )
+        if ctx.status.reason == ALREADY_CLASSIFIED:
+            # Classified and routed by the gateway before us (a trusted peer): its
+            # headers stand and its routing is final. Evaluating rules again would
+            # see an unclassified message and could re-route it (the shipped triage
+            # rules send unclassified mail to review@).
+            log.set(verdict="pass-through")
+            return _Routed(content, ctx, None)
+        where[0] = "rules"
+        with log.stage("rules"):
+            decision = rules.evaluate(ctx, default_threshold=self._threshold)
+        if self.shadow is not None and document is not None:
+            # A background task: the reply never waits for the shadow model.
+            self.shadow.submit(document, ctx, decision, rules, msg.queue_id)
+        return _Routed(content, ctx, decision)
 
     async def _parse(
         self, msg: InboundMessage, content: bytes, log: MessageLog
@@ -239,41 +287,6 @@ class Pipeline:
                 return CLASSIFIED, await asyncio.to_thread(parse_message, content)
             return CLASSIFIED, parse_message(content)
 
-    async def _classify(
-        self, parsed: ParsedMessage, content: bytes, ctx: MessageContext, log: MessageLog
-    ) -> tuple[MessageContext, RawEmailDocument] | Reply:
-        settings = self.config.classifier
-        with log.stage("classify"):
-            if len(content) > PARSE_IN_THREAD:
-                # Like the parse: a message of many header fields takes seconds here.
-                document = await asyncio.to_thread(
-                    build_document, parsed, content, user_properties=settings.user_properties
-                )
-            else:
-                document = build_document(parsed, content, user_properties=settings.user_properties)
-            try:
-                try:
-                    async with asyncio.timeout(self._classify_deadline):
-                        batch = await self.classifier.predict_raw_emails([document])
-                except TimeoutError:
-                    raise ClassifierTimeout(f"no prediction within {settings.timeout:g}s") from None
-                if len(batch.predictions) != 1:
-                    # The contract is one prediction per document; anything else is a
-                    # malformed answer, handled like any classifier failure.
-                    raise MalformedResponseError(f"{len(batch.predictions)} predictions for 1")
-            except ClassifierError as exc:
-                log.set(classifier_error=exc.kind)
-                if settings.on_error == "defer":
-                    log.set(status=f"unclassified; reason={exc.kind}")
-                    return replies.CLASSIFIER_DEFER
-                status = ClassificationStatus("unclassified", exc.kind)
-                return dataclasses.replace(ctx, status=status), document
-        prediction: DocumentPrediction = batch.predictions[0]
-        ctx = dataclasses.replace(
-            ctx, prediction=prediction, model_version=batch.model_version, status=CLASSIFIED
-        )
-        return ctx, document
-
     def _headers(self, ctx: MessageContext, decision: Decision) -> list[tuple[str, str]]:
         headers = gateway_headers(ctx, decision)
         if decision.audit:
@@ -289,25 +302,12 @@ class Pipeline:
         log: MessageLog,
     ) -> Reply:
         enforce = not decision.audit
-        log.set(
-            rules_hit=list(decision.rules_hit),
-            verdict=decision.verdict if enforce else "deliver",
-        )
-        if decision.audit and decision.audit_verdict is not None:
-            log.set(audit_verdict=decision.audit_verdict)
-        if decision.matches and any(m.audit for m in decision.matches):
-            log.set(audit_rules=[m.rule for m in decision.matches if m.audit])
+        self._log_decision(decision, log)
         if enforce and decision.verdict in ("reject", "defer") and decision.reply is not None:
             return self._done(log, decision.reply)
         recipients = decision.recipients if enforce else msg.rcpt_tos
         if enforce and (decision.verdict == "discard" or not recipients):
-            # Loud on purpose: a discarded message is acknowledged and reaches nobody.
-            _log.warning(
-                "message_discarded",
-                queue_id=msg.queue_id,
-                rules_hit=list(decision.rules_hit),
-                reason="discard" if decision.verdict == "discard" else "no recipients",
-            )
+            self._discarded(msg, decision)
             log.set(recipients=0)
             return self._done(log, replies.queued(msg.queue_id))
         outgoing = content
@@ -316,6 +316,28 @@ class Pipeline:
                 edit = functools.partial(prefix_subject, prefix=prefix)
                 outgoing = await off_loop(outgoing, edit)
         return await self._relay(msg, outgoing, recipients, log, self._headers(ctx, decision))
+
+    @staticmethod
+    def _log_decision(decision: Decision, log: MessageLog) -> None:
+        enforce = not decision.audit
+        log.set(
+            rules_hit=list(decision.rules_hit),
+            verdict=decision.verdict if enforce else "deliver",
+        )
+        if decision.audit and decision.audit_verdict is not None:
+            log.set(audit_verdict=decision.audit_verdict)
+        if decision.matches and any(m.audit for m in decision.matches):
+            log.set(audit_rules=[m.rule for m in decision.matches if m.audit])
+
+    @staticmethod
+    def _discarded(msg: InboundMessage, decision: Decision) -> None:
+        # Loud on purpose: a discarded message is acknowledged and reaches nobody.
+        _log.warning(
+            "message_discarded",
+            queue_id=msg.queue_id,
+            rules_hit=list(decision.rules_hit),
+            reason="discard" if decision.verdict == "discard" else "no recipients",
+        )
 
     async def _relay(
         self,
@@ -351,41 +373,3 @@ class Pipeline:
     def _done(log: MessageLog, reply: Reply) -> Reply:
         log.emit(reply)
         return reply
-
-
-def build_processor(
-    config: Config,
-    *,
-    classifier: Classifier | None = None,
-    delivery: Delivery | None = None,
-    metrics: GatewayMetrics | None = None,
-) -> Pipeline:
-    """The pipeline ``config`` describes: rules loaded once (raises ``RuleFileError``),
-    the configured classifier (deduplicated, batched, behind a circuit breaker), the
-    shadow model when ``[shadow]`` asks for one, and the next hop. ``classifier`` and
-    ``delivery`` replace the configured ones (tests, tools)."""
-    rules = load_rules(config.rule_paths(), mode=config.rules.mode)
-    if classifier is None:
-        classifier = build_live_classifier(config, metrics)
-    shadow = ShadowRunner.from_config(config, metrics)
-    if delivery is None:
-        delivery = make_delivery(config)
-    pool = getattr(delivery, "pool", None)
-    if metrics is not None and pool is not None:
-        metrics.track_pool(pool.stats)
-    _log.info(
-        "pipeline_ready",
-        classifier=classifier.description,
-        rules=len(rules),
-        rules_mode=config.rules.mode,
-        downstream=delivery.description,
-        shadow=config.shadow.model_version if shadow is not None else None,
-    )
-    return Pipeline(
-        config,
-        classifier=classifier,
-        rules=rules,
-        delivery=delivery,
-        metrics=metrics,
-        shadow=shadow,
-    )

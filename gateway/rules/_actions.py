@@ -25,6 +25,7 @@ __all__ = [
     "Discard",
     "Draft",
     "Effect",
+    "Hold",
     "PrefixSubject",
     "Quarantine",
     "Redirect",
@@ -160,6 +161,16 @@ class Discard(_Static):
         super().__init__(Effect("discard", "discard"), "discard")
 
 
+class Hold(_Static):
+    """Put the message in the MTA's hold queue, with ``reason`` (``<rule>: <text>``)."""
+
+    __slots__ = ()
+
+    def __init__(self, text: str, rule: str) -> None:
+        reason = f"{rule}: {text}" if text else rule
+        super().__init__(Effect("hold", f"hold {reason!r}", text=reason), f"hold {text!r}")
+
+
 class Draft:
     """What the matched rules asked for so far, before precedence is applied."""
 
@@ -168,6 +179,7 @@ class Draft:
         "defer",
         "discard",
         "headers",
+        "hold",
         "prefixes",
         "quarantine",
         "redirect",
@@ -178,6 +190,7 @@ class Draft:
         self.reject: Reply | None = None
         self.defer: Reply | None = None
         self.discard = False
+        self.hold: str | None = None
         self.quarantine: tuple[str, tuple[tuple[str, str], ...]] | None = None
         self.redirect: tuple[str, ...] | None = None
         self.bcc: list[str] = []
@@ -203,5 +216,7 @@ class Draft:
             self.defer = self.defer or effect.reply
         elif kind == "discard":
             self.discard = True
+        elif kind == "hold":
+            self.hold = self.hold or effect.text  # the first hold's reason is kept
         else:  # pragma: no cover - the compiler only builds the kinds above
             raise ValueError(f"unknown effect {kind!r}")

@@ -78,6 +78,8 @@ def compile_action(model: ActionModel, rule: str) -> act.Action:
         return act.Reject(model.reject)
     if model.defer is not None:
         return act.Defer(model.defer)
+    if model.hold is not None:
+        return act.Hold(model.hold, rule)
     return act.Discard()
 
 

@@ -1,12 +1,15 @@
 """The result of evaluating a rule set against one message.
 
-Precedence (fixed): reject > defer > discard > quarantine > redirect > bcc / add_header /
-prefix_subject. ``Decision.verdict`` is the strongest action any enforced rule asked for.
+Precedence (fixed): reject > defer > discard > hold > quarantine > redirect > bcc /
+add_header / prefix_subject. ``Decision.verdict`` is the strongest action any enforced
+rule asked for.
 
 - reject / defer: the first such rule's text is the reply;
 - quarantine: recipients become the quarantine address only (redirects and bccs are
   dropped so that a quarantined message reaches nobody else), ``X-CM-Quarantine: <rule>``
   is added; a later quarantine replaces an earlier one;
+- hold: the message goes to the MTA's hold queue with every other edit applied (headers,
+  recipients): released, it goes where it would have gone; the first hold's reason is kept;
 - redirect: a later redirect replaces an earlier one;
 - bcc: added to the recipients (original or redirected), deduplicated case-insensitively.
 
@@ -26,7 +29,7 @@ from ._actions import Draft
 
 __all__ = ["Decision", "RuleMatch", "RuleVerdict", "Verdict", "finalize"]
 
-Verdict = Literal["deliver", "reject", "defer", "discard", "quarantine"]
+Verdict = Literal["deliver", "reject", "defer", "discard", "hold", "quarantine"]
 
 
 class RuleVerdict(NamedTuple):
@@ -63,7 +66,8 @@ class Decision:
     in order (the ``X-CM-Rules`` header). ``audit``: the rule set runs in audit mode as
     a whole (nothing it decides may change a message). ``audit_verdict``: the verdict had
     the audited rules that matched been enforced, or None when none matched.
-    ``verdicts``: every rule's outcome, in order."""
+    ``verdicts``: every rule's outcome, in order. ``hold``: the reason to hold the
+    message in the MTA's hold queue (``<rule>: <text>``), None = no hold."""
 
     verdict: Verdict
     reply: Reply | None
@@ -76,6 +80,7 @@ class Decision:
     audit: bool = False
     verdicts: tuple[RuleVerdict, ...] = ()
     audit_verdict: Verdict | None = None
+    hold: str | None = None
 
 
 def dedupe_addresses(addresses: Iterable[str]) -> tuple[str, ...]:
@@ -108,6 +113,7 @@ class Outcome(NamedTuple):
     add_headers: tuple[tuple[str, str], ...]
     subject_prefixes: tuple[str, ...]
     quarantine_address: str | None
+    hold: str | None = None
 
 
 def finalize(draft: Draft, original: tuple[str, ...]) -> Outcome:
@@ -132,6 +138,8 @@ def finalize(draft: Draft, original: tuple[str, ...]) -> Outcome:
         verdict, reply = "defer", draft.defer
     elif draft.discard:
         verdict = "discard"
+    elif draft.hold is not None:
+        verdict = "hold"
     elif quarantine_address is not None:
         verdict = "quarantine"
     return Outcome(
@@ -141,4 +149,5 @@ def finalize(draft: Draft, original: tuple[str, ...]) -> Outcome:
         _dedupe_headers(headers),
         tuple(draft.prefixes),
         quarantine_address,
+        draft.hold,
     )

@@ -203,6 +203,7 @@ class ActionModel(_Strict):
     reject: ReplyText | None = None
     defer: ReplyText | None = None
     discard: Literal[True] | None = None
+    hold: ReplyText | None = None
 
     @model_validator(mode="after")
     def _check(self) -> ActionModel:
