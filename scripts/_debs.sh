@@ -1,10 +1,12 @@
 # Sourced: install the Debian packages the tests need (postfix for smtp-source/smtp-sink
-# and the content-filter tests, swaks, redis-server), without prompts.
+# and the content-filter and milter tests, swaks, redis-server, miltertest), without prompts.
 set -euo pipefail
 need=()
 command -v postfix >/dev/null 2>&1 || [ -x /usr/sbin/postfix ] || need+=(postfix)
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# The milter front's conformance tests (OpenDKIM's Lua-scripted MTA side).
+command -v miltertest >/dev/null 2>&1 || need+=(miltertest)
 if [ "${#need[@]}" -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" = 0 ] || SUDO="sudo"
