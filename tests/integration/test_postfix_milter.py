@@ -8,6 +8,7 @@ local submission (non_smtpd_milters).
 
 from __future__ import annotations
 
+import json
 import smtplib
 from collections.abc import Iterator
 
@@ -96,6 +97,14 @@ def send(
         return client.data(content)
 
 
+def last_message_line(gateway: MilterGateway) -> dict[str, object]:
+    """The gateway's last ``message`` log line (JSON)."""
+    lines: list[dict[str, object]] = [
+        json.loads(x) for x in gateway.log_tail(400).splitlines() if x.startswith("{")
+    ]
+    return [x for x in lines if x.get("event") == "message"][-1]
+
+
 def header_names(received: ReceivedMessage) -> list[str]:
     head = received.data.split(b"\r\n\r\n", 1)[0].decode()
     return [line.split(":", 1)[0] for line in head.split("\r\n") if line[:1] not in (" ", "\t")]
@@ -104,7 +113,7 @@ def header_names(received: ReceivedMessage) -> list[str]:
 def test_invoice_headers_land_just_below_postfixs_received_and_the_body_is_unchanged(
     stack: Stack,
 ) -> None:
-    postfix, _, sink = stack
+    postfix, gateway, sink = stack
     word = token()
     content = message(f"Invoice INV-1 {word}", "Please find the invoice, amount due 100 EUR.")
     code, _ = send(postfix, content)
@@ -125,6 +134,10 @@ def test_invoice_headers_land_just_below_postfixs_received_and_the_body_is_uncha
     # The original header block follows ours byte for byte.
     original = content.split(b"\r\n\r\n", 1)[0]
     assert original in got.data
+    # One log line, with Postfix's own queue id (the {i} macro) and the client's address.
+    line = last_message_line(gateway)
+    assert line["front"] == "milter" and line["peer"] == "127.0.0.1"
+    assert f"{line['queue_id']}: " in postfix.maillog.read_text(errors="replace")
 
 
 def test_complaint_subject_prefix_and_bcc(stack: Stack) -> None:
