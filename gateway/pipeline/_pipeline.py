@@ -172,7 +172,7 @@ class Pipeline:
                 return await self._relay(msg, routed.content, msg.rcpt_tos, log)
             return await self._apply(msg, routed.content, routed.ctx, routed.decision, log)
         except Exception as exc:
-            self._failed(msg, where[0], exc)
+            self._failed(msg, where[0], exc, "smtp")
             raise
 
     async def decide(self, msg: InboundMessage) -> MessageEdits:
@@ -202,12 +202,12 @@ class Pipeline:
             self._done(log, edits.reply or replies.OK)
             return edits
         except Exception as exc:
-            self._failed(msg, where[0], exc)
+            self._failed(msg, where[0], exc, "milter")
             raise
 
-    def _failed(self, msg: InboundMessage, stage: str, exc: Exception) -> None:
+    def _failed(self, msg: InboundMessage, stage: str, exc: Exception, front: str) -> None:
         if self.metrics is not None:
-            self.metrics.message_failed()
+            self.metrics.message_failed(front)
         _log.error(
             "message_failed", queue_id=msg.queue_id, stage=stage, error_type=type(exc).__name__
         )

@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
-from gateway.errors import ClassifierUnavailable
+from gateway.errors import ClassifierUnavailable, ConfigError
 from gateway.milter import MilterServer
 from gateway.milter import _codec as c
 from gateway.milter._session import reply_packet
+from gateway.ops import Service
 from gateway.pipeline import InboundMessage, MessageEdits, build_processor
 from gateway.pipeline._pipeline import Pipeline
 from gateway.replies import Reply
@@ -298,3 +299,49 @@ async def test_a_client_that_stops_mid_message_leaves_no_session_behind(tmp_path
             await mta.step(c.Cmd.MAIL, b"<a@example.com>\0", c.NR_MAIL)
             await mta.step(c.Cmd.HEADER, b"Subject\0 half\0", c.NR_HDR)
         assert await _drained(server)
+
+
+async def test_concurrent_milter_sessions_are_classified_in_batches_under_serve(
+    tmp_path: Path,
+) -> None:
+    """`serve` with the SMTP front off and the milter front on: 8 MTA connections at once
+    share batches (batch size > 1), and the messages are counted under front="milter"."""
+    cfg = make_config(
+        tmp_path,
+        downstream=f"maildir://{tmp_path}/unused",
+        smtp={"listen": ""},
+        milter={"listen": "127.0.0.1:0"},
+        classifier={"provider": "emulator", "max_wait_ms": 300},
+        metrics={"listen": ""},
+    )
+    service = Service(cfg)
+    await service.start()
+    try:
+
+        async def one_session(i: int) -> Edits:
+            async with milter_client(service.milter_address) as mta:
+                await mta.connect()
+                body = f"Please find invoice {i} attached, amount due {i} EUR."
+                return await mta.message("a@example.com", ["b@example.com"], mail(f"Inv {i}", body))
+
+        results = await asyncio.gather(*(one_session(i) for i in range(8)))
+    finally:
+        await service.drain()
+    assert all(r.final == c.Resp.CONTINUE for r in results)
+    registry = service.metrics.registry
+    batches = registry.get_sample_value("cm_gateway_batch_size_count") or 0
+    documents = registry.get_sample_value("cm_gateway_batch_size_sum") or 0
+    assert documents == 8 and batches < 8, (documents, batches)
+    milter = {"front": "milter", "outcome": "delivered"}
+    assert registry.get_sample_value("cm_gateway_front_messages_total", milter) == 8
+    assert (
+        registry.get_sample_value(
+            "cm_gateway_front_messages_total", {"front": "smtp", "outcome": "delivered"}
+        )
+        is None
+    )
+
+
+def test_a_config_with_neither_front_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="nothing to serve"):
+        make_config(tmp_path, downstream="maildir:///tmp/x", smtp={"listen": ""})
