@@ -76,7 +76,17 @@ def _milter_value(value: str, exact: bool) -> bytes:
 class _Message:
     """What the MTA sent of the current message."""
 
-    __slots__ = ("body", "headers", "macros", "mail_args", "overflow", "rcpts", "sender", "size")
+    __slots__ = (
+        "body",
+        "headers",
+        "kept",
+        "macros",
+        "mail_args",
+        "overflow",
+        "rcpts",
+        "sender",
+        "size",
+    )
 
     def __init__(self) -> None:
         self.sender: bytes | None = None
@@ -84,7 +94,8 @@ class _Message:
         self.rcpts: list[bytes] = []
         self.headers: list[tuple[bytes, bytes]] = []
         self.body = bytearray()
-        self.size = 0
+        self.size = 0  # bytes received (headers counted as "Name: value\r\n")
+        self.kept = 0  # bytes of those kept, up to the session's buffer limit
         self.overflow = False
         self.macros: dict[str, str] = {}
 
@@ -234,15 +245,22 @@ class MilterSession:
         if len(parts) < 2 or not parts[0]:
             raise MilterProtocolError("malformed header")
         name, value = parts[0], parts[1]
-        self._msg.headers.append((name, value))
-        self._msg.size += len(name) + len(value) + 4
+        msg = self._msg
+        length = len(name) + len(value) + 4
+        msg.size += length
+        if msg.kept + length <= self._limit:
+            msg.headers.append((name, value))
+            msg.kept += length
+        else:  # counted, not kept: the message is over classify_max_size anyway
+            msg.overflow = True
 
     def _body(self, data: bytes) -> None:
         msg = self._msg
         msg.size += len(data)
-        room = self._limit - len(msg.body)
+        room = self._limit - msg.kept
         if room > 0:
             msg.body += data[:room]
+            msg.kept += min(room, len(data))
         if len(data) > room:
             msg.overflow = True  # counted from here on, not kept
 

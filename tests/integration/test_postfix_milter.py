@@ -20,6 +20,8 @@ from .postfix_gateway import GatewaySpec
 from .postfix_harness import POSTSUPER, token
 from .postfix_milter_support import MilterGateway, MilterPostfix, milter_stack
 from .sink import ReceivedMessage, SmtpSink
+from .test_dkim import FIXTURES as DKIM_FIXTURES
+from .test_dkim import verify
 
 __all__ = ["milter_stack"]
 
@@ -323,3 +325,17 @@ def test_slow_classifier_outlasting_milter_content_timeout_is_kept_alive_by_prog
 
 def _slow(emu: EmulatorHandle) -> None:
     emu.set_faults(fail_rate=0.0, fail_status="503", latency_ms=5000.0)
+
+
+@pytest.mark.parametrize("fixture", ["signed-simple.eml", "signed-relaxed.eml"])
+def test_a_dkim_signed_message_still_verifies_after_the_milters_edits(
+    stack: Stack, fixture: str
+) -> None:
+    postfix, _, sink = stack
+    signed = (DKIM_FIXTURES / fixture).read_bytes()
+    before = {id(m) for m in sink.messages}
+    code, _ = send(postfix, signed)
+    assert code == 250
+    (got,) = sink.wait_for(where=lambda m: id(m) not in before and b"INV-20240117" in m.data)
+    assert got.header("X-CM-Status") == "classified"
+    assert verify(got.data)
