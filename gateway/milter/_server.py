@@ -92,6 +92,8 @@ class MilterServer:
         if self._server is not None:
             self._server.close()
         busy = [t for t, s in self.sessions.items() if s.in_eom]
+        for session in self.sessions.values():
+            session.closing = True
         for task, _ in list(self.sessions.items()):
             if task not in busy:
                 task.cancel()

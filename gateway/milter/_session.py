@@ -126,6 +126,9 @@ class MilterSession:
         self._conn_macros: dict[str, str] = {}
         self._msg = _Message()
         self.in_eom = False
+        # Set by the server's shutdown: end the connection once the message being
+        # decided has its answer.
+        self.closing = False
 
     @property
     def _exact(self) -> bool:
@@ -137,7 +140,7 @@ class MilterSession:
             while True:
                 async with asyncio.timeout(self._timeout):
                     packet = await c.read_packet(self.reader)
-                if packet is None or not await self._handle(packet):
+                if packet is None or not await self._handle(packet) or self.closing:
                     return
         except MilterProtocolError as exc:
             _log.warning("milter_protocol_error", peer=self._peer_ip or None, error=str(exc))

@@ -153,7 +153,8 @@ class MilterClient:
             packets.append((cmd, data))
             if cmd in (b"c", b"a", b"r", b"t", b"d", b"y"):
                 break
-        await self.send(c.Cmd.ABORT)  # as Postfix does after every message
+        with contextlib.suppress(ConnectionError):  # the milter may be shutting down
+            await self.send(c.Cmd.ABORT)  # as Postfix does after every message
         return edits_of(packets)
 
     async def quit(self) -> None:

@@ -345,3 +345,43 @@ async def test_concurrent_milter_sessions_are_classified_in_batches_under_serve(
 def test_a_config_with_neither_front_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="nothing to serve"):
         make_config(tmp_path, downstream="maildir:///tmp/x", smtp={"listen": ""})
+
+
+async def test_unix_socket_listen_serves_and_removes_its_socket(tmp_path: Path) -> None:
+    path = tmp_path / "milter.sock"
+    path.write_text("stale")  # left by a previous run: replaced
+    async with running_milter(tmp_path) as (_, pipeline):
+        server = MilterServer(f"unix:{path}", pipeline, buffer_limit=100_000, timeout=5)
+        await server.start()
+        try:
+            async with milter_client(f"unix:{path}") as mta:
+                await mta.connect()
+                edits = await mta.message("a@example.com", ["support@example.com"], INVOICE)
+        finally:
+            await server.aclose(grace=1)
+    assert edits.added_rcpts == ["<ap@example.com>"]
+    assert not path.exists()
+
+
+async def test_shutdown_lets_a_message_being_decided_finish(tmp_path: Path) -> None:
+    started = asyncio.Event()
+
+    class Slow:
+        async def decide(self, msg: InboundMessage) -> MessageEdits:
+            started.set()
+            await asyncio.sleep(0.5)
+            return MessageEdits(verdict="deliver", headers=(("X-CM-Status", "classified"),))
+
+    server = MilterServer("127.0.0.1:0", Slow(), buffer_limit=1000, timeout=5)
+    await server.start()
+    async with milter_client(server.address) as mta, milter_client(server.address) as idle:
+        await mta.connect()
+        await idle.connect()
+        sending = asyncio.create_task(mta.message("a@example.com", ["b@example.com"], PLAIN))
+        await started.wait()
+        async with asyncio.timeout(3):  # not the whole grace: the session ends after its answer
+            await server.aclose(grace=5)
+        edits = await sending
+        assert await idle.reader.read() == b""  # the idle connection was closed
+    assert edits.final == c.Resp.CONTINUE
+    assert [n for _, n, _ in edits.inserted] == ["X-CM-Status"]
