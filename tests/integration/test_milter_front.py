@@ -385,3 +385,21 @@ async def test_shutdown_lets_a_message_being_decided_finish(tmp_path: Path) -> N
         assert await idle.reader.read() == b""  # the idle connection was closed
     assert edits.final == c.Resp.CONTINUE
     assert [n for _, n, _ in edits.inserted] == ["X-CM-Status"]
+
+
+async def test_a_silent_connection_is_closed_after_the_milter_timeout(tmp_path: Path) -> None:
+    class Never:
+        async def decide(self, msg: InboundMessage) -> MessageEdits:
+            raise AssertionError("no message was sent")
+
+    server = MilterServer("127.0.0.1:0", Never(), buffer_limit=1000, timeout=0.5)
+    await server.start()
+    try:
+        async with milter_client(server.address) as mta:
+            await mta.connect()
+            await mta.step(c.Cmd.MAIL, b"<a@example.com>\0", c.NR_MAIL)
+            async with asyncio.timeout(5):
+                assert await mta.reader.read() == b""
+        assert await _drained(server)
+    finally:
+        await server.aclose(grace=1)
