@@ -4,22 +4,16 @@ every decision as milter edits, per-message state, progress, hostile input."""
 from __future__ import annotations
 
 import asyncio
-import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from gateway.errors import ClassifierUnavailable, ConfigError
+from gateway.errors import ClassifierUnavailable
 from gateway.milter import MilterServer
 from gateway.milter import _codec as c
-from gateway.milter._session import reply_packet
-from gateway.ops import Service
 from gateway.pipeline import InboundMessage, MessageEdits, build_processor
 from gateway.pipeline._pipeline import Pipeline
-from gateway.replies import Reply
 
 from .milter_support import Edits, milter_client
 from .pipeline_support import RULES, FixedClassifier, mail, make_config
@@ -245,161 +239,3 @@ async def test_a_failing_pipeline_is_answered_451_never_5xx(tmp_path: Path) -> N
     finally:
         await server.aclose(grace=1)
     assert edits.reply == "451 4.3.0 Internal error"
-
-
-def test_reply_text_percent_is_doubled() -> None:
-    packet = reply_packet(Reply(550, "5.7.1", "50% off"))
-    assert packet[5:] == b"550 5.7.1 50%% off\0"
-
-
-@pytest.mark.parametrize(
-    "garbage",
-    [
-        struct.pack(">I", 0),  # zero length
-        struct.pack(">I", 1 << 30) + b"O",  # oversize length
-        c.pack(b"Z", b"what"),  # unknown command
-        c.pack(c.Cmd.OPTNEG, b"\0\0\0\2"),  # short negotiation
-        c.pack(c.Cmd.OPTNEG, struct.pack(">III", 2, 0x1FF, 0)),  # protocol 2
-        c.pack(c.Cmd.MAIL, b"<a@b>\0"),  # before negotiation
-        struct.pack(">I", 100) + b"Mhalf",  # stream ends inside a packet
-    ],
-)
-async def test_hostile_packets_end_the_connection_and_the_server_keeps_serving(
-    tmp_path: Path, garbage: bytes
-) -> None:
-    async with running_milter(tmp_path) as (server, _):
-        host, port = server.address.rsplit(":", 1)
-        reader, writer = await asyncio.open_connection(host, int(port))
-        writer.write(garbage)
-        await writer.drain()
-        if garbage.endswith(b"Mhalf"):
-            writer.write_eof()
-        async with asyncio.timeout(5):
-            assert await reader.read() in (b"",)  # closed, nothing answered
-        writer.close()
-        assert server.sessions == {} or await _drained(server)
-        async with milter_client(server.address) as mta:
-            await mta.connect()
-            edits = await mta.message("a@example.com", ["support@example.com"], PLAIN)
-        assert edits.final == c.Resp.CONTINUE
-
-
-async def _drained(server: MilterServer) -> bool:
-    for _ in range(50):
-        if not server.sessions:
-            return True
-        await asyncio.sleep(0.05)
-    return False
-
-
-async def test_a_client_that_stops_mid_message_leaves_no_session_behind(tmp_path: Path) -> None:
-    async with running_milter(tmp_path) as (server, _):
-        async with milter_client(server.address) as mta:
-            await mta.connect()
-            await mta.step(c.Cmd.MAIL, b"<a@example.com>\0", c.NR_MAIL)
-            await mta.step(c.Cmd.HEADER, b"Subject\0 half\0", c.NR_HDR)
-        assert await _drained(server)
-
-
-async def test_concurrent_milter_sessions_are_classified_in_batches_under_serve(
-    tmp_path: Path,
-) -> None:
-    """`serve` with the SMTP front off and the milter front on: 8 MTA connections at once
-    share batches (batch size > 1), and the messages are counted under front="milter"."""
-    cfg = make_config(
-        tmp_path,
-        downstream=f"maildir://{tmp_path}/unused",
-        smtp={"listen": ""},
-        milter={"listen": "127.0.0.1:0"},
-        classifier={"provider": "emulator", "max_wait_ms": 300},
-        metrics={"listen": ""},
-    )
-    service = Service(cfg)
-    await service.start()
-    try:
-
-        async def one_session(i: int) -> Edits:
-            async with milter_client(service.milter_address) as mta:
-                await mta.connect()
-                body = f"Please find invoice {i} attached, amount due {i} EUR."
-                return await mta.message("a@example.com", ["b@example.com"], mail(f"Inv {i}", body))
-
-        results = await asyncio.gather(*(one_session(i) for i in range(8)))
-    finally:
-        await service.drain()
-    assert all(r.final == c.Resp.CONTINUE for r in results)
-    registry = service.metrics.registry
-    batches = registry.get_sample_value("cm_gateway_batch_size_count") or 0
-    documents = registry.get_sample_value("cm_gateway_batch_size_sum") or 0
-    assert documents == 8 and batches < 8, (documents, batches)
-    milter = {"front": "milter", "outcome": "delivered"}
-    assert registry.get_sample_value("cm_gateway_front_messages_total", milter) == 8
-    assert (
-        registry.get_sample_value(
-            "cm_gateway_front_messages_total", {"front": "smtp", "outcome": "delivered"}
-        )
-        is None
-    )
-
-
-def test_a_config_with_neither_front_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="nothing to serve"):
-        make_config(tmp_path, downstream="maildir:///tmp/x", smtp={"listen": ""})
-
-
-async def test_unix_socket_listen_serves_and_removes_its_socket(tmp_path: Path) -> None:
-    path = tmp_path / "milter.sock"
-    path.write_text("stale")  # left by a previous run: replaced
-    async with running_milter(tmp_path) as (_, pipeline):
-        server = MilterServer(f"unix:{path}", pipeline, buffer_limit=100_000, timeout=5)
-        await server.start()
-        try:
-            async with milter_client(f"unix:{path}") as mta:
-                await mta.connect()
-                edits = await mta.message("a@example.com", ["support@example.com"], INVOICE)
-        finally:
-            await server.aclose(grace=1)
-    assert edits.added_rcpts == ["<ap@example.com>"]
-    assert not path.exists()
-
-
-async def test_shutdown_lets_a_message_being_decided_finish(tmp_path: Path) -> None:
-    started = asyncio.Event()
-
-    class Slow:
-        async def decide(self, msg: InboundMessage) -> MessageEdits:
-            started.set()
-            await asyncio.sleep(0.5)
-            return MessageEdits(verdict="deliver", headers=(("X-CM-Status", "classified"),))
-
-    server = MilterServer("127.0.0.1:0", Slow(), buffer_limit=1000, timeout=5)
-    await server.start()
-    async with milter_client(server.address) as mta, milter_client(server.address) as idle:
-        await mta.connect()
-        await idle.connect()
-        sending = asyncio.create_task(mta.message("a@example.com", ["b@example.com"], PLAIN))
-        await started.wait()
-        async with asyncio.timeout(3):  # not the whole grace: the session ends after its answer
-            await server.aclose(grace=5)
-        edits = await sending
-        assert await idle.reader.read() == b""  # the idle connection was closed
-    assert edits.final == c.Resp.CONTINUE
-    assert [n for _, n, _ in edits.inserted] == ["X-CM-Status"]
-
-
-async def test_a_silent_connection_is_closed_after_the_milter_timeout(tmp_path: Path) -> None:
-    class Never:
-        async def decide(self, msg: InboundMessage) -> MessageEdits:
-            raise AssertionError("no message was sent")
-
-    server = MilterServer("127.0.0.1:0", Never(), buffer_limit=1000, timeout=0.5)
-    await server.start()
-    try:
-        async with milter_client(server.address) as mta:
-            await mta.connect()
-            await mta.step(c.Cmd.MAIL, b"<a@example.com>\0", c.NR_MAIL)
-            async with asyncio.timeout(5):
-                assert await mta.reader.read() == b""
-        assert await _drained(server)
-    finally:
-        await server.aclose(grace=1)
