@@ -16,7 +16,13 @@ from pathlib import Path
 import pytest
 
 from .postfix_gateway import GatewayRunner, GatewaySpec
-from .postfix_harness import PostfixInstance, _replace_once, free_port, postfix_available
+from .postfix_harness import (
+    PostfixInstance,
+    _replace_once,
+    free_port,
+    postfix_available,
+    wait_until,
+)
 from .sink import SmtpSink
 
 __all__ = ["MILTER_DEPLOY", "MilterGateway", "MilterPostfix", "milter_stack"]
@@ -50,6 +56,10 @@ class MilterPostfix(PostfixInstance):
         """Apply test-only main.cf lines (reload only when they change)."""
         if extra_main_cf != self.extra_main_cf:
             self.extra_main_cf = extra_main_cf
+            # A reload in the first moments after start can leave postlogd unserved, and
+            # then every Postfix command that logs (postsuper) blocks on the full
+            # postlog socket: reload only once the log is being written.
+            wait_until(self.maillog.exists, timeout=15, what="Postfix's maillog")
             self.reload()
             time.sleep(1.5)  # smtpd processes started before the reload finish their session
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import smtplib
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -280,15 +281,26 @@ def test_gateway_stopped_follows_milter_default_action(milter_stack: Stack, acti
     postfix.purge()
     word = token()
     try:
-        with smtplib.SMTP("127.0.0.1", postfix.front_port, timeout=60) as client:
-            client.ehlo("client.harness.test")
-            code, text = client.mail("sender@example.org")
-            if action == "tempfail":
-                assert (code, text[:5]) == (451, b"4.7.1")
-                return
-            client.rcpt("alice@example.com")
-            code, _ = client.data(message(f"Invoice {word}", "the invoice, amount due"))
-            assert code == 250
+        if action == "tempfail":
+            with smtplib.SMTP("127.0.0.1", postfix.front_port, timeout=60) as client:
+                client.ehlo("client.harness.test")
+                code, text = client.mail("sender@example.org")
+            assert (code, text[:5]) == (451, b"4.7.1")
+            return
+        # Under load an smtpd started before the reload may still serve (with the
+        # snippet's tempfail): retry until the new setting answers.
+        deadline = time.monotonic() + 30
+        while True:
+            with smtplib.SMTP("127.0.0.1", postfix.front_port, timeout=60) as client:
+                client.ehlo("client.harness.test")
+                code, _ = client.mail("sender@example.org")
+                if code == 250:
+                    client.rcpt("alice@example.com")
+                    code, _ = client.data(message(f"Invoice {word}", "the invoice, amount due"))
+                    assert code == 250
+                    break
+            assert code == 451 and time.monotonic() < deadline, code
+            time.sleep(0.5)
         (got,) = sink.wait_for(where=lambda m: word in m.subject)
         assert got.headers("X-CM-Status") == []  # through, unclassified, unrouted
         assert got.rcpt_tos == ("alice@example.com",)
