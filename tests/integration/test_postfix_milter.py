@@ -12,13 +12,15 @@ import json
 import smtplib
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 
 from gateway.testing import EmulatorHandle, running_emulator
 
 from .postfix_gateway import GatewaySpec
-from .postfix_harness import POSTSUPER, token
+from .postfix_harness import POSTSUPER, free_port, token
 from .postfix_milter_support import MilterGateway, MilterPostfix, milter_stack
 from .sink import ReceivedMessage, SmtpSink
 from .test_dkim import FIXTURES as DKIM_FIXTURES
@@ -351,3 +353,38 @@ def test_a_dkim_signed_message_still_verifies_after_the_milters_edits(
     (got,) = sink.wait_for(where=lambda m: id(m) not in before and b"INV-20240117" in m.data)
     assert got.header("X-CM-Status") == "classified"
     assert verify(got.data)
+
+
+def test_concurrent_sessions_through_postfix_are_classified_in_batches(
+    milter_stack: Stack,
+) -> None:
+    postfix, gateway, sink = milter_stack
+    postfix.configure("")
+    postfix.purge()
+    metrics_port = free_port()
+    spec = GatewaySpec(
+        rules=RULES,
+        env=(
+            ("CM_GATEWAY_METRICS_LISTEN", f"127.0.0.1:{metrics_port}"),
+            # Batches wait up to 500 ms to fill, even when no request is in flight.
+            ("CM_GATEWAY_CLASSIFIER_MAX_WAIT_MS", "500"),
+            ("CM_GATEWAY_CLASSIFIER_SEND_WHEN_IDLE", "false"),
+        ),
+    )
+    gateway.ensure(spec)
+    word = token()
+    with ThreadPoolExecutor(10) as pool:
+        codes = list(
+            pool.map(lambda i: send(postfix, message(f"Lunch {i} {word}", "noon?"))[0], range(10))
+        )
+    assert codes == [250] * 10
+    sink.wait_for(10, where=lambda m: word in m.subject)
+    text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+    samples = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line.startswith(("cm_gateway_batch_size_", "cm_gateway_front_messages_total"))
+    }
+    assert samples["cm_gateway_batch_size_sum"] == 10
+    assert samples["cm_gateway_batch_size_count"] < 10  # at least one batch of several
+    assert samples['cm_gateway_front_messages_total{front="milter",outcome="delivered"}'] == 10
