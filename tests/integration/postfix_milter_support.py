@@ -9,6 +9,7 @@ and its own settings and replaces the after-queue snippets with the milter snipp
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,13 +17,7 @@ from pathlib import Path
 import pytest
 
 from .postfix_gateway import GatewayRunner, GatewaySpec
-from .postfix_harness import (
-    PostfixInstance,
-    _replace_once,
-    free_port,
-    postfix_available,
-    wait_until,
-)
+from .postfix_harness import PostfixInstance, _replace_once, free_port, postfix_available
 from .sink import SmtpSink
 
 __all__ = ["MILTER_DEPLOY", "MilterGateway", "MilterPostfix", "milter_stack"]
@@ -53,15 +48,16 @@ class MilterPostfix(PostfixInstance):
         return super().master_cf().split("# --- deploy/postfix/master.cf.snippet ---")[0]
 
     def configure(self, extra_main_cf: str) -> None:
-        """Apply test-only main.cf lines (reload only when they change)."""
+        """Apply test-only main.cf lines: a restart of the master when they change.
+
+        Not ``postfix reload``: a reload soon after start (or after another reload) on a
+        busy machine sometimes left postlogd unserved, and every Postfix command that
+        logs (postsuper) then blocked on the full postlog socket; and smtpd processes
+        started before a reload keep serving with the old settings for a while."""
         if extra_main_cf != self.extra_main_cf:
             self.extra_main_cf = extra_main_cf
-            # A reload in the first moments after start can leave postlogd unserved, and
-            # then every Postfix command that logs (postsuper) blocks on the full
-            # postlog socket: reload only once the log is being written.
-            wait_until(self.maillog.exists, timeout=15, what="Postfix's maillog")
-            self.reload()
-            time.sleep(1.5)  # smtpd processes started before the reload finish their session
+            self.stop()
+            self.start()
 
     def sendmail(self, content: bytes, *rcpts: str, sender: str = "local@harness.test") -> None:
         """Submit locally with Postfix's sendmail (pickup -> cleanup: non_smtpd_milters)."""
@@ -70,8 +66,6 @@ class MilterPostfix(PostfixInstance):
         )
 
     def _run_input(self, args: list[str], data: bytes) -> None:
-        import subprocess
-
         proc = subprocess.run(args, input=data, capture_output=True, timeout=30, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"{args[0]} exited {proc.returncode}: {proc.stderr!r}")

@@ -289,8 +289,8 @@ def test_gateway_stopped_follows_milter_default_action(milter_stack: Stack, acti
                 code, text = client.mail("sender@example.org")
             assert (code, text[:5]) == (451, b"4.7.1")
             return
-        # Under load an smtpd started before the reload may still serve (with the
-        # snippet's tempfail): retry until the new setting answers.
+        # Belt and braces on a loaded machine: retry while the answer is still the
+        # snippet's tempfail.
         deadline = time.monotonic() + 30
         while True:
             with smtplib.SMTP("127.0.0.1", postfix.front_port, timeout=60) as client:
