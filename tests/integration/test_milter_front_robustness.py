@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from gateway.replies import Reply
 
 from .milter_support import Edits, milter_client
 from .pipeline_support import mail, make_config
+from .serve_support import free_port, read_until, start_serve, stop_serve
 from .test_milter_front import INVOICE, PLAIN, running_milter
 
 
@@ -179,3 +181,36 @@ async def test_a_silent_connection_is_closed_after_the_milter_timeout(tmp_path: 
         assert await _drained(server)
     finally:
         await server.aclose(grace=1)
+
+
+async def test_serve_with_two_workers_shares_the_milter_port(tmp_path: Path) -> None:
+    """`cm-gateway serve` with the SMTP front off, the milter front on and two workers
+    (SO_REUSEPORT): it says where it listens and both workers answer the MTA."""
+    port = free_port()
+    (tmp_path / "gw.toml").write_text(
+        '[smtp]\nlisten = ""\nworkers = 2\n'
+        f'[milter]\nlisten = "127.0.0.1:{port}"\n'
+        '[classifier]\nprovider = "emulator"\n'
+        f'[downstream]\nurl = "maildir://{tmp_path}/md"\n'
+        '[metrics]\nlisten = ""\n',
+        encoding="utf-8",
+    )
+    proc = start_serve(tmp_path, "--config", str(tmp_path / "gw.toml"), stderr=subprocess.DEVNULL)
+    try:
+        lines = await asyncio.to_thread(read_until, proc, "cm-gateway listening on")
+        assert lines[-1] == f"cm-gateway listening on 127.0.0.1:{port} (2 workers)"
+        for _ in range(4):  # whichever worker the kernel picks
+            async with asyncio.timeout(60):
+                while True:
+                    try:
+                        async with milter_client(f"127.0.0.1:{port}") as mta:
+                            await mta.connect()
+                            edits = await mta.message("a@example.com", ["b@example.com"], INVOICE)
+                        break
+                    except (ConnectionError, AssertionError, asyncio.IncompleteReadError):
+                        await asyncio.sleep(0.2)  # a worker not listening yet
+            assert edits.final == c.Resp.CONTINUE
+            assert [n for _, n, _ in edits.inserted][:1] == ["X-CM-Labels"]
+    finally:
+        code, _ = await asyncio.to_thread(stop_serve, proc)
+    assert code == 0
