@@ -27,6 +27,7 @@ __all__ = [
     "LabelThreshold",
     "LogConfig",
     "MetricsConfig",
+    "MilterConfig",
     "RulesConfig",
     "ShadowConfig",
     "SmtpConfig",
@@ -102,7 +103,8 @@ class SmtpConfig(_Section):
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
-        parse_listen(v)
+        if v:  # "" turns the SMTP front off (the milter front alone)
+            parse_listen(v)
         return v
 
     @field_validator("relay_networks", "trusted_networks", "xforward_networks")
@@ -331,3 +333,21 @@ class MetricsConfig(_Section):
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
+
+
+class MilterConfig(_Section):
+    """The milter front (``gateway.milter``): off unless ``listen`` is set."""
+
+    listen: str = ""  # "127.0.0.1:11332" or "unix:/path"; "" = off
+    # A milter connection silent this long is dropped (the MTA's smtpd times out first).
+    timeout: float = Field(600.0, gt=0)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        if v.startswith("unix:"):
+            if not v[len("unix:") :].startswith("/"):
+                raise ValueError(f"expected unix:/absolute/path, got {v!r}")
+        elif v:
+            parse_listen(v)
+        return v

@@ -33,6 +33,7 @@ from gateway._config_sections import (
     LabelThreshold,
     LogConfig,
     MetricsConfig,
+    MilterConfig,
     RulesConfig,
     ShadowConfig,
     SmtpConfig,
@@ -50,6 +51,7 @@ __all__ = [
     "LabelThreshold",
     "LogConfig",
     "MetricsConfig",
+    "MilterConfig",
     "NextHopConfig",
     "RulesConfig",
     "ShadowConfig",
@@ -75,6 +77,7 @@ class Config(_Section):
     shadow: ShadowConfig = Field(default_factory=ShadowConfig)
     rules: RulesConfig = Field(default_factory=RulesConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    milter: MilterConfig = Field(default_factory=MilterConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     source: str | None = Field(None, exclude=True)
 
@@ -98,6 +101,17 @@ class Config(_Section):
         if path is not None and not path.is_absolute() and self.source:
             where = (Path(self.source).resolve().parent / path).as_posix()
             self.downstream.url = f"maildir://{where}"
+        return self
+
+    @model_validator(mode="after")
+    def _fronts(self) -> Config:
+        if not self.smtp.listen and not self.milter.listen:
+            raise ValueError("smtp.listen and milter.listen are both empty: nothing to serve")
+        if self.milter.listen.startswith("unix:") and self.smtp.workers > 1:
+            raise ValueError(
+                "milter.listen on a unix socket needs smtp.workers = 1 (use host:port to"
+                " share the milter front between workers)"
+            )
         return self
 
     def rule_paths(self) -> list[Path]:

@@ -53,6 +53,14 @@ class GatewayMetrics:
         self.messages = Counter(
             "cm_gateway_messages", "Messages answered, by outcome", ["outcome"], registry=r
         )
+        # The same count split by front (smtp, milter): its own metric, so that the
+        # series of cm_gateway_messages_total keep their labels.
+        self.front_messages = Counter(
+            "cm_gateway_front_messages",
+            "Messages answered, by front and outcome",
+            ["front", "outcome"],
+            registry=r,
+        )
         self.stage_seconds = Histogram(
             "cm_gateway_stage_seconds", "Time per pipeline stage", ["stage"], registry=r
         )
@@ -138,6 +146,7 @@ class GatewayMetrics:
         # on first use, not here: a child appears in /metrics as soon as it exists.
         # Nothing removes children from these metrics, so a cached one stays theirs.
         self._outcome_children: dict[str, Counter] = {}
+        self._front_children: dict[tuple[str, str], Counter] = {}
         self._stage_children: dict[str, Histogram] = {}
         self._rule_children: dict[str, Counter] = {}
 
@@ -148,6 +157,7 @@ class GatewayMetrics:
         if counter is None:
             counter = self._outcome_children[outcome] = self.messages.labels(outcome=outcome)
         counter.inc()
+        self._front(str(fields.get("front", "smtp")), outcome).inc()
         for stage, key in _STAGE_FIELDS:
             ms = fields.get(key)
             if isinstance(ms, int | float):
@@ -162,9 +172,17 @@ class GatewayMetrics:
                 hits = self._rule_children[name] = self.rule_hits.labels(rule=name)
             hits.inc()
 
-    def message_failed(self) -> None:
+    def _front(self, front: str, outcome: str) -> Counter:
+        key = (front, outcome)
+        counter = self._front_children.get(key)
+        if counter is None:
+            counter = self._front_children[key] = self.front_messages.labels(*key)
+        return counter
+
+    def message_failed(self, front: str = "smtp") -> None:
         """A message whose processing raised (answered ``451 4.3.0`` by the front)."""
         self.messages.labels(outcome="error").inc()
+        self._front(front, "error").inc()
 
     def api_request(self, documents: int) -> None:
         """A predict call with ``documents`` documents goes to the classifier stack."""

@@ -1,5 +1,5 @@
 # Sourced: install the Debian packages the tests need (postfix for smtp-source/smtp-sink
-# and the content-filter tests, swaks, redis-server), without prompts.
+# and the content-filter and milter tests, swaks, redis-server, miltertest), without prompts.
 set -euo pipefail
 need=()
 command -v postfix >/dev/null 2>&1 || [ -x /usr/sbin/postfix ] || need+=(postfix)
@@ -9,6 +9,8 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 [ -x /usr/lib/dovecot/lmtp ] || need+=(dovecot-lmtpd)
 [ -x /usr/lib/dovecot/imap ] || need+=(dovecot-imapd)
 command -v sievec >/dev/null 2>&1 || need+=(dovecot-sieve)
+# The milter front's conformance tests (OpenDKIM's Lua-scripted MTA side).
+command -v miltertest >/dev/null 2>&1 || need+=(miltertest)
 if [ "${#need[@]}" -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" = 0 ] || SUDO="sudo"

@@ -19,14 +19,15 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gateway.classify import RemoteClassifier
 from gateway.config import Config
 from gateway.logsetup import get_logger
 from gateway.metrics import GatewayMetrics
-from gateway.pipeline import MessageProcessor, build_processor
+from gateway.milter import MilterServer
+from gateway.pipeline import MessageDecider, MessageProcessor, build_processor
 from gateway.smtp import Authenticator, SmtpServer, build_tls_context
 
 from ._metrics_server import MetricsServer
@@ -60,6 +61,9 @@ class Service:
         self._reuse_port = reuse_port
         self._batcher_socket = batcher_socket
         self._server: SmtpServer | None = None
+        self._milter: MilterServer | None = None
+        self._draining = False
+        self._processor_closer: Callable[[], Awaitable[None]] | None = None
         self._metrics_server: MetricsServer | None = None
         self._reloader: RuleReloader | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -68,9 +72,17 @@ class Service:
 
     @property
     def address(self) -> str:
-        """``host:port`` the SMTP front listens on (after ``start``)."""
-        assert self._server is not None, "start() first"
+        """``host:port`` the SMTP front listens on (after ``start``); the milter
+        front's address when the SMTP front is off."""
+        if self._server is None:
+            return self.milter_address
         return self._server.address
+
+    @property
+    def milter_address(self) -> str:
+        """``host:port`` (or ``unix:/path``) of the milter front (after ``start``)."""
+        assert self._milter is not None, "no milter front ([milter] listen)"
+        return self._milter.address
 
     def _build_processor(self) -> MessageProcessor:
         if self._processor is not None:
@@ -103,27 +115,33 @@ class Service:
         if authenticator is not None and len(authenticator) == 0:
             log.warning("auth_users_file_empty", file=smtp.auth_users_file)
         processor = self._build_processor()
-        server = SmtpServer(
-            smtp,
-            processor,
-            authenticator=authenticator,
-            tls_context=tls,
-            reuse_port=self._reuse_port,
-        )
         try:
-            await server.start()
+            if smtp.listen:
+                server = SmtpServer(
+                    smtp,
+                    processor,
+                    authenticator=authenticator,
+                    tls_context=tls,
+                    reuse_port=self._reuse_port,
+                )
+                await server.start()
+                self._server = server
+            if self.config.milter.listen:
+                self._milter = await self._start_milter(processor)
         except BaseException:
+            if self._server is not None:
+                await self._server.aclose(grace=0)
             closer = getattr(processor, "aclose", None)
             if closer is not None:
                 await closer()
             raise
-        self._server = server
-        self.metrics.track_sessions(lambda: len(server.tracker.live))
+        self._processor_closer = getattr(processor, "aclose", None)
+        self.metrics.track_sessions(self._live_sessions)
         self._metrics_server = await start_metrics(
             self.config,
             self.metrics,
             reuse_port=self._reuse_port,
-            draining=lambda: server.tracker.draining,
+            draining=lambda: self._draining,
         )
         # What start-up built (modules, schemas, rules, clients) lives as long as the
         # process: frozen out of the collector's sight, a full collection no longer walks
@@ -131,6 +149,25 @@ class Service:
         gc.collect()
         gc.freeze()
         self._install_signals(processor)
+
+    async def _start_milter(self, processor: MessageProcessor) -> MilterServer:
+        if not isinstance(processor, MessageDecider):
+            raise TypeError("the milter front needs a processor with decide()")
+        milter = MilterServer(
+            self.config.milter.listen,
+            processor,
+            trusted_networks=self.config.smtp.trusted_networks,
+            # One byte over classify_max_size: the pipeline then skips it as too large.
+            buffer_limit=self.config.classifier.classify_max_size + 1,
+            timeout=self.config.milter.timeout,
+            reuse_port=self._reuse_port,
+        )
+        await milter.start()
+        return milter
+
+    def _live_sessions(self) -> int:
+        smtp = len(self._server.tracker.live) if self._server is not None else 0
+        return smtp + (len(self._milter.sessions) if self._milter is not None else 0)
 
     def _install_signals(self, processor: Any) -> None:
         loop = asyncio.get_running_loop()
@@ -164,8 +201,8 @@ class Service:
                 return
             # A second request while draining: stop waiting for sessions in DATA.
             log.warning("shutdown_forced", signal=name)
-            assert self._server is not None
-            self._server.abort_drain()
+            if self._server is not None:
+                self._server.abort_drain()
             return
         log.info("shutdown_requested", signal=name)
         self._stop_at = loop.time()
@@ -184,9 +221,16 @@ class Service:
         if self._watcher is not None:
             self._watcher.cancel()
         loop = asyncio.get_running_loop()
+        self._draining = True
+        grace = shutdown_grace(self.config)
         try:
+            # The milter front first: the SMTP front's aclose also closes the pipeline.
+            if self._milter is not None:
+                await self._milter.aclose(grace=grace)
             if self._server is not None:
-                await self._server.aclose(grace=shutdown_grace(self.config))
+                await self._server.aclose(grace=grace)
+            elif self._processor_closer is not None:
+                await self._processor_closer()
         finally:
             # Kept until here so that a second signal during the drain can cut it short.
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):

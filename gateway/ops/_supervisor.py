@@ -66,8 +66,12 @@ def _worker_main(config_path: str | None, index: int, batcher_socket: str | None
 
 def _check_once(config: Config) -> None:
     """Fail here, once, with exit 2, rather than in every worker."""
-    if parse_listen(config.smtp.listen)[1] == 0:
-        raise ConfigError("workers > 1 needs a fixed port (not 0)", where="smtp.listen")
+    for where, listen in (
+        ("smtp.listen", config.smtp.listen),
+        ("milter.listen", config.milter.listen),
+    ):
+        if listen and not listen.startswith("unix:") and parse_listen(listen)[1] == 0:
+            raise ConfigError("workers > 1 needs a fixed port (not 0)", where=where)
     if not hasattr(socket, "SO_REUSEPORT"):  # pragma: no cover - Windows
         raise ConfigError("workers > 1 needs SO_REUSEPORT (Linux, BSD)", where="smtp.workers")
     from gateway.smtp import build_tls_context, load_users
@@ -221,10 +225,11 @@ def _supervise(
     log.info(
         "workers_started",
         workers=len(procs),
-        listen=config.smtp.listen,
+        listen=config.smtp.listen or config.milter.listen,
         shared_batcher=batcher is not None,
     )
-    print(f"cm-gateway listening on {config.smtp.listen} ({len(procs)} workers)", flush=True)
+    listening = config.smtp.listen or config.milter.listen
+    print(f"cm-gateway listening on {listening} ({len(procs)} workers)", flush=True)
     status = 0
     while procs:
         if batcher is not None and batcher.exitcode is not None and not stopping:

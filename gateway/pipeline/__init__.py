@@ -9,9 +9,9 @@ prepare messages with the same functions.
 
 from __future__ import annotations
 
+from ._build import build_processor
 from ._given import GivenPredictions, load_predictions_file, parse_predictions
-from ._inbound import InboundMessage, MessageProcessor
-from ._pipeline import build_processor
+from ._inbound import InboundMessage, MessageDecider, MessageEdits, MessageProcessor
 from ._prepare import (
     Prepared,
     assumed_envelope,
@@ -26,6 +26,8 @@ from ._prepare import (
 __all__ = [
     "GivenPredictions",
     "InboundMessage",
+    "MessageDecider",
+    "MessageEdits",
     "MessageProcessor",
     "Prepared",
     "assumed_envelope",

@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 from gateway.deliver import XForward, from_session
 from gateway.replies import Reply
 
-__all__ = ["InboundMessage", "MessageProcessor"]
+__all__ = ["InboundMessage", "MessageDecider", "MessageEdits", "MessageProcessor"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,3 +73,35 @@ class MessageProcessor(Protocol):
     """
 
     async def process(self, msg: InboundMessage) -> Reply: ...
+
+
+@dataclass(frozen=True, slots=True)
+class MessageEdits:
+    """The pipeline's decision for a message that the MTA itself delivers (the milter
+    front): what to refuse, or how to change the message in the MTA's queue.
+
+    ``reply``: refuse the message with it (reject, defer, classifier down with
+    ``on_error = "defer"``, mail loop, internal error); the other fields are then empty.
+    ``discard``: accept and drop. ``hold``: the reason to put it in the MTA's hold queue.
+    ``headers``: fields to insert on top, in order, values already made safe (folded
+    with CRLF). ``removed``: names of fields to delete, every occurrence (forged
+    ``X-CM-*``). ``subject``: the new Subject value (safe, folded), None = unchanged.
+    ``recipients``: the new envelope recipients, None = unchanged. ``verdict`` is for logs.
+    """
+
+    verdict: str
+    reply: Reply | None = None
+    discard: bool = False
+    hold: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    removed: tuple[str, ...] = ()
+    subject: str | None = None
+    recipients: tuple[str, ...] | None = None
+
+
+@runtime_checkable
+class MessageDecider(Protocol):
+    """What the milter front hands each message to: the decision as edits, nothing
+    delivered (the MTA delivers). Raising anything is answered ``451 4.3.0``."""
+
+    async def decide(self, msg: InboundMessage) -> MessageEdits: ...

@@ -39,14 +39,13 @@ import asyncio
 import functools
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from gateway import replies
-from gateway.classify import ThreadMemory, build_live_classifier, build_thread_memory
+from gateway.classify import ThreadMemory
 from gateway.config import Config
 from gateway.context import Classifier, MessageContext
-from gateway.deliver import Delivery, NextHops, make_next_hops
-from gateway.documents import RawEmailDocument
+from gateway.deliver import Delivery, NextHops
 from gateway.errors import ConfigError
 from gateway.logsetup import get_logger
 from gateway.mail import (
@@ -59,7 +58,8 @@ from gateway.replies import Reply
 from gateway.rules import Decision, RuleSet, load_rules
 
 from ._big_message import HEAVY_PARSES, PARSE_IN_THREAD, off_loop, release_memory
-from ._inbound import InboundMessage
+from ._edits import message_edits
+from ._inbound import InboundMessage, MessageEdits
 from ._msglog import MessageLog, labels_brief
 from ._prepare import (
     ALREADY_CLASSIFIED,
@@ -77,10 +77,18 @@ from ._trace import count_hops, received_header
 if TYPE_CHECKING:
     from gateway.metrics import GatewayMetrics
 
-__all__ = [
-    "Pipeline",
-    "build_processor",
-]
+__all__ = ["Pipeline"]
+
+
+class _Routed(NamedTuple):
+    """A message the rules decided on (``decision`` None: a trusted gateway did already),
+    with the RuleSet that decided."""
+
+    content: bytes
+    ctx: MessageContext
+    decision: Decision | None
+    rules: RuleSet
+
 
 _CLASSIFICATION_HEADERS = {f"{HEADER_PREFIX}{n}".lower() for n in ("Labels", "Model", "Status")}
 
@@ -158,73 +166,118 @@ class Pipeline:
     async def process(self, msg: InboundMessage) -> Reply:
         """Classify, route and deliver one message; the reply to its DATA."""
         log = MessageLog(msg, self.metrics)
-        rules = self.rules  # taken once: a reload does not change a message in flight
-        document: RawEmailDocument | None = None
-        stage = "start"
+        where = ["start"]
         try:
-            stage = "prepare"
-            content = msg.content
-            if not msg.trusted_peer:
-                # A reload brings a new RuleSet: the names follow the rules.
-                forged = (*rules.header_names(), *self.config.smtp.strip_headers)
-                content = await off_loop(content, lambda c: strip_headers(c, HEADER_PREFIX, forged))
-            hops = await off_loop(content, count_hops)
-            if hops > self.config.smtp.max_hops:
-                log.set(status="not-processed", hops=hops)
-                return self._done(log, replies.LOOP_DETECTED)
-            stage = "parse"
-            prepared = await self._prepare(msg, content, log)
-            if prepared.parsed.parts_skipped:
-                log.set(mime_parts_skipped=prepared.parsed.parts_skipped)
-            ctx = prepared.ctx
-            if prepared.document is not None:
-                stage = "classify"
-                with log.stage("classify"):
-                    # The classifier enforces classifier.timeout itself (retries included)
-                    # and reports the last real error; the deadline is the backstop.
-                    ctx, error = await classify_message(
-                        self.classifier, prepared, deadline=self.config.classifier.deadline
-                    )
-                if error is not None:
-                    log.set(classifier_error=error.kind)
-                    if defers(self.config, error):
-                        log.set(status=ctx.status.header_value)
-                        return self._done(log, replies.CLASSIFIER_DEFER)
-            document = prepared.document
-            log.set(
-                message_id=ctx.message_id,
-                status=ctx.status.header_value,
-                labels=labels_brief(ctx.prediction),
-                model=ctx.model_version,
-            )
-            stage = "deliver"
-            if ctx.status.reason == ALREADY_CLASSIFIED:
-                # Classified and routed by the gateway before us (a trusted peer): its
-                # headers stand and its routing is final. Evaluating rules again would
-                # see an unclassified message and could re-route it (the shipped triage
-                # rules send unclassified mail to review@).
-                log.set(verdict="pass-through")
-                return await self._relay(msg, content, msg.rcpt_tos, log)
-            stage = "rules"
-            with log.stage("rules"):
-                ctx = await self.threads.recall(rules, ctx)
-                decision = rules.evaluate(ctx, default_threshold=self._threshold)
-                await self.threads.remember(rules, ctx, decision)
-            if self.shadow is not None and document is not None:
-                # A background task: the reply below never waits for the shadow model.
-                self.shadow.submit(document, ctx, decision, rules, msg.queue_id)
-            stage = "deliver"
-            return await self._apply(msg, content, ctx, decision, log)
+            routed = await self._route(msg, log, where)
+            if isinstance(routed, Reply):
+                return self._done(log, routed)
+            where[0] = "deliver"
+            if routed.decision is None:
+                return await self._relay(msg, routed.content, msg.rcpt_tos, log)
+            return await self._apply(msg, routed.content, routed.ctx, routed.decision, log)
         except Exception as exc:
-            if self.metrics is not None:
-                self.metrics.message_failed()
-            _log.error(
-                "message_failed",
-                queue_id=msg.queue_id,
-                stage=stage,
-                error_type=type(exc).__name__,
-            )
+            self._failed(msg, where[0], exc, "smtp")
             raise
+
+    async def decide(self, msg: InboundMessage) -> MessageEdits:
+        """Classify and route one message the MTA delivers itself (the milter front):
+        the decision as edits; nothing is delivered. Same log line, verdicts and
+        metrics as ``process``."""
+        log = MessageLog(msg, self.metrics)
+        log.set(front="milter")
+        where = ["start"]
+        try:
+            routed = await self._route(msg, log, where)
+            if isinstance(routed, Reply):
+                self._done(log, routed)
+                return MessageEdits(verdict="refused", reply=routed)
+            where[0] = "edits"
+            decision = routed.decision
+            if decision is None:  # already classified by a trusted gateway: unchanged
+                log.set(recipients=len(msg.rcpt_tos))
+                self._done(log, replies.OK)
+                return MessageEdits(verdict="pass-through")
+            self._log_decision(decision, log)
+            headers = self._headers(routed.ctx, decision)
+            edits = message_edits(msg, decision, headers, self._forged(routed.rules))
+            if edits.discard:
+                self._discarded(msg, decision)
+            recipients = msg.rcpt_tos if edits.recipients is None else edits.recipients
+            log.set(recipients=0 if edits.discard else len(recipients))
+            self._done(log, edits.reply or replies.OK)
+            return edits
+        except Exception as exc:
+            self._failed(msg, where[0], exc, "milter")
+            raise
+
+    def _failed(self, msg: InboundMessage, stage: str, exc: Exception, front: str) -> None:
+        if self.metrics is not None:
+            self.metrics.message_failed(front)
+        _log.error(
+            "message_failed", queue_id=msg.queue_id, stage=stage, error_type=type(exc).__name__
+        )
+
+    def _forged(self, rules: RuleSet) -> tuple[str, ...]:
+        """Header names an untrusted peer may not set, besides X-CM-*: every header the
+        rules can write (a reload brings a new RuleSet: the names follow) and
+        ``smtp.strip_headers``."""
+        return (*rules.header_names(), *self.config.smtp.strip_headers)
+
+    async def _route(
+        self, msg: InboundMessage, log: MessageLog, where: list[str]
+    ) -> _Routed | Reply:
+        """Everything up to the rules' decision (``where[0]``: the stage, for errors);
+        a Reply when the message ends before the rules (loop, classifier defer)."""
+        rules = self.rules  # taken once: a reload does not change a message in flight
+        where[0] = "prepare"
+        content = msg.content
+        if not msg.trusted_peer:
+            forged = self._forged(rules)
+            content = await off_loop(content, lambda c: strip_headers(c, HEADER_PREFIX, forged))
+        hops = await off_loop(content, count_hops)
+        if hops > self.config.smtp.max_hops:
+            log.set(status="not-processed", hops=hops)
+            return replies.LOOP_DETECTED
+        where[0] = "parse"
+        prepared = await self._prepare(msg, content, log)
+        if prepared.parsed.parts_skipped:
+            log.set(mime_parts_skipped=prepared.parsed.parts_skipped)
+        ctx = prepared.ctx
+        if prepared.document is not None:
+            where[0] = "classify"
+            with log.stage("classify"):
+                # The classifier enforces classifier.timeout itself (retries included)
+                # and reports the last real error; the deadline is the backstop.
+                ctx, error = await classify_message(
+                    self.classifier, prepared, deadline=self.config.classifier.deadline
+                )
+            if error is not None:
+                log.set(classifier_error=error.kind)
+                if defers(self.config, error):
+                    log.set(status=ctx.status.header_value)
+                    return replies.CLASSIFIER_DEFER
+        log.set(
+            message_id=ctx.message_id,
+            status=ctx.status.header_value,
+            labels=labels_brief(ctx.prediction),
+            model=ctx.model_version,
+        )
+        if ctx.status.reason == ALREADY_CLASSIFIED:
+            # Classified and routed by the gateway before us (a trusted peer): its
+            # headers stand and its routing is final. Evaluating rules again would
+            # see an unclassified message and could re-route it (the shipped triage
+            # rules send unclassified mail to review@).
+            log.set(verdict="pass-through")
+            return _Routed(content, ctx, None, rules)
+        where[0] = "rules"
+        with log.stage("rules"):
+            ctx = await self.threads.recall(rules, ctx)
+            decision = rules.evaluate(ctx, default_threshold=self._threshold)
+            await self.threads.remember(rules, ctx, decision)
+        if self.shadow is not None and prepared.document is not None:
+            # A background task: the reply never waits for the shadow model.
+            self.shadow.submit(prepared.document, ctx, decision, rules, msg.queue_id)
+        return _Routed(content, ctx, decision, rules)
 
     async def _prepare(self, msg: InboundMessage, content: bytes, log: MessageLog) -> Prepared:
         with log.stage("parse"):
@@ -267,6 +320,22 @@ class Pipeline:
         log: MessageLog,
     ) -> Reply:
         enforce = not decision.audit
+        self._log_decision(decision, log)
+        if enforce and decision.verdict in ("reject", "defer") and decision.reply is not None:
+            return self._done(log, decision.reply)
+        recipients = decision.recipients if enforce else msg.rcpt_tos
+        if enforce and (decision.verdict == "discard" or not recipients):
+            self._discarded(msg, decision)
+            log.set(recipients=0)
+            return self._done(log, replies.queued(msg.queue_id))
+        outgoing = await rewrite_message(content, decision) if enforce else content
+        route = decision.route if enforce else None  # audit mode changes nothing
+        headers = self._headers(ctx, decision)
+        return await self._relay(msg, outgoing, recipients, log, headers, route)
+
+    @staticmethod
+    def _log_decision(decision: Decision, log: MessageLog) -> None:
+        enforce = not decision.audit
         log.set(
             rules_hit=list(decision.rules_hit),
             verdict=decision.verdict if enforce else "deliver",
@@ -275,23 +344,16 @@ class Pipeline:
             log.set(audit_verdict=decision.audit_verdict)
         if decision.matches and any(m.audit for m in decision.matches):
             log.set(audit_rules=[m.rule for m in decision.matches if m.audit])
-        if enforce and decision.verdict in ("reject", "defer") and decision.reply is not None:
-            return self._done(log, decision.reply)
-        recipients = decision.recipients if enforce else msg.rcpt_tos
-        if enforce and (decision.verdict == "discard" or not recipients):
-            # Loud on purpose: a discarded message is acknowledged and reaches nobody.
-            _log.warning(
-                "message_discarded",
-                queue_id=msg.queue_id,
-                rules_hit=list(decision.rules_hit),
-                reason="discard" if decision.verdict == "discard" else "no recipients",
-            )
-            log.set(recipients=0)
-            return self._done(log, replies.queued(msg.queue_id))
-        outgoing = await rewrite_message(content, decision) if enforce else content
-        route = decision.route if enforce else None  # audit mode changes nothing
-        headers = self._headers(ctx, decision)
-        return await self._relay(msg, outgoing, recipients, log, headers, route)
+
+    @staticmethod
+    def _discarded(msg: InboundMessage, decision: Decision) -> None:
+        # Loud on purpose: a discarded message is acknowledged and reaches nobody.
+        _log.warning(
+            "message_discarded",
+            queue_id=msg.queue_id,
+            rules_hit=list(decision.rules_hit),
+            reason="discard" if decision.verdict == "discard" else "no recipients",
+        )
 
     async def _relay(
         self,
@@ -330,43 +392,3 @@ class Pipeline:
     def _done(log: MessageLog, reply: Reply) -> Reply:
         log.emit(reply)
         return reply
-
-
-def build_processor(
-    config: Config,
-    *,
-    classifier: Classifier | None = None,
-    delivery: Delivery | None = None,
-    metrics: GatewayMetrics | None = None,
-) -> Pipeline:
-    """The pipeline ``config`` describes: rules loaded once (raises ``RuleFileError``),
-    the configured classifier (deduplicated, batched, behind a circuit breaker), the
-    shadow model when ``[shadow]`` asks for one, and the next hop. ``classifier`` and
-    ``delivery`` replace the configured ones (tests, tools)."""
-    rules = load_rules(config.rule_paths(), mode=config.rules.mode, routes=config.downstream.routes)
-    if classifier is None:
-        classifier = build_live_classifier(config, metrics)
-    shadow = ShadowRunner.from_config(config, metrics)
-    next_hops = make_next_hops(config, delivery)
-    delivery = next_hops.default
-    for name, hop in next_hops.items():
-        if metrics is not None and (pool := getattr(hop, "pool", None)) is not None:
-            metrics.track_pool(pool.stats, route=name)
-    _log.info(
-        "pipeline_ready",
-        classifier=classifier.description,
-        rules=len(rules),
-        rules_mode=config.rules.mode,
-        downstream=next_hops.description,
-        shadow=config.shadow.model_version if shadow is not None else None,
-    )
-    return Pipeline(
-        config,
-        classifier=classifier,
-        rules=rules,
-        delivery=delivery,
-        metrics=metrics,
-        shadow=shadow,
-        threads=build_thread_memory(config),
-        next_hops=next_hops,
-    )

@@ -207,4 +207,8 @@ def gateway_headers(ctx: MessageContext, decision: Decision) -> list[tuple[str, 
         out.append((HEADER_PREFIX + "Rules", ", ".join(decision.rules_hit)))
     if not decision.audit:
         out.extend(decision.add_headers)
+        if decision.hold is not None:
+            # The milter front also asks the MTA to hold; the SMTP front has only this
+            # header, which the shipped Postfix reinjection header_checks turn into HOLD.
+            out.append((HEADER_PREFIX + "Hold", decision.hold))
     return out

@@ -22,7 +22,7 @@ decided here (details in the docstrings of each module):
 - ``size``: bytes, strict; ``512KB``/``10MB``/``1GB`` are powers of 1024.
 - ``unclassified: true``: status is not ``classified`` (unclassified or skipped).
 - Placeholders with nothing to say (unclassified mail, unknown model) expand to ``""``.
-- Precedence: reject > defer > discard > quarantine > redirect > bcc/headers/subject;
+- Precedence: reject > defer > discard > hold > quarantine > redirect > bcc/headers/subject;
   the first reject/defer text wins; a later redirect or quarantine replaces an earlier
   one; quarantine drops every other recipient; bcc is added to the final recipients.
 - Audit (``mode="audit"``, top-level ``audit: true`` in a file, or per rule): recorded in

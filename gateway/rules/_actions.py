@@ -25,6 +25,7 @@ __all__ = [
     "Discard",
     "Draft",
     "Effect",
+    "Hold",
     "PrefixSubject",
     "Quarantine",
     "Redirect",
@@ -184,6 +185,16 @@ class Route(_Static):
         super().__init__(Effect("route", f"route -> {name}", text=name), f"route {name}")
 
 
+class Hold(_Static):
+    """Put the message in the MTA's hold queue, with ``reason`` (``<rule>: <text>``)."""
+
+    __slots__ = ()
+
+    def __init__(self, text: str, rule: str) -> None:
+        reason = f"{rule}: {text}" if text else rule
+        super().__init__(Effect("hold", f"hold {reason!r}", text=reason), f"hold {text!r}")
+
+
 class Draft:
     """What the matched rules asked for so far, before precedence is applied."""
 
@@ -192,6 +203,7 @@ class Draft:
         "defer",
         "discard",
         "headers",
+        "hold",
         "prefixes",
         "quarantine",
         "redirect",
@@ -204,6 +216,7 @@ class Draft:
         self.reject: Reply | None = None
         self.defer: Reply | None = None
         self.discard = False
+        self.hold: str | None = None
         self.quarantine: tuple[str, tuple[tuple[str, str], ...]] | None = None
         self.redirect: tuple[str, ...] | None = None
         self.bcc: list[str] = []
@@ -236,5 +249,7 @@ class Draft:
             self.discard = True
         elif kind == "route":
             self.route = effect.text  # a later route replaces an earlier one
+        elif kind == "hold":
+            self.hold = self.hold or effect.text  # the first hold's reason is kept
         else:  # pragma: no cover - the compiler only builds the kinds above
             raise ValueError(f"unknown effect {kind!r}")

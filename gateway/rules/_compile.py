@@ -101,6 +101,8 @@ def compile_action(model: ActionModel, rule: str) -> act.Action:
         return act.Defer(model.defer)
     if model.route is not None:
         return act.Route(model.route)
+    if model.hold is not None:
+        return act.Hold(model.hold, rule)
     return act.Discard()
 
 

@@ -1,12 +1,15 @@
 """The result of evaluating a rule set against one message.
 
-Precedence (fixed): reject > defer > discard > quarantine > redirect > bcc / add_header /
-prefix_subject. ``Decision.verdict`` is the strongest action any enforced rule asked for.
+Precedence (fixed): reject > defer > discard > hold > quarantine > redirect > bcc /
+add_header / prefix_subject. ``Decision.verdict`` is the strongest action any enforced
+rule asked for.
 
 - reject / defer: the first such rule's text is the reply;
 - quarantine: recipients become the quarantine address only (redirects and bccs are
   dropped so that a quarantined message reaches nobody else), ``X-CM-Quarantine: <rule>``
   is added; a later quarantine replaces an earlier one;
+- hold: the message goes to the MTA's hold queue with every other edit applied (headers,
+  recipients): released, it goes where it would have gone; the first hold's reason is kept;
 - redirect: a later redirect replaces an earlier one;
 - bcc: added to the recipients (original or redirected), deduplicated case-insensitively;
 - route: the whole message (whatever its recipients) goes through that named next hop
@@ -28,7 +31,7 @@ from ._actions import Draft
 
 __all__ = ["Decision", "RuleMatch", "RuleVerdict", "Verdict", "finalize"]
 
-Verdict = Literal["deliver", "reject", "defer", "discard", "quarantine"]
+Verdict = Literal["deliver", "reject", "defer", "discard", "hold", "quarantine"]
 
 
 class RuleVerdict(NamedTuple):
@@ -66,7 +69,10 @@ class Decision:
     a whole (nothing it decides may change a message). ``audit_verdict``: the verdict had
     the audited rules that matched been enforced, or None when none matched.
     ``verdicts``: every rule's outcome, in order. ``remove_headers``: field names
-    (any case) whose every instance is removed from the message as it arrived."""
+    (any case) whose every instance is removed from the message as it arrived. ``hold``:
+    the reason to hold the message in the MTA's hold queue (``<rule>: <text>``), None =
+    no hold. ``route``: the ``[downstream.routes]`` name to deliver through, None = the
+    default next hop."""
 
     verdict: Verdict
     reply: Reply | None
@@ -81,6 +87,7 @@ class Decision:
     audit_verdict: Verdict | None = None
     remove_headers: tuple[str, ...] = ()
     route: str | None = None
+    hold: str | None = None
 
 
 def dedupe_addresses(addresses: Iterable[str]) -> tuple[str, ...]:
@@ -115,6 +122,7 @@ class Outcome(NamedTuple):
     quarantine_address: str | None
     remove_headers: tuple[str, ...]
     route: str | None = None
+    hold: str | None = None
 
 
 def finalize(draft: Draft, original: tuple[str, ...]) -> Outcome:
@@ -139,6 +147,8 @@ def finalize(draft: Draft, original: tuple[str, ...]) -> Outcome:
         verdict, reply = "defer", draft.defer
     elif draft.discard:
         verdict = "discard"
+    elif draft.hold is not None:
+        verdict = "hold"
     elif quarantine_address is not None:
         verdict = "quarantine"
     return Outcome(
@@ -150,4 +160,5 @@ def finalize(draft: Draft, original: tuple[str, ...]) -> Outcome:
         quarantine_address,
         tuple(draft.removed),
         draft.route,
+        draft.hold,
     )

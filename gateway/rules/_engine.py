@@ -200,6 +200,7 @@ class RuleSet:
             add_headers=outcome.add_headers,
             subject_prefixes=outcome.subject_prefixes,
             quarantine_address=outcome.quarantine_address,
+            hold=outcome.hold,
             matches=tuple(matches),
             rules_hit=tuple(hit),
             audit=self.audit,

@@ -6,6 +6,9 @@
   ``label_property``), or for both ``unclassified: true`` and ``false``;
 - a rule after an enforced ``stop`` rule whose condition is implied by its own: the
   earlier rule has no condition, the same condition, or a subset of its conjuncts.
+
+And one note per rule with a ``hold`` action: only an MTA can hold a message, so what
+it does depends on the front (``HOLD_NOTE``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,14 @@ from typing import Any
 from ._model import ConditionModel
 from ._rule import Rule
 
-__all__ = ["RuleWarning", "conjuncts", "lint"]
+__all__ = ["HOLD_NOTE", "RuleWarning", "conjuncts", "lint"]
+
+HOLD_NOTE = (
+    "hold: the milter front puts the message in the MTA's hold queue (Postfix: release it"
+    " with postsuper -H); the SMTP front can only write X-CM-Hold, which the shipped Postfix"
+    " configuration (deploy/postfix, cmgw-cleanup header_checks) turns into HOLD - any other"
+    " next hop delivers the message with that header"
+)
 
 _NEEDS_PREDICTION = ("label", "sentiment", "entity", "label_property")
 
@@ -119,6 +129,8 @@ def lint(rules: Sequence[Rule], mode: str) -> list[RuleWarning]:
         if not rule.enabled:
             out.append(RuleWarning(rule.file, rule.line, rule.name, "disabled: never evaluated"))
             continue
+        if any(a.hold is not None for a in rule.model.actions):
+            out.append(RuleWarning(rule.file, rule.line, rule.name, HOLD_NOTE))
         dumped = _dump(rule.model.when) if rule.model.when is not None else {}
         for problem in _contradictions(dumped):
             out.append(RuleWarning(rule.file, rule.line, rule.name, f"can never match: {problem}"))

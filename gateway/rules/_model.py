@@ -251,6 +251,7 @@ class ActionModel(_Strict):
     discard: Literal[True] | None = None
     remove_header: RemovedHeaderNames | None = None
     route: RouteName | None = None
+    hold: ReplyText | None = None
 
     @model_validator(mode="after")
     def _check(self) -> ActionModel:

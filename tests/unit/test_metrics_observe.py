@@ -18,6 +18,7 @@ FIELDS = st.fixed_dictionaries(
             for stage in STAGES
         },
         "recipients": st.integers(0, 2),
+        "front": st.sampled_from(["smtp", "milter"]),
         "rules_hit": st.lists(st.sampled_from(["a", "b", "urgent"]), max_size=3),
     },
 )
@@ -25,7 +26,9 @@ FIELDS = st.fixed_dictionaries(
 
 def _observe_uncached(metrics: GatewayMetrics, fields: dict[str, Any], code: int) -> None:
     # What observe_message did before it cached the labelled children.
-    metrics.messages.labels(outcome=message_outcome(fields, code)).inc()
+    outcome = message_outcome(fields, code)
+    metrics.messages.labels(outcome=outcome).inc()
+    metrics.front_messages.labels(front=fields.get("front", "smtp"), outcome=outcome).inc()
     for stage in STAGES:
         ms = fields.get(f"{stage}_ms")
         if isinstance(ms, int | float):
