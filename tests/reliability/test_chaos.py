@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -144,8 +145,7 @@ def chaos(
     stats = emulator.stats()
     faults = stats["faults_by_kind"]
     print(
-        f"\n[{on_error}, {plan.messages} messages] {report.summary()}\n"
-        f"  API calls {stats['requests']}, faults {faults}, billed {stats['documents_billed']}"
+        f"\n[{on_error}, {plan.messages} messages] {report.summary()}\n  {cost_line(stats, plan)}"
     )
     assert report.sent == plan.messages
     assert report.missing == [], f"lost {len(report.missing)}: {report.missing[:10]}"
@@ -165,7 +165,22 @@ def chaos(
     assert gateway.running, f"the gateway died:\n{gateway.log_tail()}"
     # Every failure above was logged somewhere in this log; the token never was.
     assert spec.token not in gateway.log_path.read_text(errors="replace")
+    # Re-sent messages (API timeouts, kills, Postfix retries) load the API but are never
+    # billed again: the comment id is the Message-ID, and the text does not change.
+    assert stats["ai_units"] <= plan.messages, cost_line(stats, plan)
     return report
+
+
+def cost_line(stats: dict[str, Any], plan: ChaosPlan) -> str:
+    """API load and cost per distinct message: documents sent (faulted calls included),
+    answered (a 200) and AI units by the created-or-modified rule."""
+    n = plan.messages
+    return (
+        f"API calls {stats['requests']}, faults {stats['faults_by_kind']}; per distinct "
+        f"message: documents sent {stats['documents_sent']} ({stats['documents_sent'] / n:.2f}), "
+        f"answered {stats['documents_billed']} ({stats['documents_billed'] / n:.2f}), "
+        f"AI units {stats['ai_units']} ({stats['ai_units'] / n:.2f})"
+    )
 
 
 @pytest.mark.timeout(600)
