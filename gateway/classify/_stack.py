@@ -54,7 +54,8 @@ def build_classifier_stack(
         max_wait_ms=settings.max_wait_ms,
         send_when_idle=settings.send_when_idle,
         min_batch=settings.min_batch,
-        target_batch=settings.target_batch,
+        target_batch=0 if settings.target_batch == "auto" else settings.target_batch,
+        adaptive=settings.target_batch == "auto",
         max_in_flight=settings.max_in_flight,
     )
     batched.metrics = metrics

@@ -60,6 +60,8 @@ def test_a_file_without_a_tenant_names_the_keys_to_set(tmp_path: Path) -> None:
         ("[classifier]\nmin_batch = 65", "classifier.min_batch"),
         ("[classifier]\ntarget_batch = 65", "classifier.target_batch"),
         ("[classifier]\nmin_batch = 8\ntarget_batch = 4", "classifier.target_batch"),
+        ("[classifier]\ntarget_batch = 'fast'", "classifier.target_batch"),
+        ("[classifier]\ntarget_batch = -1", "classifier.target_batch"),
         ("[classifier]\nmodel_version = 'beta'", "classifier.model_version"),
         ("[classifier]\ntransform_tag = 'nope'", "classifier.transform_tag"),
         ("[classifier]\nuser_properties = { City = 'x' }", "classifier.user_properties"),
