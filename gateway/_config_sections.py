@@ -67,6 +67,7 @@ class SmtpConfig(_Section):
     max_connections: int = Field(200, ge=1)
     max_recipients: int = Field(1000, ge=1)
     max_hops: int = Field(30, ge=1)
+    # "auto": one per core (os.cpu_count(), at most 64), resolved when the file is read.
     workers: int = Field(1, ge=1, le=64)
     # uvloop does aiosmtpd's socket work in C (gateway/ops/_eventloop.py); "asyncio": stdlib.
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
@@ -91,6 +92,11 @@ class SmtpConfig(_Section):
     def _listen(cls, v: str) -> str:
         parse_listen(v)
         return v
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, v: Any) -> Any:
+        return min(64, os.cpu_count() or 1) if v == "auto" else v
 
     @field_validator("relay_networks", "trusted_networks", "xforward_networks")
     @classmethod

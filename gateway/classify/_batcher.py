@@ -29,9 +29,9 @@ carries at least ``target_batch`` documents unless it was sent by an idle API or
 
 With ``adaptive`` (``target_batch = "auto"``, the default) none of that needs a setting:
 ``AdaptivePolicy`` (``_adaptive``) sends a batch at once when nothing is out, else when
-it holds as many documents as are out, and learns the API's latency to bound the wait
-(half of it, ``max_wait_ms`` at most). ``min_batch``, ``max_batch``, ``max_bytes`` and
-``max_in_flight`` still apply.
+it holds half the documents seen at once lately (two requests take turns), and learns
+the API's latency to bound the wait (half of it, ``max_wait_ms`` at most).
+``min_batch``, ``max_batch``, ``max_bytes`` and ``max_in_flight`` still apply.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ class BatchingClassifier:
         self._last_arrival = 0.0
         # Adaptive: documents due back, one per document of each request that ended (in
         # a closed loop, its sender's next message), as [end time, count], oldest first;
-        # each new document takes one off, and what is not back within a latency never is.
+        # each new document takes one off, and what is not back within two latencies never is.
         self._due_back: collections.deque[list[float]] = collections.deque()
         self._quiet_timer: asyncio.TimerHandle | None = None
         # Documents of batches sent and not yet ended (running or waiting for a slot).
@@ -197,7 +197,7 @@ class BatchingClassifier:
     def _expected(self) -> int:
         """Adaptive: the documents due back (see ``_due_back``)."""
         assert self.policy is not None
-        horizon = self._clock() - self.policy.wait() * 2
+        horizon = self._clock() - 2 * self.policy.learned()
         while self._due_back and self._due_back[0][0] < horizon:
             self._due_back.popleft()
         return int(sum(count for _, count in self._due_back))

@@ -12,6 +12,11 @@ The default run sends ``CMGW_CHAOS_MESSAGES`` messages (300); the soak
 
     ./scripts/test tests/reliability/test_chaos.py -s
     ./scripts/test tests/reliability/test_chaos.py -m soak -s
+
+Each report gives the API's load and cost per distinct message: documents sent (failed
+calls included), answered, and AI units by the API's rule. ``CMGW_CHAOS_CACHE=redis``
+runs the gateway with a private Redis dedup cache (``[cache] url``), which survives the
+kills: a message Postfix retries after a kill is not sent to the API again.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import pytest
 from gateway.testing import EmulatorHandle, running_emulator
 from tests.integration.postfix_gateway import GatewaySpec
 from tests.integration.postfix_harness import postfix_available
+from tests.integration.redis_support import running_redis
 
 from .chaos_run import ChaosPlan, ChaosReport, run_chaos
 from .chaos_support import ChaosGateway, ChaosPostfix, MessageIdSink
@@ -89,6 +95,17 @@ def postfix(sink: MessageIdSink) -> Iterator[ChaosPostfix]:
 
 
 @pytest.fixture(scope="module")
+def cache_toml(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The ``[cache]`` section: memory (the default) or, with CMGW_CHAOS_CACHE=redis, a
+    private redis-server that outlives the gateway's kills."""
+    if os.environ.get("CMGW_CHAOS_CACHE", "memory") != "redis":
+        yield ""
+        return
+    with running_redis(tmp_path_factory.mktemp("chaos-redis")) as server:
+        yield f'[cache]\nurl = "{server.url}"\n'
+
+
+@pytest.fixture(scope="module")
 def emulator() -> Iterator[EmulatorHandle]:
     """The API over HTTP: 10 % of calls answer 503 and 5 % hang (a third of 15 %)."""
     with running_emulator(
@@ -109,9 +126,10 @@ def gateway(postfix: ChaosPostfix, sink: MessageIdSink) -> Iterator[ChaosGateway
     postfix.purge()
 
 
-def spec_for(emulator: EmulatorHandle, on_error: str) -> GatewaySpec:
+def spec_for(emulator: EmulatorHandle, on_error: str, cache: str = "") -> GatewaySpec:
     """The chaos rules; the classifier is the faulty emulator over HTTP (2 s budget)."""
     return GatewaySpec(
+        extra_toml=cache,
         rules=RULES,
         provider="communications-mining",
         base_url=emulator.base_url,
@@ -129,9 +147,10 @@ def chaos(
     gateway: ChaosGateway,
     sink: MessageIdSink,
     emulator: EmulatorHandle,
+    cache: str = "",
 ) -> ChaosReport:
     """Run ``plan`` against a gateway with ``on_error``; print and check the report."""
-    spec = spec_for(emulator, on_error)
+    spec = spec_for(emulator, on_error, cache)
     gateway.ensure(spec)
     emulator.reset()
     report = run_chaos(
@@ -144,8 +163,10 @@ def chaos(
     )
     stats = emulator.stats()
     faults = stats["faults_by_kind"]
+    kind = "redis" if cache else "memory"
     print(
-        f"\n[{on_error}, {plan.messages} messages] {report.summary()}\n  {cost_line(stats, plan)}"
+        f"\n[{on_error}, {plan.messages} messages, {kind} cache] {report.summary()}\n"
+        f"  {cost_line(stats, plan)}"
     )
     assert report.sent == plan.messages
     assert report.missing == [], f"lost {len(report.missing)}: {report.missing[:10]}"
@@ -185,7 +206,11 @@ def cost_line(stats: dict[str, Any], plan: ChaosPlan) -> str:
 
 @pytest.mark.timeout(600)
 def test_chaos_run_loses_no_message_with_on_error_deliver(
-    postfix: ChaosPostfix, gateway: ChaosGateway, sink: MessageIdSink, emulator: EmulatorHandle
+    postfix: ChaosPostfix,
+    gateway: ChaosGateway,
+    sink: MessageIdSink,
+    emulator: EmulatorHandle,
+    cache_toml: str,
 ) -> None:
     """Faulty API, two SIGKILLs, next hop and sink down: every accepted message arrives."""
     report = chaos(
@@ -195,6 +220,7 @@ def test_chaos_run_loses_no_message_with_on_error_deliver(
         gateway=gateway,
         sink=sink,
         emulator=emulator,
+        cache=cache_toml,
     )
     assert report.statuses["classified"] > 0
 
@@ -202,7 +228,11 @@ def test_chaos_run_loses_no_message_with_on_error_deliver(
 @pytest.mark.soak
 @pytest.mark.timeout(1800)
 def test_soak_2000_messages_lose_nothing_with_on_error_deliver(
-    postfix: ChaosPostfix, gateway: ChaosGateway, sink: MessageIdSink, emulator: EmulatorHandle
+    postfix: ChaosPostfix,
+    gateway: ChaosGateway,
+    sink: MessageIdSink,
+    emulator: EmulatorHandle,
+    cache_toml: str,
 ) -> None:
     """The issue's full run: 2,000 messages, two SIGKILLs, next hop down 30 s, no loss."""
     chaos(
@@ -218,13 +248,18 @@ def test_soak_2000_messages_lose_nothing_with_on_error_deliver(
         gateway=gateway,
         sink=sink,
         emulator=emulator,
+        cache=cache_toml,
     )
 
 
 @pytest.mark.soak
 @pytest.mark.timeout(1800)
 def test_soak_with_on_error_defer_loses_nothing_and_classifies_everything(
-    postfix: ChaosPostfix, gateway: ChaosGateway, sink: MessageIdSink, emulator: EmulatorHandle
+    postfix: ChaosPostfix,
+    gateway: ChaosGateway,
+    sink: MessageIdSink,
+    emulator: EmulatorHandle,
+    cache_toml: str,
 ) -> None:
     """on_error=defer under the same chaos: no loss, and every message arrives classified."""
     report = chaos(
@@ -238,6 +273,7 @@ def test_soak_with_on_error_defer_loses_nothing_and_classifies_everything(
         gateway=gateway,
         sink=sink,
         emulator=emulator,
+        cache=cache_toml,
     )
     assert set(report.statuses) == {"classified"}, report.statuses
 
@@ -245,7 +281,11 @@ def test_soak_with_on_error_defer_loses_nothing_and_classifies_everything(
 @pytest.mark.soak
 @pytest.mark.timeout(7200)
 def test_long_soak_10000_messages_with_four_kills_lose_nothing(
-    postfix: ChaosPostfix, gateway: ChaosGateway, sink: MessageIdSink, emulator: EmulatorHandle
+    postfix: ChaosPostfix,
+    gateway: ChaosGateway,
+    sink: MessageIdSink,
+    emulator: EmulatorHandle,
+    cache_toml: str,
 ) -> None:
     """10,000 messages, four SIGKILLs, next hop down 60 s, sink down 30 s: no loss."""
     chaos(
@@ -265,4 +305,5 @@ def test_long_soak_10000_messages_with_four_kills_lose_nothing(
         gateway=gateway,
         sink=sink,
         emulator=emulator,
+        cache=cache_toml,
     )

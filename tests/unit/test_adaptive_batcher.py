@@ -29,8 +29,8 @@ def test_the_target_is_half_the_concurrency_seen_lately() -> None:
     assert policy.target() == 25
     assert not policy.ready(pending=24, out=26, expected=5)
     assert policy.ready(pending=25, out=26, expected=5)
-    # Fewer out than the target: as many as are out will do (the ramp from idle).
-    assert policy.ready(pending=6, out=6, expected=5)
+    # Fewer out than the target does not lower it: small groups would stay small.
+    assert not policy.ready(pending=6, out=6, expected=5)
 
 
 def test_a_group_all_back_goes_with_two_thirds_of_the_target() -> None:
@@ -107,7 +107,7 @@ async def settle() -> None:
 
 async def test_sizes_grow_from_idle_and_a_group_that_is_back_goes_at_once() -> None:
     """One at a time, 8 callers: 1 alone (idle), then each batch goes at the target (half
-    the documents seen) or at what is out, or with 2/3 of the target when nothing is due
+    the documents seen, the one arriving included), or with 2/3 of it when nothing is due
     back: 1, 1, 2, 2; the last 2 wait (the ceiling is a minute). The second request
     ends, and its caller sends again: its group is back, and with 3 documents (2/3 of the
     target of 4) the batch goes without waiting for a 4th."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -143,3 +144,12 @@ def test_config_show_output_is_a_valid_config(tmp_path: Path) -> None:
     result = cli("config", "show", "--config", str(write(tmp_path, TENANT)), env={"PATH": ""})
     again = write(tmp_path, result.stdout)
     assert load_config(again, env={}).classifier.project == "acme"
+
+
+def test_workers_auto_is_one_per_core_and_batching_is_adaptive_by_default(
+    tmp_path: Path,
+) -> None:
+    config = load_config(write(tmp_path, "[smtp]\nworkers = 'auto'\n" + TENANT), env={})
+    assert config.smtp.workers == min(64, os.cpu_count() or 1)
+    assert config.classifier.target_batch == "auto"
+    assert config.classifier.max_wait_ms == 200.0
