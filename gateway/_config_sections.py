@@ -310,8 +310,13 @@ class CacheConfig(_Section):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        if urlsplit(v).scheme not in ("memory", "redis", "rediss"):
-            raise ValueError(f"cache url must be memory:// or redis://host:port/db, got {v!r}")
+        parts = urlsplit(v)
+        if parts.scheme not in ("memory", "redis", "rediss", "sqlite"):
+            raise ValueError(
+                f"cache url must be memory://, redis://host:port/db or sqlite:///path, got {v!r}"
+            )
+        if parts.scheme == "sqlite" and not (parts.netloc or parts.path):
+            raise ValueError("a sqlite:// cache url needs a file: sqlite:///var/lib/x/dedup.db")
         return v
 
 

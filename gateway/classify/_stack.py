@@ -65,11 +65,20 @@ def build_classifier_stack(
 
 
 def build_cache(config: Config) -> PredictionCache:
-    """The dedup cache ``[cache] url`` names: ``memory://``, or Redis shared between
-    instances behind a local memory tier (a retry to this instance needs no network)."""
+    """The dedup cache ``[cache] url`` names: ``memory://``, or a SQLite file that outlives
+    restarts, or Redis shared between instances, each behind a local memory tier (a retry
+    to this instance needs no disk or network)."""
     local = MemoryCache(ttl=config.cache.ttl, max_entries=config.cache.max_entries)
     if config.cache.url.startswith("memory:"):
         return local
+    if config.cache.url.startswith("sqlite:"):
+        from ._cache_sqlite import SqliteCache
+
+        on_disk = SqliteCache(
+            config.cache.url, ttl=config.cache.ttl, max_entries=config.cache.max_entries
+        )
+        _log.info("cache_backend", backend=on_disk.description)
+        return TieredCache(local, on_disk)
     # Imported here: the redis package is only needed by those who configure it.
     from ._cache_redis import RedisCache
 

@@ -19,25 +19,33 @@ from .serve_support import free_port, read_until, start_serve, stop_serve
 
 
 def start(
-    tmp_path: Path, base_url: str, token: str, port: int, log: Path
+    tmp_path: Path,
+    base_url: str,
+    token: str,
+    port: int,
+    log: Path,
+    *,
+    workers: int = 2,
+    extra: str = "",
 ) -> subprocess.Popen[bytes]:
-    """Two workers, each with its own batcher and memory cache (no shared batcher)."""
+    """``workers`` processes, each with its own batcher and cache (no shared batcher)."""
     config = tmp_path / "gateway.toml"
     config.write_text(
-        f"[smtp]\nlisten = '127.0.0.1:{port}'\nworkers = 2\n"
+        f"[smtp]\nlisten = '127.0.0.1:{port}'\nworkers = {workers}\n"
         "[downstream]\nurl = 'maildir://var/maildir'\n"
         f"[classifier]\nprovider = 'communications-mining'\nbase_url = '{base_url}'\n"
         "project = 'acme'\ndataset = 'inbox'\ntimeout = 20\nshared_batcher = false\n"
-        "[log]\nformat = 'json'\n[metrics]\nlisten = ''\n",
+        "[log]\nformat = 'json'\n[metrics]\nlisten = ''\n" + extra,
         encoding="utf-8",
     )
     with log.open("wb") as stderr:
         proc = start_serve(
             tmp_path, "--config", str(config), env={"REINFER_TOKEN": token}, stderr=stderr
         )
-    read_until(proc, "(2 workers)")
+    if workers > 1:
+        read_until(proc, f"({workers} workers)")
     deadline = time.monotonic() + 120
-    while log.read_text().count('"smtp_listening"') < 2:
+    while log.read_text().count('"smtp_listening"') < workers:
         assert proc.poll() is None, log.read_text()
         assert time.monotonic() < deadline, "workers did not listen within 120 s"
         time.sleep(0.2)
@@ -83,3 +91,25 @@ def test_a_resent_message_is_billed_once_across_workers_and_restarts(tmp_path: P
     # The same text again costs nothing; the changed text is an updated comment: 1 unit.
     assert after["ai_units"] == 2
     assert after["ai_units_by_comment_id"] == {"n7@example.com": 2}
+
+
+def test_with_a_sqlite_cache_a_message_retried_after_a_restart_is_not_sent_again(
+    tmp_path: Path,
+) -> None:
+    """``[cache] url = "sqlite://..."``: the restarted gateway answers the retry from the
+    file; the API sees the message once."""
+    cache = f"[cache]\nurl = 'sqlite://{tmp_path}/state/dedup.db'\n"
+    with running_emulator() as emu:
+        port = free_port()
+        for run in ("first", "second"):
+            log = tmp_path / f"{run}.log"
+            proc = start(
+                tmp_path, emu.base_url, emu.token or "x", port, log, workers=1, extra=cache
+            )
+            try:
+                send(port, numbered_mail(8))
+            finally:
+                assert stop_serve(proc)[0] == 0
+        stats = emu.stats()
+    assert stats["documents_sent"] == 1 and stats["ai_units"] == 1
+    assert (tmp_path / "state" / "dedup.db").exists()

@@ -14,9 +14,10 @@ The default run sends ``CMGW_CHAOS_MESSAGES`` messages (300); the soak
     ./scripts/test tests/reliability/test_chaos.py -m soak -s
 
 Each report gives the API's load and cost per distinct message: documents sent (failed
-calls included), answered, and AI units by the API's rule. ``CMGW_CHAOS_CACHE=redis``
-runs the gateway with a private Redis dedup cache (``[cache] url``), which survives the
-kills: a message Postfix retries after a kill is not sent to the API again.
+calls included), answered, and AI units by the API's rule. ``CMGW_CHAOS_CACHE=sqlite``
+or ``redis`` runs the gateway with a dedup cache that survives the kills (``[cache] url``:
+a file, or a private redis-server): a message Postfix retries after a kill is not sent
+to the API again.
 """
 
 from __future__ import annotations
@@ -96,9 +97,13 @@ def postfix(sink: MessageIdSink) -> Iterator[ChaosPostfix]:
 
 @pytest.fixture(scope="module")
 def cache_toml(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The ``[cache]`` section: memory (the default) or, with CMGW_CHAOS_CACHE=redis, a
-    private redis-server that outlives the gateway's kills."""
-    if os.environ.get("CMGW_CHAOS_CACHE", "memory") != "redis":
+    """The ``[cache]`` section: memory (the default) or, with CMGW_CHAOS_CACHE=sqlite or
+    redis, a file or a private redis-server that outlives the gateway's kills."""
+    kind = os.environ.get("CMGW_CHAOS_CACHE", "memory")
+    if kind == "sqlite":
+        yield f'[cache]\nurl = "sqlite://{tmp_path_factory.mktemp("chaos-cache")}/dedup.db"\n'
+        return
+    if kind != "redis":
         yield ""
         return
     with running_redis(tmp_path_factory.mktemp("chaos-redis")) as server:
@@ -163,7 +168,7 @@ def chaos(
     )
     stats = emulator.stats()
     faults = stats["faults_by_kind"]
-    kind = "redis" if cache else "memory"
+    kind = cache.split('"')[1].partition(":")[0] if cache else "memory"
     print(
         f"\n[{on_error}, {plan.messages} messages, {kind} cache] {report.summary()}\n"
         f"  {cost_line(stats, plan)}"

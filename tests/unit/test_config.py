@@ -74,6 +74,7 @@ def test_a_file_without_a_tenant_names_the_keys_to_set(tmp_path: Path) -> None:
         ("[smtp]\nnot_a_key = 1", "smtp.not_a_key"),
         ("[downstream]\nurl = 'http://x'", "downstream.url"),
         ("[cache]\nurl = 'memcached://x'", "cache.url"),
+        ("[cache]\nurl = 'sqlite://'", "cache.url"),
     ],
 )
 def test_a_bad_value_names_its_key_and_file(tmp_path: Path, snippet: str, key: str) -> None:
