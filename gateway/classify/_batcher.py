@@ -320,6 +320,9 @@ class BatchingClassifier:
         return functools.partial(_fail, batch, live, exc)
 
     async def aclose(self) -> None:
+        if self._quiet_timer is not None:
+            self._quiet_timer.cancel()
+            self._quiet_timer = None
         if self._pending.documents:
             self._flush()
         if self._tasks:
