@@ -74,6 +74,7 @@ class SmtpConfig(_Section):
     connection_rate_per_client: int = Field(600, ge=0)  # new connections per minute
     max_recipients: int = Field(1000, ge=1)
     max_hops: int = Field(30, ge=1)
+    # "auto": one per core (os.cpu_count(), at most 64), resolved when the file is read.
     workers: int = Field(1, ge=1, le=64)
     # uvloop does aiosmtpd's socket work in C (gateway/ops/_eventloop.py); "asyncio": stdlib.
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
@@ -106,6 +107,11 @@ class SmtpConfig(_Section):
         if v:  # "" turns the SMTP front off (the milter front alone)
             parse_listen(v)
         return v
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, v: Any) -> Any:
+        return min(64, os.cpu_count() or 1) if v == "auto" else v
 
     @field_validator("relay_networks", "trusted_networks", "xforward_networks")
     @classmethod
@@ -174,13 +180,15 @@ class ClassifierConfig(_Section):
     user_properties: dict[str, str | float] = Field(default_factory=dict)
     timeout: float = Field(10.0, gt=0)
     max_batch: int = Field(64, ge=1, le=4096)
-    max_wait_ms: float = Field(20.0, ge=0)
+    # A ceiling: with target_batch "auto" a batch waits at most half the API's latency.
+    max_wait_ms: float = Field(200.0, ge=0)
     max_in_flight: int = Field(4, ge=1)
     send_when_idle: bool = True
     # With send_when_idle: a smaller batch waits for more (max_wait_ms at most).
     min_batch: int = Field(1, ge=1, le=4096)
-    # 0: off. Else a batch this big goes at once, even while another request runs.
-    target_batch: int = Field(0, ge=0, le=4096)
+    # "auto": adaptive (classify/_adaptive.py). 0: off (group commit or max_wait_ms).
+    # Else a batch this big goes at once, even while another request runs.
+    target_batch: int | Literal["auto"] = "auto"
     # With [smtp] workers > 1: one batcher process serves every worker (ops/_batcher_process.py),
     # so a batch holds the documents of all workers' sessions, and their dedup is one.
     shared_batcher: bool = True
@@ -257,10 +265,21 @@ class ClassifierConfig(_Section):
             raise ValueError(f"min_batch ({v}) must not exceed max_batch ({max_batch})")
         return v
 
+    @field_validator("target_batch", mode="before")
+    @classmethod
+    def _target_batch_kind(cls, v: Any) -> Any:
+        if v != "auto" and (isinstance(v, bool) or not isinstance(v, int)):
+            raise ValueError(f"target_batch must be 'auto' or a number, got {v!r}")
+        return v
+
     @field_validator("target_batch")
     @classmethod
-    def _target_batch(cls, v: int, info: ValidationInfo) -> int:
+    def _target_batch(cls, v: int | str, info: ValidationInfo) -> int | str:
+        if isinstance(v, str):
+            return v
         low, high = info.data.get("min_batch"), info.data.get("max_batch")
+        if not 0 <= v <= 4096:
+            raise ValueError(f"target_batch ({v}) must be 'auto', 0 (off) or 1..4096")
         if v and high is not None and v > high:
             raise ValueError(f"target_batch ({v}) must not exceed max_batch ({high})")
         if v and low is not None and v < low:
@@ -302,8 +321,13 @@ class CacheConfig(_Section):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        if urlsplit(v).scheme not in ("memory", "redis", "rediss"):
-            raise ValueError(f"cache url must be memory:// or redis://host:port/db, got {v!r}")
+        parts = urlsplit(v)
+        if parts.scheme not in ("memory", "redis", "rediss", "sqlite"):
+            raise ValueError(
+                f"cache url must be memory://, redis://host:port/db or sqlite:///path, got {v!r}"
+            )
+        if parts.scheme == "sqlite" and not (parts.netloc or parts.path):
+            raise ValueError("a sqlite:// cache url needs a file: sqlite:///var/lib/x/dedup.db")
         return v
 
 

@@ -26,12 +26,20 @@ arrives just after a request left waits for that whole request and then its own;
 target, it waits only for the target's worth of documents to arrive. Each request still
 carries at least ``target_batch`` documents unless it was sent by an idle API or
 ``max_wait_ms``.
+
+With ``adaptive`` (``target_batch = "auto"``, the default) none of that needs a setting:
+``AdaptivePolicy`` (``_adaptive``) sends a batch at once when nothing is out, else when
+it holds half the documents seen at once lately (two requests take turns), and learns
+the API's latency to bound the wait (half of it, ``max_wait_ms`` at most).
+``min_batch``, ``max_batch``, ``max_bytes`` and ``max_in_flight`` still apply.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -42,6 +50,8 @@ from gateway.context import Classifier
 from gateway.documents import MAX_DOCUMENTS, RawEmailDocument
 from gateway.errors import MalformedResponseError
 from gateway.predictions import DocumentPrediction, ModelInfo, PredictionBatch
+
+from ._adaptive import AdaptivePolicy
 
 if TYPE_CHECKING:
     from ._metrics import ClassifierMetrics
@@ -96,6 +106,8 @@ class BatchingClassifier:
         send_when_idle: bool = False,
         min_batch: int = 1,
         target_batch: int = 0,
+        adaptive: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 1 <= max_batch <= MAX_DOCUMENTS:
             raise ValueError(f"max_batch must be 1..{MAX_DOCUMENTS}")
@@ -114,6 +126,18 @@ class BatchingClassifier:
         self._send_when_idle = send_when_idle
         self._min_batch = min_batch
         self._target_batch = target_batch
+        self.policy = (
+            AdaptivePolicy(max_wait=self._max_wait, min_batch=min_batch) if adaptive else None
+        )
+        self._clock = clock
+        self._last_arrival = 0.0
+        # Adaptive: documents due back, one per document of each request that ended (in
+        # a closed loop, its sender's next message), as [end time, count], oldest first;
+        # each new document takes one off, and what is not back within two latencies never is.
+        self._due_back: collections.deque[list[float]] = collections.deque()
+        self._quiet_timer: asyncio.TimerHandle | None = None
+        # Documents of batches sent and not yet ended (running or waiting for a slot).
+        self._out = 0
         # Batches holding or waiting for a slot; at max_in_flight, a due batch stays open.
         self._queued = 0
         self._overdue = False
@@ -130,7 +154,7 @@ class BatchingClassifier:
 
     async def predict_raw_emails(self, documents: Sequence[RawEmailDocument]) -> PredictionBatch:
         futures = [self._submit(doc) for doc in documents]
-        if self._idle_and_due() or self._target_due():
+        if self._idle_and_due() or self._target_due() or self._adaptive_due():
             # After the whole call's documents joined: one caller's batch stays whole.
             self._flush()
         try:
@@ -158,6 +182,29 @@ class BatchingClassifier:
             and self._queued < self._max_in_flight
         )
 
+    def _adaptive_due(self) -> bool:
+        """The adaptive policy says go, and a slot is free."""
+        if self.policy is None:
+            return False
+        expected = self._expected()
+        self.policy.note(self._clock(), self._out + len(self._pending.documents) + expected)
+        return (
+            self._queued < self._max_in_flight
+            and bool(self._pending.documents)
+            and self.policy.ready(len(self._pending.documents), self._out, expected)
+        )
+
+    def _expected(self) -> int:
+        """Adaptive: the documents due back (see ``_due_back``)."""
+        assert self.policy is not None
+        horizon = self._clock() - 2 * self.policy.learned()
+        while self._due_back and self._due_back[0][0] < horizon:
+            self._due_back.popleft()
+        return int(sum(count for _, count in self._due_back))
+
+    def _wait(self) -> float:
+        return self._max_wait if self.policy is None else self.policy.wait()
+
     def _submit(self, document: RawEmailDocument) -> asyncio.Future[_Result]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[_Result] = loop.create_future()
@@ -172,8 +219,30 @@ class BatchingClassifier:
         if len(self._pending.documents) >= self._max_batch:
             self._flush()
         elif self._timer is None and not self._overdue:
-            self._timer = loop.call_later(self._max_wait, self._due)
+            self._timer = loop.call_later(self._wait(), self._due)
+        if self.policy is not None:
+            if self._due_back:
+                self._due_back[0][1] -= 1
+                if self._due_back[0][1] <= 0:
+                    self._due_back.popleft()
+            self._last_arrival = self._clock()
+            if self._quiet_timer is None:
+                self._quiet_timer = loop.call_later(self.policy.quiet(), self._quiet_check)
         return future
+
+    def _quiet_check(self) -> None:
+        """Adaptive: no document came for ``policy.quiet()``: the open batch goes."""
+        self._quiet_timer = None
+        if self.policy is None or not self._pending.documents:
+            return
+        left = self._last_arrival + self.policy.quiet() - self._clock()
+        if left > 0.0005:
+            loop = asyncio.get_running_loop()
+            self._quiet_timer = loop.call_later(left, self._quiet_check)
+        elif self._queued < self._max_in_flight and self.policy.quiet_ready(
+            len(self._pending.documents)
+        ):
+            self._flush()
 
     def _due(self) -> None:
         self._timer = None
@@ -191,6 +260,7 @@ class BatchingClassifier:
         if not batch.documents:
             return
         self._queued += 1
+        self._out += len(batch.documents)
         task = asyncio.get_running_loop().create_task(self._run(batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -202,7 +272,10 @@ class BatchingClassifier:
             settle = await self._call_in_slot(batch)
         finally:
             self._queued -= 1
-            if self._overdue or self._idle_and_due() or self._target_due():
+            self._out -= len(batch.documents)
+            if self.policy is not None:
+                self._due_back.append([self._clock(), len(batch.documents)])
+            if self._overdue or self._idle_and_due() or self._target_due() or self._adaptive_due():
                 self._flush()
                 launched = True
             if settle is not None:
@@ -225,12 +298,15 @@ class BatchingClassifier:
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
             if self.metrics is not None:
                 self.metrics.api_request(len(documents))
+            started = self._clock()
             try:
                 result = await self._inner.predict_raw_emails(documents)
             except Exception as exc:
                 return self._failed(batch, live, exc)
             finally:
                 self.in_flight -= 1
+            if self.policy is not None:
+                self.policy.observe(self._clock() - started)
         if len(result.predictions) != len(live):
             count = f"{len(result.predictions)} predictions for {len(live)} documents"
             return self._failed(batch, live, MalformedResponseError(count))
@@ -244,6 +320,9 @@ class BatchingClassifier:
         return functools.partial(_fail, batch, live, exc)
 
     async def aclose(self) -> None:
+        if self._quiet_timer is not None:
+            self._quiet_timer.cancel()
+            self._quiet_timer = None
         if self._pending.documents:
             self._flush()
         if self._tasks:

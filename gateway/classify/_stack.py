@@ -60,7 +60,8 @@ def build_classifier_stack(
         max_wait_ms=settings.max_wait_ms,
         send_when_idle=settings.send_when_idle,
         min_batch=settings.min_batch,
-        target_batch=settings.target_batch,
+        target_batch=0 if settings.target_batch == "auto" else settings.target_batch,
+        adaptive=settings.target_batch == "auto",
         max_in_flight=settings.max_in_flight,
     )
     batched.metrics = metrics
@@ -70,11 +71,20 @@ def build_classifier_stack(
 
 
 def build_cache(config: Config) -> PredictionCache:
-    """The dedup cache ``[cache] url`` names: ``memory://``, or Redis shared between
-    instances behind a local memory tier (a retry to this instance needs no network)."""
+    """The dedup cache ``[cache] url`` names: ``memory://``, or a SQLite file that outlives
+    restarts, or Redis shared between instances, each behind a local memory tier (a retry
+    to this instance needs no disk or network)."""
     local = MemoryCache(ttl=config.cache.ttl, max_entries=config.cache.max_entries)
     if config.cache.url.startswith("memory:"):
         return local
+    if config.cache.url.startswith("sqlite:"):
+        from ._cache_sqlite import SqliteCache
+
+        on_disk = SqliteCache(
+            config.cache.url, ttl=config.cache.ttl, max_entries=config.cache.max_entries
+        )
+        _log.info("cache_backend", backend=on_disk.description)
+        return TieredCache(local, on_disk)
     # Imported here: the redis package is only needed by those who configure it.
     from ._cache_redis import RedisCache
 
@@ -85,8 +95,9 @@ def build_cache(config: Config) -> PredictionCache:
 
 def build_thread_memory(config: Config) -> ThreadMemory:
     """The conversation memory of ``thread`` conditions, in the dedup cache's backend
-    (``[cache] url``) with its TTL: Redis is shared by every worker and instance."""
-    if config.cache.url.startswith("memory:"):
+    (``[cache] url``) with its TTL: Redis is shared by every worker and instance. With
+    ``memory://`` or ``sqlite://`` it is this process's memory (a restart forgets)."""
+    if config.cache.url.startswith(("memory:", "sqlite:")):
         return MemoryThreads(ttl=config.cache.ttl, max_entries=config.cache.max_entries)
     from ._cache_redis import RedisCache
 

@@ -26,10 +26,11 @@ from aiohttp import web
 
 from gateway.logsetup import get_logger
 
-from ._faults import HOLD_SECONDS, FaultInjector, html_502_body, malformed_body
+from ._faults import FaultInjector, malformed_body
 from ._inputs import comment_key, comments_for, predict_docs, raw_email_docs
-from ._ledger import Ledger
+from ._ledger import Ledger, text_digest
 from ._model import KeywordModel, Selection
+from ._replies import count_documents, error_response, fault_response
 from ._validate import (
     DATASET_RE,
     PROJECT_RE,
@@ -72,7 +73,9 @@ class EmulatorState:
 STATE: web.AppKey[EmulatorState] = web.AppKey("emulator_state", EmulatorState)
 # Per request: the answer (for "malformed" faults), the bill, the document count (for logs).
 PAYLOAD: web.RequestKey[dict[str, Any]] = web.RequestKey("emulator_payload", dict)
-BILLING: web.RequestKey[tuple[int, list[str]]] = web.RequestKey("emulator_billing", tuple)
+BILLING: web.RequestKey[tuple[int, list[str], list[str] | None]] = web.RequestKey(
+    "emulator_billing", tuple
+)
 DOCUMENTS: web.RequestKey[int] = web.RequestKey("emulator_documents", int)
 
 
@@ -81,12 +84,6 @@ class _ApiError(Exception):
         self.status = status
         self.message = message
         super().__init__(message)
-
-
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response(
-        {"status": "error", "message": message}, status=status, headers=headers
-    )
 
 
 def _ok(request: web.Request, payload: dict[str, Any]) -> web.Response:
@@ -136,7 +133,9 @@ async def predict_raw_emails(request: web.Request) -> web.Response:
     )
     if body.get("include_comments"):
         payload["comments"] = comments_for(body)
-    request[BILLING] = (len(docs), [comment_key(d) for d in body["documents"]])
+    keys = [comment_key(d) for d in body["documents"]]
+    digests = [text_digest(part.text for part in doc.parts) for doc in docs]
+    request[BILLING] = (len(docs), keys, digests)
     return _ok(request, payload)
 
 
@@ -150,7 +149,7 @@ async def predict(request: web.Request) -> web.Response:
     payload = state.model.predict_texts(
         docs, version=version, selection=Selection.from_request(body)
     )
-    request[BILLING] = (len(docs), [])
+    request[BILLING] = (len(docs), [], None)
     return _ok(request, payload)
 
 
@@ -209,24 +208,6 @@ def _authorised(state: EmulatorState, header: str | None) -> bool:
     return hmac.compare_digest(token.encode(), state.token.encode())
 
 
-async def _fault_response(state: EmulatorState, kind: str) -> web.Response:
-    settings = state.faults.settings
-    if kind == "timeout":
-        try:
-            await asyncio.wait_for(state.closing.wait(), HOLD_SECONDS)
-        except TimeoutError:
-            return _error(504, "emulated timeout: held for an hour")
-        return _error(503, "emulator shutting down")
-    if kind == "502-html":
-        return web.Response(status=502, text=html_502_body(), content_type="text/html")
-    status = int(kind)
-    if status == 429:
-        seconds = settings.retry_after
-        value = str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
-        return _error(429, "emulated fault: too many requests", {"Retry-After": value})
-    return _error(status, f"emulated fault: HTTP {status}")
-
-
 def _route_name(request: web.Request) -> str:
     route = request.match_info.route
     name = getattr(route, "name", None)
@@ -275,11 +256,13 @@ async def _answer(
     if request.path.startswith("/api/") and not _authorised(
         state, request.headers.get("Authorization")
     ):
-        return _error(401, "missing or invalid API token"), None
+        return error_response(401, "missing or invalid API token"), None
     fault = state.faults.draw() if route in API_ROUTES else None
     if fault is not None and not fault.startswith("malformed"):
         state.ledger.fault(fault)
-        return await _fault_response(state, fault), fault
+        if route in BILLED_ROUTES:
+            state.ledger.sent(await count_documents(request))
+        return await fault_response(state.faults.settings, state.closing, fault), fault
     response = await handler(request)
     if fault is not None:
         payload = request.get(PAYLOAD)
@@ -305,21 +288,23 @@ async def _pipeline(
     try:
         response, fault = await _dispatch(request, handler, state, route)
     except RequestInvalid as exc:
-        response = _error(exc.status, exc.message)
+        response = error_response(exc.status, exc.message)
     except _ApiError as exc:
-        response = _error(exc.status, exc.message)
+        response = error_response(exc.status, exc.message)
     except web.HTTPException as exc:
-        response = _error(exc.status, f"{exc.status} {exc.reason}", _allow(exc))
+        response = error_response(exc.status, f"{exc.status} {exc.reason}", _allow(exc))
     except asyncio.CancelledError:
         raise
     except Exception:
         # A bug of the emulator must still answer in the API's error shape.
         _log.exception("emulator error", route=route)
-        response = _error(500, "internal emulator error")
+        response = error_response(500, "internal emulator error")
     elapsed = (time.perf_counter() - started) * 1000.0
     response.headers["Server-Timing"] = f"total;dur={elapsed:.1f}"
     if not admin:
         billing = request.get(BILLING)
+        if route in BILLED_ROUTES and DOCUMENTS in request:
+            state.ledger.sent(request[DOCUMENTS])
         if response.status == 200 and fault is None and billing and route in BILLED_ROUTES:
             state.ledger.bill(*billing)
         state.ledger.response(response.status)

@@ -161,7 +161,12 @@ async def test_a_failed_batch_counts_as_one_failure_however_many_messages_it_car
 ):
     """Three concurrent messages share one failing request: a threshold of 2 stays closed."""
     classifier = emulator_classifier(
-        emu, circuit_failures=2, circuit_cooldown=600, max_wait_ms=500, send_when_idle=False
+        emu,
+        circuit_failures=2,
+        circuit_cooldown=600,
+        max_wait_ms=500,
+        send_when_idle=False,
+        target_batch=0,
     )
     async with running_gateway(tmp_path, classifier=classifier) as gw:
         replies = await asyncio.gather(*(gw.send(numbered_mail(n)) for n in (1, 2, 3)))

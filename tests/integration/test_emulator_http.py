@@ -309,6 +309,34 @@ def test_ledger_bills_only_documents_of_successful_predict_calls(fresh: Emulator
     assert after["documents_billed"] == 0 and after["requests"] == 0
 
 
+def test_ai_units_bill_a_comment_once_unless_its_text_changes(fresh: EmulatorHandle) -> None:
+    """The seed's rule: 1 AI unit per created comment, or per updated comment (by its
+    Message ID) whose text changed; re-sending the same message costs documents, not units."""
+    same = raw_doc("refund please", message_id="a@x")
+    for _ in range(3):
+        assert post(fresh, {"documents": [same], "transform_tag": TAG}).status_code == 200
+    edited = raw_doc("refund please, now", message_id="a@x")
+    other = raw_doc("refund please", message_id="b@x")
+    assert post(fresh, {"documents": [edited, other], "transform_tag": TAG}).status_code == 200
+    stats = fresh.stats()
+    assert stats["documents_sent"] == 5 and stats["documents_billed"] == 5
+    assert stats["ai_units"] == 3
+    assert stats["ai_units_by_comment_id"] == {"a@x": 2, "b@x": 1}
+    assert stats["documents_by_comment_id"] == {"a@x": 4, "b@x": 1}
+
+
+def test_faulted_calls_count_as_sent_but_cost_nothing(fresh: EmulatorHandle) -> None:
+    """A faulted call loads the API (documents_sent) but bills neither documents nor units."""
+    fresh.set_faults(fail_rate=1.0, fail_status="503")
+    docs = [raw_doc("a", message_id="a@x"), raw_doc("b", message_id="b@x")]
+    assert post(fresh, {"documents": docs, "transform_tag": TAG}).status_code == 503
+    fresh.set_faults(fail_rate=1.0, fail_status="malformed")
+    assert post(fresh, {"documents": docs[:1], "transform_tag": TAG}).status_code == 200
+    stats = fresh.stats()
+    assert stats["documents_sent"] == 3
+    assert stats["documents_billed"] == 0 and stats["ai_units"] == 0
+
+
 # -- faults ----------------------------------------------------------------------------
 
 BODY = {"documents": [raw_doc("refund"), raw_doc("invoice")], "transform_tag": TAG}

@@ -38,7 +38,13 @@ def doc(i: int) -> RawEmailDocument:
 
 
 def config_for(tmp_path: Path, emu: EmulatorHandle, **classifier: object) -> Config:
-    values: dict[str, object] = {"timeout": 20.0, "max_wait_ms": FOREVER_MS, **classifier}
+    # Group commit (target_batch 0): a batch gathers while the running request lasts.
+    values: dict[str, object] = {
+        "timeout": 20.0,
+        "max_wait_ms": FOREVER_MS,
+        "target_batch": 0,
+        **classifier,
+    }
     settings = emulator_classifier(emu, send_when_idle=True, **values)
     return make_config(tmp_path, downstream="maildir://var/maildir", classifier=settings)
 

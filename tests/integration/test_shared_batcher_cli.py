@@ -41,7 +41,7 @@ def launch_workers(
         "[downstream]\nurl = 'maildir://var/maildir'\n"
         f"[classifier]\nprovider = 'communications-mining'\nbase_url = '{emu.base_url}'\n"
         f"project = '{emu.project}'\ndataset = '{emu.dataset}'\ntimeout = 20\n"
-        "max_wait_ms = 600000\n"
+        "max_wait_ms = 600000\ntarget_batch = 0\n"
         "[log]\nformat = 'json'\n[metrics]\nlisten = ''\n",
         encoding="utf-8",
     )

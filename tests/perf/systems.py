@@ -80,11 +80,15 @@ class GatewaySettings:
     send_when_idle: bool = True
     shared_batcher: bool = True
     min_batch: int = 1
-    target_batch: int = 0
+    target_batch: int | str = 0
+    # No tuning key in the config (issue 20): every value above but ``workers`` unused.
+    defaults: bool = False
 
 
 def _gateway_config(port: int, sink_port: int, emulator_url: str, s: GatewaySettings) -> str:
     rules = REPO / "rules" / "shared-inbox-triage.yaml"
+    if s.defaults:
+        return _defaults_config(port, sink_port, emulator_url, s.workers, s.log_level)
     return f"""
 [smtp]
 listen = "127.0.0.1:{port}"
@@ -112,7 +116,7 @@ max_in_flight = {s.max_in_flight}
 send_when_idle = {str(s.send_when_idle).lower()}
 shared_batcher = {str(s.shared_batcher).lower()}
 min_batch = {s.min_batch}
-target_batch = {s.target_batch}
+target_batch = {s.target_batch if isinstance(s.target_batch, int) else '"auto"'}
 classify_max_size = {s.classify_max_size}
 
 [rules]
@@ -123,6 +127,42 @@ listen = ""
 
 [log]
 level = "{s.log_level}"
+format = "json"
+"""
+
+
+def _defaults_config(
+    port: int, sink_port: int, emulator_url: str, workers: int, log_level: str
+) -> str:
+    """What a user writes who tunes nothing: where to listen, relay and classify, and
+    max_connections sized for the sessions (the one setting a user must size)."""
+    rules = REPO / "rules" / "shared-inbox-triage.yaml"
+    workers_line = f"workers = {workers}\n" if workers != 1 else ""
+    return f"""
+[smtp]
+listen = "127.0.0.1:{port}"
+hostname = "gw.bench.example"
+max_connections = 1000
+{workers_line}
+[downstream]
+url = "smtp://127.0.0.1:{sink_port}"
+
+[classifier]
+provider = "communications-mining"
+base_url = "{emulator_url}"
+project = "acme"
+dataset = "inbox"
+token_env = "CM_BENCH_TOKEN"
+on_error = "deliver"
+
+[rules]
+files = ["{rules}"]
+
+[metrics]
+listen = ""
+
+[log]
+level = "{log_level}"
 format = "json"
 """
 

@@ -5,7 +5,9 @@ Scale it up to the issue's sizes with environment variables, e.g.::
     CM_BENCH_MESSAGES=5000 CM_BENCH_SESSIONS=50 CM_BENCH_RUNS=3 CM_BENCH_BIG_MB=25 \\
         .venv/bin/pytest tests/perf/test_throughput_bench.py -m perf -s
 
-(``python -m tests.perf.throughput --help`` runs the same thing without pytest.) The
+``CM_BENCH_DEFAULTS=1`` runs the gateway with no tuning key beside the old defaults
+(issue 20). (``python -m tests.perf.throughput --help`` runs the same thing without
+pytest.) The
 figures are printed; the assertions are the ones that hold on any machine, however slow
 or busy: every message delivered, none billed twice, batching at work.
 """
@@ -43,6 +45,9 @@ def _options() -> Options:
         half_load_messages=int(_env("HALF_LOAD_MESSAGES", 100)),
         workers=tuple(int(w) for w in workers.split(",")),
         big_mb=_env("BIG_MB", 5),
+        # CM_BENCH_DEFAULTS=1: the gateway with no tuning key, beside the old defaults.
+        defaults=bool(_env("DEFAULTS", 0)),
+        before=bool(_env("DEFAULTS", 0)),
         gateway=GatewaySettings(
             max_batch=int(_env("MAX_BATCH", 64)),
             max_wait_ms=_env("MAX_WAIT_MS", 20),

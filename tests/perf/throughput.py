@@ -25,6 +25,16 @@ of ``tempfail_sink`` (the first attempt of ``--tempfail`` of the messages gets 4
 driven by ``loadgen`` which retries 4xx like a queueing MTA: documents billed per
 distinct delivered message (with several workers, a retry may reach another worker).
 Once per invocation, the big message (``bigmail``). Figures are medians over runs.
+
+``--defaults`` (issue 20) runs the gateway with no tuning key at all (only
+``max_connections``, sized for the sessions), and, unless ``--before off``, the defaults
+before issue 20 spelled out (``gateway-before``) in the same run. Each system also gets
+one message alone at idle (five times, median): "idle added" is its DATA time minus the
+sink's own. The ledger gives documents sent (failed calls included) and AI units per
+message; the targets table adds issue 20's rows. The lead's command::
+
+    python -m tests.perf.throughput --defaults --runs 3 --messages 5000 --sessions 50 \
+        --latency-ms 100 --big-mb 0
 """
 
 from __future__ import annotations
@@ -32,97 +42,30 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import math
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from .bigmail import BigMailResult, big_mail_phase
+from .bench_model import BASELINE, BEFORE, HOLD, Options, Report, SystemFigures
+from .bigmail import big_mail_phase
 from .loadgen import drive_closed, drive_open, make_message
 from .procs import Proc, smtp_source, start_smtp_sink, tree_cpu_seconds, tree_memory_kb
 from .systems import Emulator, GatewaySettings, start_baseline, start_gateway, start_tempfail_sink
+from .throughput_report import render, row
 
-__all__ = ["Options", "Report", "SystemFigures", "main", "render", "run_benchmark"]
-
-BASELINE = "baseline"
-# The baseline relay holding each message for the emulator's latency (baseline_relay.py
-# --hold-ms): how near a relay that only waits gets to the closed loop's bound.
-HOLD = "hold-relay"
-
-
-@dataclass(frozen=True)
-class Options:
-    """What one benchmark invocation does."""
-
-    messages: int = 5000
-    sessions: int = 50
-    size: int = 4096
-    latency_ms: float = 100.0
-    runs: int = 3
-    tempfail: float = 0.2
-    billing_messages: int = 1000
-    half_load_messages: int = 1000
-    workers: tuple[int, ...] = (1,)
-    big_mb: float = 25.0
-    hold: bool = True
-    gateway: GatewaySettings = field(default_factory=GatewaySettings)
-    log_dir: Path | None = None
-
-
-@dataclass
-class SystemFigures:
-    """One system in one run."""
-
-    name: str
-    msgs_s: float
-    cpu_ms_per_msg: float
-    api_per_msg: float
-    billed_per_msg: float
-    half_rate: float
-    p50_ms: float
-    p99_ms: float
-    peak_rss_mb: float
-    failed: int = 0
-    # smtp-sink's own p99 at half_rate, driven straight (no relay in between).
-    direct_p99_ms: float = float("nan")
-
-    @property
-    def added_p99_ms(self) -> float:
-        """What this system adds to the p99 at half its peak rate."""
-        return self.p99_ms - self.direct_p99_ms
-
-
-@dataclass
-class Report:
-    """Every run's figures, and the medians."""
-
-    options: Options
-    runs: list[list[SystemFigures]] = field(default_factory=list)
-    # Per gateway system: one billing phase per run.
-    billing: dict[str, list[dict[str, float]]] = field(default_factory=dict)
-    big: BigMailResult | None = None
-
-    def median(self, name: str, attr: str) -> float:
-        """The median of one figure of one system over the runs."""
-        values = [getattr(f, attr) for run in self.runs for f in run if f.name == name]
-        return statistics.median(values) if values else float("nan")
-
-    def run_ratios(self, name: str) -> list[float]:
-        """``name``'s msgs/s over the baseline's, run by run (each run's own baseline)."""
-        out = []
-        for run in self.runs:
-            by = {f.name: f.msgs_s for f in run}
-            if name in by and by.get(BASELINE):
-                out.append(by[name] / by[BASELINE])
-        return out
-
-    def names(self) -> list[str]:
-        """The systems, in the order they ran."""
-        return [f.name for f in self.runs[0]] if self.runs else []
+__all__ = [
+    "BASELINE",
+    "BEFORE",
+    "HOLD",
+    "Options",
+    "Report",
+    "SystemFigures",
+    "gateway_systems",
+    "main",
+    "render",
+    "run_benchmark",
+]
 
 
 def _latency(port: int, rate: float, opts: Options, tag: str) -> tuple[float, float, int]:
@@ -133,6 +76,14 @@ def _latency(port: int, rate: float, opts: Options, tag: str) -> tuple[float, fl
     result = asyncio.run(drive_open(port, mails, rate=rate, sessions=opts.sessions))
     summary = result.summary()
     return summary["p50_ms"], summary["p99_ms"], result.failed
+
+
+def _idle(port: int, opts: Options, tag: str) -> float:
+    """The median DATA time (ms) of one message alone at idle, five times, 0.5 s apart."""
+    time.sleep(1.0)  # what the last phase left in flight ends
+    mails = [make_message(tag, i, opts.size) for i in range(5)]
+    result = asyncio.run(drive_open(port, mails, rate=2.0, sessions=1))
+    return result.summary()["p50_ms"]
 
 
 def _measure(
@@ -147,6 +98,8 @@ def _measure(
     peak = opts.messages / elapsed
     p50, p99, failed = _latency(port, peak / 2, opts, tag)
     direct_p99 = _latency(sink_port, peak / 2, opts, f"{tag}d")[1]
+    idle = _idle(port, opts, f"{tag}i")
+    direct_idle = _idle(sink_port, opts, f"{tag}j")
     return SystemFigures(
         name=name,
         msgs_s=peak,
@@ -159,25 +112,28 @@ def _measure(
         peak_rss_mb=tree_memory_kb(proc.pid) / 1024,
         failed=failed,
         direct_p99_ms=direct_p99,
+        sent_per_msg=stats["documents_sent"] / opts.messages,
+        units_per_msg=stats["ai_units"] / opts.messages,
+        idle_ms=idle,
+        direct_idle_ms=direct_idle,
     )
 
 
 def _one_system(
     name: str,
-    workers: int | None,
+    settings: GatewaySettings | None,
     emulator: Emulator,
     opts: Options,
     log_dir: Path,
     tag: str,
 ) -> SystemFigures:
-    """``workers`` None: the baseline relay (holding each message if ``name`` is HOLD)."""
+    """``settings`` None: the baseline relay (holding each message if ``name`` is HOLD)."""
     sink, sink_port = start_smtp_sink(log_dir)
     try:
-        if workers is None:
+        if settings is None:
             hold_ms = opts.latency_ms if name == HOLD else 0.0
             proc, port = start_baseline(sink_port, log_dir, hold_ms)
         else:
-            settings = _with_workers(opts, workers)
             proc, port = start_gateway(sink_port, emulator.base_url, settings, log_dir, name)
         try:
             return _measure(name, proc, port, sink_port, emulator, opts, tag)
@@ -187,18 +143,32 @@ def _one_system(
         sink.stop()
 
 
-def _with_workers(opts: Options, workers: int) -> GatewaySettings:
-    return dataclasses.replace(opts.gateway, workers=workers)
+def gateway_systems(opts: Options) -> list[tuple[str, GatewaySettings]]:
+    """The gateways to measure: one per ``--workers`` count, with ``opts.gateway`` or (with
+    ``--defaults``) no tuning key; with ``--before`` also the defaults before issue 20."""
+    out = []
+    for w in opts.workers:
+        settings = dataclasses.replace(opts.gateway, workers=w, defaults=opts.defaults)
+        out.append((_name(w), settings))
+    if opts.defaults and opts.before:
+        for w in opts.workers:
+            name = BEFORE if w == 1 else f"{BEFORE}-w{w}"
+            out.append((name, GatewaySettings(workers=w)))
+    return out
 
 
 def _billing(
-    emulator: Emulator, opts: Options, workers: int, log_dir: Path, tag: str
+    emulator: Emulator,
+    opts: Options,
+    name: str,
+    settings: GatewaySettings,
+    log_dir: Path,
+    tag: str,
 ) -> dict[str, float]:
     sink, sink_port = start_tempfail_sink(opts.tempfail, log_dir)
     try:
-        settings = _with_workers(opts, workers)
         proc, port = start_gateway(
-            sink_port, emulator.base_url, settings, log_dir, f"{_name(workers)}-billing"
+            sink_port, emulator.base_url, settings, log_dir, f"{name}-billing"
         )
         try:
             emulator.reset()
@@ -216,6 +186,8 @@ def _billing(
         "attempts": float(result.attempts),
         "tempfails": float(result.tempfails),
         "billed_per_distinct": stats["documents_billed"] / delivered,
+        "sent_per_distinct": stats["documents_sent"] / delivered,
+        "units_per_distinct": stats["ai_units"] / delivered,
         "api_per_attempt": stats["requests"] / max(result.attempts, 1),
     }
 
@@ -230,9 +202,10 @@ def run_benchmark(opts: Options, out: object = sys.stdout) -> Report:
     stamp = f"{int(time.time())}"
     try:
         for run in range(opts.runs):
+            systems = gateway_systems(opts)
             gateways = [
-                _one_system(_name(w), w, emulator, opts, log_dir, f"g{w}{stamp}r{run}")
-                for w in opts.workers
+                _one_system(name, s, emulator, opts, log_dir, f"g{i}{stamp}r{run}")
+                for i, (name, s) in enumerate(systems)
             ]
             base = _one_system(BASELINE, None, emulator, opts, log_dir, f"b{stamp}r{run}")
             held = (
@@ -243,12 +216,12 @@ def run_benchmark(opts: Options, out: object = sys.stdout) -> Report:
             figures = [base, *held, *gateways]
             report.runs.append(figures)
             for f in figures:
-                say(f"run {run + 1}: {_row(f)}\n")
+                say(f"run {run + 1}: {row(f)}\n")
             if opts.tempfail > 0 and opts.billing_messages:
-                for w in opts.workers:
-                    billing = _billing(emulator, opts, w, log_dir, f"t{w}{stamp}r{run}")
-                    report.billing.setdefault(_name(w), []).append(billing)
-                    say(f"run {run + 1}: {_name(w)} billing {billing}\n")
+                for i, (name, s) in enumerate(systems):
+                    billing = _billing(emulator, opts, name, s, log_dir, f"t{i}{stamp}r{run}")
+                    report.billing.setdefault(name, []).append(billing)
+                    say(f"run {run + 1}: {name} billing {billing}\n")
         if opts.big_mb > 0:
             report.big = big_mail_phase(emulator.base_url, opts.gateway, opts.big_mb, log_dir)
     finally:
@@ -261,114 +234,8 @@ def _name(workers: int) -> str:
     return "gateway" if workers == 1 else f"gateway-w{workers}"
 
 
-def _row(f: SystemFigures) -> str:
-    return (
-        f"{f.name}: {f.msgs_s:.1f} msgs/s, {f.cpu_ms_per_msg:.1f} CPU ms/msg,"
-        f" {f.api_per_msg:.3f} API req/msg,"
-        f" {f.billed_per_msg:.2f} billed/msg, at {f.half_rate:.0f}/s p50 {f.p50_ms:.0f} ms"
-        f" p99 {f.p99_ms:.0f} ms (added {f.added_p99_ms:.0f} ms), peak RSS"
-        f" {f.peak_rss_mb:.0f} MB, failed {f.failed}, sink alone p99 {f.direct_p99_ms:.0f} ms"
-    )
-
-
-def render(report: Report) -> str:
-    """The report as a Markdown table (medians over runs) plus the ratios and targets."""
-    o = report.options
-    lines = [
-        f"{o.messages} msgs x {o.size} B, {o.sessions} sessions, emulator latency"
-        f" {o.latency_ms:g} ms, median of {len(report.runs)} run(s); max_batch"
-        f" {o.gateway.max_batch}, max_wait_ms {o.gateway.max_wait_ms:g}, max_in_flight"
-        f" {o.gateway.max_in_flight}, send_when_idle {o.gateway.send_when_idle},"
-        f" min_batch {o.gateway.min_batch}, target_batch {o.gateway.target_batch},"
-        f" shared_batcher {o.gateway.shared_batcher}, downstream"
-        f" pool_size {o.gateway.pool_size}",
-        "",
-        "| system | msgs/s | x baseline | CPU ms/msg | p50 / p99 ms at half peak | p99 added"
-        " ms | API req/msg | billed/msg | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    base = report.median(BASELINE, "msgs_s")
-    for name in report.names():
-        m = {a: report.median(name, a) for a in [*_NUMERIC, "added_p99_ms"]}
-        added = f"{m['added_p99_ms']:.0f}"
-        lines.append(
-            f"| {name} | {m['msgs_s']:.1f} | {m['msgs_s'] / base:.2f} | {m['cpu_ms_per_msg']:.1f}"
-            f" | {m['p50_ms']:.0f} / {m['p99_ms']:.0f} (at {m['half_rate']:.1f}/s) | {added}"
-            f" | {m['api_per_msg']:.3f} | {m['billed_per_msg']:.2f} | {m['peak_rss_mb']:.0f} |"
-        )
-    lines += ["", *_targets(report, base), ""]
-    # The table's ratio is of medians; the machine drifts between runs, so each run's
-    # ratio to its own baseline is shown too (the verdict above stays on the medians).
-    for name in report.names():
-        if name != BASELINE and (ratios := report.run_ratios(name)):
-            each = " / ".join(f"{r:.2f}" for r in ratios)
-            lines.append(
-                f"{name}: x its run's baseline {each} (median {statistics.median(ratios):.2f})"
-            )
-    held = report.median(HOLD, "msgs_s")
-    if not math.isnan(held):  # the hold relay ran
-        for name in _gateways(report):
-            share = report.median(name, "msgs_s") / held
-            lines.append(f"{name}: {share:.2f} x the hold relay's msgs/s")
-    if report.billing:
-        lines.append("")
-    for name, phases in report.billing.items():
-        per = statistics.median(b["billed_per_distinct"] for b in phases)
-        tf = statistics.median(b["tempfails"] / b["distinct"] for b in phases)
-        lines.append(
-            f"{name}: billed per distinct message with {tf:.0%} first attempts tempfailed:"
-            f" {per:.2f}"
-        )
-    if report.big is not None:
-        lines += ["", report.big.describe()]
-    return "\n".join(lines)
-
-
-def _gateways(report: Report) -> list[str]:
-    return [n for n in report.names() if n not in (BASELINE, HOLD)]
-
-
-_NUMERIC = [a for a, f in SystemFigures.__dataclass_fields__.items() if f.type in ("float", "int")]
-
-
-def _targets(report: Report, base: float) -> list[str]:
-    """Issue 5's targets, each with the measured median and met / missed."""
-    o = report.options
-    bound = 100 + o.gateway.max_wait_ms + 30
-    gateways = _gateways(report)
-    # Each session has one message in flight, and each message waits at least the API's
-    # latency: sessions / latency msgs/s at most through any relay that classifies before
-    # it answers (Little's law). When that is under 1.5 x the baseline, no gateway can
-    # meet the target in this setting; the hold relay shows how near a real one gets.
-    ceiling = o.sessions * 1000 / o.latency_ms
-    unreachable = (
-        f" (unreachable: {o.sessions} sessions / {o.latency_ms:g} ms = {ceiling:.0f} msgs/s"
-        f" at most, {ceiling / base:.2f} x)"
-        if ceiling < 1.5 * base
-        else ""
-    )
-    out = ["| target | " + " | ".join(gateways) + " |"]
-    out.append("|---|" + "---|" * len(gateways))
-    rows: list[tuple[str, str, Callable[[float], bool]]] = [
-        ("throughput >= 1.5 x baseline", "msgs_s", lambda v: v >= 1.5 * base),
-        ("<= 0.05 API requests per message", "api_per_msg", lambda v: v <= 0.05),
-        (f"p99 added at half peak <= {bound:g} ms", "added_p99_ms", lambda v: v <= bound),
-    ]
-    for label, attr, ok in rows:
-        cells = []
-        for name in gateways:
-            v = report.median(name, attr)
-            shown = {"msgs_s": f"{v / base:.2f} x", "api_per_msg": f"{v:.3f}"}.get(
-                attr, f"{v:.0f} ms"
-            )
-            why = unreachable if attr == "msgs_s" and not ok(v) else ""
-            cells.append(f"{shown} {'met' if ok(v) else 'MISSED'}{why}")
-        out.append(f"| {label} | " + " | ".join(cells) + " |")
-    return out
-
-
 def _parse(argv: list[str] | None) -> Options:
-    p = argparse.ArgumentParser(description="cm-gateway throughput benchmark (issue 5)")
+    p = argparse.ArgumentParser(description="cm-gateway throughput benchmark (issues 5, 20)")
     d = Options()
     g = GatewaySettings()
     p.add_argument("--messages", type=int, default=d.messages)
@@ -395,25 +262,40 @@ def _parse(argv: list[str] | None) -> Options:
         "--send-when-idle", choices=("on", "off"), default="on" if g.send_when_idle else "off"
     )
     p.add_argument("--min-batch", type=int, default=g.min_batch)
-    p.add_argument("--target-batch", type=int, default=g.target_batch, help="0: off")
+    p.add_argument(
+        "--target-batch", default=str(g.target_batch), help="auto, 0 (off: group commit) or N"
+    )
     p.add_argument(
         "--shared-batcher", choices=("on", "off"), default="on" if g.shared_batcher else "off"
     )
     p.add_argument("--log-level", default="info")
     p.add_argument("--log-dir", type=Path, default=None)
+    p.add_argument(
+        "--defaults",
+        action="store_true",
+        help="the gateway with no tuning key at all (the batcher, pool and max_wait_ms"
+        " flags above are ignored; --workers still applies)",
+    )
+    p.add_argument(
+        "--before",
+        choices=("on", "off"),
+        default="on",
+        help="with --defaults: also the defaults before issue 20 (gateway-before)",
+    )
     a = p.parse_args(argv)
     settings = GatewaySettings(
         max_batch=a.max_batch, max_wait_ms=a.max_wait_ms, max_in_flight=a.max_in_flight,
         log_level=a.log_level, pool_size=a.pool_size, send_when_idle=a.send_when_idle == "on",
         shared_batcher=a.shared_batcher == "on", min_batch=a.min_batch,
-        target_batch=a.target_batch,
+        target_batch=a.target_batch if a.target_batch == "auto" else int(a.target_batch),
     )  # fmt: skip
     return Options(
         messages=a.messages, sessions=a.sessions, size=a.size, latency_ms=a.latency_ms,
         runs=a.runs, tempfail=a.tempfail, billing_messages=a.billing_messages,
         half_load_messages=a.half_load_messages,
         workers=tuple(int(w) for w in a.workers.split(",")), big_mb=a.big_mb,
-        hold=a.hold == "on", gateway=settings, log_dir=a.log_dir,
+        hold=a.hold == "on", gateway=settings, log_dir=a.log_dir, defaults=a.defaults,
+        before=a.before == "on",
     )  # fmt: skip
 
 

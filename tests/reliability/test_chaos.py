@@ -14,6 +14,12 @@ The default run sends ``CMGW_CHAOS_MESSAGES`` messages (300); the soak
 
     ./scripts/test tests/reliability/test_chaos.py -s
     ./scripts/test tests/reliability/test_chaos.py -m soak -s
+
+Each report gives the API's load and cost per distinct message: documents sent (failed
+calls included), answered, and AI units by the API's rule. ``CMGW_CHAOS_CACHE=sqlite``
+or ``redis`` runs the gateway with a dedup cache that survives the kills (``[cache] url``:
+a file, or a private redis-server): a message Postfix retries after a kill is not sent
+to the API again.
 """
 
 from __future__ import annotations
@@ -23,12 +29,14 @@ import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway.testing import EmulatorHandle
 from tests.integration.postfix_gateway import GatewaySpec
 from tests.integration.postfix_harness import postfix_available
+from tests.integration.redis_support import running_redis
 from tests.real_parts import missing_part
 
 from .chaos_run import ChaosPlan, ChaosReport, run_chaos
@@ -101,6 +109,21 @@ def postfix(sink: MessageIdSink) -> Iterator[ChaosPostfix]:
         instance.destroy()
 
 
+@pytest.fixture(scope="module")
+def cache_toml(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The ``[cache]`` section: memory (the default) or, with CMGW_CHAOS_CACHE=sqlite or
+    redis, a file or a private redis-server that outlives the gateway's kills."""
+    kind = os.environ.get("CMGW_CHAOS_CACHE", "memory")
+    if kind == "sqlite":
+        yield f'[cache]\nurl = "sqlite://{tmp_path_factory.mktemp("chaos-cache")}/dedup.db"\n'
+        return
+    if kind != "redis":
+        yield ""
+        return
+    with running_redis(tmp_path_factory.mktemp("chaos-redis")) as server:
+        yield f'[cache]\nurl = "{server.url}"\n'
+
+
 @pytest.fixture
 def gateway(postfix: ChaosPostfix, sink: MessageIdSink) -> Iterator[ChaosGateway]:
     """The gateway slot on Postfix's content-filter port; Postfix's queue is empty."""
@@ -113,9 +136,10 @@ def gateway(postfix: ChaosPostfix, sink: MessageIdSink) -> Iterator[ChaosGateway
     postfix.purge()
 
 
-def spec_for(emulator: EmulatorHandle, on_error: str) -> GatewaySpec:
+def spec_for(emulator: EmulatorHandle, on_error: str, cache: str = "") -> GatewaySpec:
     """The chaos rules; the classifier is the faulty emulator over HTTP (2 s budget)."""
     return GatewaySpec(
+        extra_toml=cache,
         rules=RULES,
         provider="communications-mining",
         base_url=emulator.base_url,
@@ -133,9 +157,10 @@ def chaos(
     gateway: ChaosGateway,
     sink: MessageIdSink,
     emulator: EmulatorHandle,
+    cache: str = "",
 ) -> ChaosReport:
     """Run ``plan`` against a gateway with ``on_error``; print and check the report."""
-    spec = spec_for(emulator, on_error)
+    spec = spec_for(emulator, on_error, cache)
     gateway.ensure(spec)
     emulator.reset()
     report = run_chaos(
@@ -148,9 +173,10 @@ def chaos(
     )
     stats = emulator.stats()
     faults = stats["faults_by_kind"]
+    kind = cache.split('"')[1].partition(":")[0] if cache else "memory"
     print(
-        f"\n[{on_error}, {plan.messages} messages] {report.summary()}\n"
-        f"  API calls {stats['requests']}, faults {faults}, billed {stats['documents_billed']}"
+        f"\n[{on_error}, {plan.messages} messages, {kind} cache] {report.summary()}\n"
+        f"  {cost_line(stats, plan)}"
     )
     assert report.sent == plan.messages
     assert report.missing == [], f"lost {len(report.missing)}: {report.missing[:10]}"
@@ -170,12 +196,31 @@ def chaos(
     assert gateway.running, f"the gateway died:\n{gateway.log_tail()}"
     # Every failure above was logged somewhere in this log; the token never was.
     assert spec.token not in gateway.log_path.read_text(errors="replace")
+    # Re-sent messages (API timeouts, kills, Postfix retries) load the API but are never
+    # billed again: the comment id is the Message-ID, and the text does not change.
+    assert stats["ai_units"] <= plan.messages, cost_line(stats, plan)
     return report
+
+
+def cost_line(stats: dict[str, Any], plan: ChaosPlan) -> str:
+    """API load and cost per distinct message: documents sent (faulted calls included),
+    answered (a 200) and AI units by the created-or-modified rule."""
+    n = plan.messages
+    return (
+        f"API calls {stats['requests']}, faults {stats['faults_by_kind']}; per distinct "
+        f"message: documents sent {stats['documents_sent']} ({stats['documents_sent'] / n:.2f}), "
+        f"answered {stats['documents_billed']} ({stats['documents_billed'] / n:.2f}), "
+        f"AI units {stats['ai_units']} ({stats['ai_units'] / n:.2f})"
+    )
 
 
 @pytest.mark.timeout(600)
 def test_chaos_run_loses_no_message_with_on_error_deliver(
-    postfix: ChaosPostfix, gateway: ChaosGateway, sink: MessageIdSink, emulator: EmulatorHandle
+    postfix: ChaosPostfix,
+    gateway: ChaosGateway,
+    sink: MessageIdSink,
+    emulator: EmulatorHandle,
+    cache_toml: str,
 ) -> None:
     """Faulty API, two SIGKILLs, next hop and sink down: every accepted message arrives."""
     report = chaos(
@@ -185,6 +230,7 @@ def test_chaos_run_loses_no_message_with_on_error_deliver(
         gateway=gateway,
         sink=sink,
         emulator=emulator,
+        cache=cache_toml,
     )
     assert report.statuses["classified"] > 0
 
@@ -192,7 +238,11 @@ def test_chaos_run_loses_no_message_with_on_error_deliver(
 @pytest.mark.soak
 @pytest.mark.timeout(1800)
 def test_soak_2000_messages_lose_nothing_with_on_error_deliver(
-    postfix: ChaosPostfix, gateway: ChaosGateway, sink: MessageIdSink, emulator: EmulatorHandle
+    postfix: ChaosPostfix,
+    gateway: ChaosGateway,
+    sink: MessageIdSink,
+    emulator: EmulatorHandle,
+    cache_toml: str,
 ) -> None:
     """The issue's full run: 2,000 messages, two SIGKILLs, next hop down 30 s, no loss."""
     chaos(
@@ -208,13 +258,18 @@ def test_soak_2000_messages_lose_nothing_with_on_error_deliver(
         gateway=gateway,
         sink=sink,
         emulator=emulator,
+        cache=cache_toml,
     )
 
 
 @pytest.mark.soak
 @pytest.mark.timeout(1800)
 def test_soak_with_on_error_defer_loses_nothing_and_classifies_everything(
-    postfix: ChaosPostfix, gateway: ChaosGateway, sink: MessageIdSink, emulator: EmulatorHandle
+    postfix: ChaosPostfix,
+    gateway: ChaosGateway,
+    sink: MessageIdSink,
+    emulator: EmulatorHandle,
+    cache_toml: str,
 ) -> None:
     """on_error=defer under the same chaos: no loss, and every message arrives classified."""
     report = chaos(
@@ -228,6 +283,7 @@ def test_soak_with_on_error_defer_loses_nothing_and_classifies_everything(
         gateway=gateway,
         sink=sink,
         emulator=emulator,
+        cache=cache_toml,
     )
     assert set(report.statuses) == {"classified"}, report.statuses
 
@@ -235,7 +291,11 @@ def test_soak_with_on_error_defer_loses_nothing_and_classifies_everything(
 @pytest.mark.soak
 @pytest.mark.timeout(7200)
 def test_long_soak_10000_messages_with_four_kills_lose_nothing(
-    postfix: ChaosPostfix, gateway: ChaosGateway, sink: MessageIdSink, emulator: EmulatorHandle
+    postfix: ChaosPostfix,
+    gateway: ChaosGateway,
+    sink: MessageIdSink,
+    emulator: EmulatorHandle,
+    cache_toml: str,
 ) -> None:
     """10,000 messages, four SIGKILLs, next hop down 60 s, sink down 30 s: no loss."""
     chaos(
@@ -255,4 +315,5 @@ def test_long_soak_10000_messages_with_four_kills_lose_nothing(
         gateway=gateway,
         sink=sink,
         emulator=emulator,
+        cache=cache_toml,
     )

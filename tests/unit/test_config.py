@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -61,6 +62,8 @@ def test_a_file_without_a_tenant_names_the_keys_to_set(tmp_path: Path) -> None:
         ("[classifier]\nmin_batch = 65", "classifier.min_batch"),
         ("[classifier]\ntarget_batch = 65", "classifier.target_batch"),
         ("[classifier]\nmin_batch = 8\ntarget_batch = 4", "classifier.target_batch"),
+        ("[classifier]\ntarget_batch = 'fast'", "classifier.target_batch"),
+        ("[classifier]\ntarget_batch = -1", "classifier.target_batch"),
         ("[classifier]\nmodel_version = 'beta'", "classifier.model_version"),
         ("[classifier]\ntransform_tag = 'nope'", "classifier.transform_tag"),
         ("[classifier]\nuser_properties = { City = 'x' }", "classifier.user_properties"),
@@ -72,6 +75,7 @@ def test_a_file_without_a_tenant_names_the_keys_to_set(tmp_path: Path) -> None:
         ("[smtp]\nnot_a_key = 1", "smtp.not_a_key"),
         ("[downstream]\nurl = 'http://x'", "downstream.url"),
         ("[cache]\nurl = 'memcached://x'", "cache.url"),
+        ("[cache]\nurl = 'sqlite://'", "cache.url"),
     ],
 )
 def test_a_bad_value_names_its_key_and_file(tmp_path: Path, snippet: str, key: str) -> None:
@@ -142,3 +146,12 @@ def test_config_show_output_is_a_valid_config(tmp_path: Path) -> None:
     result = cli("config", "show", "--config", str(write(tmp_path, TENANT)), env={"PATH": ""})
     again = write(tmp_path, result.stdout)
     assert load_config(again, env={}).classifier.project == "acme"
+
+
+def test_workers_auto_is_one_per_core_and_batching_is_adaptive_by_default(
+    tmp_path: Path,
+) -> None:
+    config = load_config(write(tmp_path, "[smtp]\nworkers = 'auto'\n" + TENANT), env={})
+    assert config.smtp.workers == min(64, os.cpu_count() or 1)
+    assert config.classifier.target_batch == "auto"
+    assert config.classifier.max_wait_ms == 200.0

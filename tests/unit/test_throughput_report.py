@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from tests.perf.throughput import BASELINE, HOLD, Options, Report, SystemFigures, render
+import dataclasses
+
+from tests.perf.systems import _gateway_config
+from tests.perf.throughput import (
+    BASELINE,
+    BEFORE,
+    HOLD,
+    Options,
+    Report,
+    SystemFigures,
+    gateway_systems,
+    render,
+)
 
 
 def figures(name: str, msgs_s: float) -> SystemFigures:
@@ -57,3 +69,28 @@ def test_billing_is_reported_for_each_gateway_system_as_the_median_of_its_runs()
     assert (
         "gateway-w2: billed per distinct message with 20% first attempts tempfailed: 1.04" in text
     )
+
+
+def test_the_issue_20_rows_judge_the_defaults_against_the_hold_relay_and_idle_latency() -> None:
+    report = Report(options=Options(sessions=50, latency_ms=100.0, defaults=True, before=True))
+    gw = dataclasses.replace(figures("gateway", 300.0), idle_ms=108.0, direct_idle_ms=1.0)
+    gw.units_per_msg = 1.0
+    old = dataclasses.replace(figures(BEFORE, 250.0), idle_ms=125.0, direct_idle_ms=1.0)
+    old.units_per_msg = 1.0
+    report.runs.append([figures(BASELINE, 1000.0), figures(HOLD, 320.0), gw, old])
+    text = render(report)
+    assert "gateway: defaults (no tuning key; max_connections 1000)" in text
+    assert "| >= 0.9 x the hold relay | 0.94 x met | 0.78 x MISSED |" in text
+    assert "| one message at idle: added <= 110 ms | 107 ms met | 124 ms MISSED |" in text
+    assert "| <= 1.00 AI units per distinct message | 1.00 met | 1.00 met |" in text
+
+
+def test_defaults_mode_writes_no_tuning_key_and_runs_the_old_defaults_beside() -> None:
+    opts = Options(defaults=True, before=True)
+    systems = gateway_systems(opts)
+    assert [name for name, _ in systems] == ["gateway", BEFORE]
+    config = _gateway_config(2525, 2526, "http://127.0.0.1:1", systems[0][1])
+    for key in ("max_wait_ms", "target_batch", "max_batch", "pool_size", "workers", "timeout"):
+        assert key not in config
+    old = _gateway_config(2525, 2526, "http://127.0.0.1:1", systems[1][1])
+    assert "max_wait_ms = 20" in old and "target_batch = 0" in old
