@@ -108,6 +108,7 @@ class BatchingClassifier:
         target_batch: int = 0,
         adaptive: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        metrics: ClassifierMetrics | None = None,
     ) -> None:
         if not 1 <= max_batch <= MAX_DOCUMENTS:
             raise ValueError(f"max_batch must be 1..{MAX_DOCUMENTS}")
@@ -146,7 +147,7 @@ class BatchingClassifier:
         self.in_flight = 0
         self.peak_in_flight = 0
         self.batch_sizes: list[int] = []
-        self.metrics: ClassifierMetrics | None = None
+        self.metrics = metrics
 
     @property
     def description(self) -> str:

@@ -173,6 +173,7 @@ class CommunicationsMiningClient:
         retry: RetryPolicy | None = None,
         connect_timeout: float = 5.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        on_retry: Callable[[ClassifierError], None] | None = None,
     ) -> None:
         if max_in_flight < 1 or timeout <= 0:
             raise ValueError("max_in_flight >= 1 and timeout > 0")
@@ -183,8 +184,8 @@ class CommunicationsMiningClient:
         self.labels = label_thresholds(labels)
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
-        # Set by the pipeline to count retries (cm_gateway_api_retries_total).
-        self.on_retry: Callable[[ClassifierError], None] | None = None
+        # Called before each retry (cm_gateway_api_retries_total).
+        self.on_retry = on_retry
         for value in endpoint.auth_headers().values():
             register_secret(value.removeprefix("Bearer "))
         self._semaphore = asyncio.Semaphore(max_in_flight)
@@ -212,6 +213,7 @@ class CommunicationsMiningClient:
         env: Mapping[str, str] | None = None,
         model_version: ModelVersion | None = None,
         retry: RetryPolicy | None = None,
+        on_retry: Callable[[ClassifierError], None] | None = None,
     ) -> CommunicationsMiningClient:
         """The client for ``provider = communications-mining`` or ``custom``.
 
@@ -247,6 +249,7 @@ class CommunicationsMiningClient:
             timeout=config.timeout,
             max_in_flight=config.max_in_flight,
             retry=retry,
+            on_retry=on_retry,
         )
 
     @property

@@ -185,13 +185,19 @@ class TieredCache:
 class DedupClassifier:
     """A ``Classifier`` that answers repeated documents from the cache."""
 
-    def __init__(self, inner: Classifier, cache: PredictionCache) -> None:
+    def __init__(
+        self,
+        inner: Classifier,
+        cache: PredictionCache,
+        *,
+        metrics: ClassifierMetrics | None = None,
+    ) -> None:
         self._inner = inner
         self._cache = cache
         self._in_flight: dict[str, asyncio.Future[_Entry]] = {}
         self.hits = 0
         self.misses = 0
-        self.metrics: ClassifierMetrics | None = None
+        self.metrics = metrics
 
     @property
     def description(self) -> str:

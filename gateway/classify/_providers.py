@@ -7,11 +7,11 @@ emulator                the keyword model in-process (no HTTP, no token, no bill
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from gateway.config import Config
 from gateway.context import Classifier
-from gateway.errors import ConfigError, NotFoundError
+from gateway.errors import ClassifierError, ConfigError, NotFoundError
 from gateway.predictions import ValidationSummary
 
 from ._client import CommunicationsMiningClient
@@ -27,10 +27,12 @@ def make_classifier(
     env: Mapping[str, str] | None = None,
     model_version: int | str | None = None,
     retry: RetryPolicy | None = None,
+    on_retry: Callable[[ClassifierError], None] | None = None,
 ) -> Classifier:
     """The classifier ``config`` asks for. ``model_version`` overrides the config's (for
-    a shadow model). Raises ``ConfigError`` naming the key when a token/secret is missing
-    or the emulator does not serve the version."""
+    a shadow model); ``on_retry(error)`` is called before each retry of an API call.
+    Raises ``ConfigError`` naming the key when a token/secret is missing or the emulator
+    does not serve the version."""
     settings = config.classifier
     if settings.provider == "emulator":
         # Imported here: the emulator package loads the taxonomy and is not needed otherwise.
@@ -46,7 +48,7 @@ def make_classifier(
             ) from None
     try:
         return CommunicationsMiningClient.from_config(
-            settings, env=env, model_version=model_version, retry=retry
+            settings, env=env, model_version=model_version, retry=retry, on_retry=on_retry
         )
     except ConfigError as exc:
         raise ConfigError(exc.message, file=config.source, where=exc.where) from None

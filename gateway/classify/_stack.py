@@ -40,9 +40,7 @@ _log = get_logger("cm-gateway.classifier")
 
 def build_live_classifier(config: Config, metrics: ClassifierMetrics | None = None) -> Classifier:
     """The configured provider behind the circuit breaker, batched and deduplicated."""
-    provider = make_classifier(config)
-    if metrics is not None and hasattr(provider, "on_retry"):
-        provider.on_retry = metrics.api_retry
+    provider = make_classifier(config, on_retry=metrics.api_retry if metrics else None)
     # Between the batcher and the provider: a failed batch counts once, and the dedup
     # cache above still answers repeated messages while the circuit is open.
     circuit = circuit_breaker(config, provider, metrics)
@@ -63,11 +61,9 @@ def build_classifier_stack(
         target_batch=0 if settings.target_batch == "auto" else settings.target_batch,
         adaptive=settings.target_batch == "auto",
         max_in_flight=settings.max_in_flight,
+        metrics=metrics,
     )
-    batched.metrics = metrics
-    dedup = DedupClassifier(batched, build_cache(config))
-    dedup.metrics = metrics
-    return dedup
+    return DedupClassifier(batched, build_cache(config), metrics=metrics)
 
 
 def build_cache(config: Config) -> PredictionCache:

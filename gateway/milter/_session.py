@@ -325,7 +325,7 @@ class MilterSession:
         self._msg = _Message()
 
     def _packets(self, edits: MessageEdits) -> list[bytes]:
-        """The end-of-message replies for ``edits`` (DESIGN: milter table)."""
+        """The end-of-message replies for ``edits`` (the table in deploy/postfix-milter)."""
         if edits.reply is not None:
             return [reply_packet(edits.reply)]
         if edits.discard:

@@ -365,7 +365,9 @@ def test_concurrent_sessions_through_postfix_are_classified_in_batches(
         rules=RULES,
         env=(
             ("CM_GATEWAY_METRICS_LISTEN", f"127.0.0.1:{metrics_port}"),
-            # Batches wait up to 500 ms to fill, even when no request is in flight.
+            # Batches wait up to 500 ms to fill, even when no request is in flight (the
+            # fixed mode: the adaptive default sends a lone first message at once).
+            ("CM_GATEWAY_CLASSIFIER_TARGET_BATCH", "0"),
             ("CM_GATEWAY_CLASSIFIER_MAX_WAIT_MS", "500"),
             ("CM_GATEWAY_CLASSIFIER_SEND_WHEN_IDLE", "false"),
         ),
