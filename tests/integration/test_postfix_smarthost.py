@@ -7,6 +7,8 @@ delivers to a recording sink. Postfix's own log proves TLS and the SASL login.""
 from __future__ import annotations
 
 import os
+import smtplib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,10 +83,27 @@ def smarthost(
     host = SmartHost(sink_port=sink.port, cert=certs["good"], auth_port=dovecot.auth_port)
     try:
         host.start()
+        _wait_for_ehlo(host.front_port)
         yield host, sink
     finally:
         host.destroy()
         sink.stop()
+
+
+def _wait_for_ehlo(port: int, timeout: float = 90.0) -> None:
+    """Until the smart host's smtpd answers EHLO: the master listens at once, but on a
+    busy machine the first smtpd (and its TLS and SASL set-up) can take many seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+                if client.ehlo("probe.test")[0] == 250:
+                    return
+        except (OSError, smtplib.SMTPException):
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the smart host on port {port} never answered EHLO")
+        time.sleep(0.5)
 
 
 @pytest.fixture
@@ -98,7 +117,7 @@ def delivery(port: int, **security: object) -> SmtpDelivery:
     return SmtpDelivery(
         "127.0.0.1",
         port,
-        timeout=20.0,
+        timeout=60.0,
         local_hostname="gw.test",
         security=Security(**security),  # type: ignore[arg-type]
     )
