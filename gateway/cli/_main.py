@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("files", nargs="+", metavar="FILE", help="rule test files (YAML)")
     _add_config(rt)
     rt.add_argument("--json", action="store_true", help="one JSON object")
-    rt.set_defaults(handler="gateway.cli._rules_test:run")
+    rt.set_defaults(handler="gateway.cli._rule_tests:run")
 
     p = sub.add_parser("emulate", help="run the local Communications Mining emulator")
     p.add_argument(

@@ -187,7 +187,7 @@ def run_check(args: argparse.Namespace) -> int:
     tests = [p for p in paths if _is_test_file(p)]
     paths = [p for p in paths if p not in tests]
     for path in tests:  # a rule test file: its format, its rule files and messages
-        from ._rules_test import check_test_file
+        from ._rule_tests import check_test_file
 
         count, errors = check_test_file(path)
         invalid = invalid or bool(errors)

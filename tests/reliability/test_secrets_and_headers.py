@@ -372,7 +372,12 @@ def rig(tmp_path: Path, token_env: dict[str, str]) -> Iterator[tuple[HeaderRig, 
     max_examples=25,
     deadline=None,
     phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    # data_too_large: the spaced plain-ASCII values drawn on purpose are past 998 octets.
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.data_too_large,
+    ],
 )
 @given(predicted=labels, value=rule_value, prefix=rule_value, subject=hostile_text)
 @example(predicted=[(["Finance " * 150], 0.9)], value="pay now " * 150, prefix="[x] ", subject="Hi")
