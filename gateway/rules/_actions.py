@@ -57,6 +57,9 @@ def _header_effect(headers: tuple[tuple[str, str], ...]) -> Effect:
 
 class Action(Protocol):
     text: str
+    # The header fields the action writes (whatever the message): stripped from what
+    # untrusted peers send, so that nobody can forge them.
+    header_names: tuple[str, ...]
 
     def prepare(self, facts: Facts) -> Effect: ...
 
@@ -64,11 +67,12 @@ class Action(Protocol):
 class _Static:
     """An action whose effect does not depend on the message: built once."""
 
-    __slots__ = ("effect", "text")
+    __slots__ = ("effect", "header_names", "text")
 
     def __init__(self, effect: Effect, text: str) -> None:
         self.effect = effect
         self.text = text
+        self.header_names = tuple(name for name, _ in effect.headers)
 
     def prepare(self, facts: Facts) -> Effect:
         return self.effect
@@ -77,7 +81,7 @@ class _Static:
 class AddHeader:
     """``add_header``; values with placeholders are expanded per message."""
 
-    __slots__ = ("effect", "items", "rule", "text")
+    __slots__ = ("effect", "header_names", "items", "rule", "text")
 
     def __init__(self, items: Sequence[tuple[str, str]], rule: str) -> None:
         self.rule = rule
@@ -85,6 +89,7 @@ class AddHeader:
             (name, parse_template(value)) for name, value in items
         )
         self.text = "add_header " + ", ".join(f"{n}: {v}" for n, v in items)
+        self.header_names = tuple(name for name, _ in items)
         self.effect: Effect | None = None
         if all(not t.names or t.names == {"rule"} for _, t in self.items):
             values = {"rule": rule}

@@ -67,7 +67,12 @@ class RuleSet:
         )
         # The shadow run (audit_verdict) only matters when some rule is audited.
         self._any_audit = mode == "audit" or any(r.audit for r in self.rules)
-        self._header_names: frozenset[str] | None = None
+        self._header_names = frozenset(
+            name.lower()
+            for rule in self.rules
+            for action in rule.actions
+            for name in action.header_names
+        )
 
     def __len__(self) -> int:
         return len(self.rules)
@@ -98,16 +103,6 @@ class RuleSet:
         """Lower-cased names of every header field a rule can add (``add_header``,
         ``quarantine``...): the pipeline strips them from untrusted peers' mail, so that
         a sender cannot forge what a rule writes."""
-        if self._header_names is not None:
-            return self._header_names
-        out: set[str] = set()
-        for rule in self.rules:
-            for action in rule.actions:
-                items = getattr(action, "items", ())
-                effect = getattr(action, "effect", None)
-                headers = getattr(effect, "headers", ())
-                out.update(str(name).lower() for name, _ in (*items, *headers))
-        self._header_names = frozenset(out)
         return self._header_names
 
     def warnings(self) -> list[RuleWarning]:
