@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from ._headers import (
     header_block,
+    header_name_matcher,
     prefix_subject,
     prepend_headers,
     remove_headers,
@@ -35,6 +36,7 @@ __all__ = [
     "find_bare_line_ending",
     "header_block",
     "header_fields",
+    "header_name_matcher",
     "line_pieces",
     "normalize_line_endings",
     "parse_headers",

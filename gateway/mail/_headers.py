@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import functools
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from gateway.controls import replace_controls
 from gateway.redact import scrub
@@ -28,6 +28,7 @@ from ._subject import apply_subject_prefix
 __all__ = [
     "MAX_HEADER_BYTES",
     "header_block",
+    "header_name_matcher",
     "prefix_subject",
     "prepend_headers",
     "remove_headers",
@@ -257,22 +258,33 @@ def prepend_headers(raw: bytes, headers: Sequence[tuple[str, str]]) -> bytes:
     return b"".join([*(_field_bytes(n, v, linesep) for n, v in headers), raw])
 
 
-def strip_headers(raw: bytes, prefix: str = "X-CM-", names: Iterable[str] = ()) -> bytes:
-    """``raw`` without the header fields whose name starts with ``prefix``, or is one of
-    ``names`` (a name ending in ``*``: a prefix), case-insensitive, continuation lines
-    included. Only the header block is looked at; everything else stays byte for byte."""
-    prefixes = [prefix.lower().encode("ascii")]
-    exact: set[bytes] = set()
+def header_name_matcher(prefix: str, names: Iterable[str] = ()) -> Callable[[str], bool]:
+    """Does a field name (any case) start with ``prefix``, or is it one of ``names`` (a
+    name ending in ``*``: a prefix)? The one reading of such lists, for the SMTP front's
+    stripping and the milter front's deletions."""
+    prefixes = [prefix.lower()]
+    exact: set[str] = set()
     for name in names:
-        folded = name.lower().encode("ascii")
-        if folded.endswith(b"*"):
+        folded = name.lower()
+        if folded.endswith("*"):
             prefixes.append(folded[:-1])
         else:
             exact.add(folded)
     starts = tuple(prefixes)
-    return _drop(
-        raw, [(s, e) for name, s, e in _fields(raw) if name in exact or name.startswith(starts)]
-    )
+
+    def matches(name: str) -> bool:
+        folded = name.lower()
+        return folded in exact or folded.startswith(starts)
+
+    return matches
+
+
+def strip_headers(raw: bytes, prefix: str = "X-CM-", names: Iterable[str] = ()) -> bytes:
+    """``raw`` without the header fields ``header_name_matcher(prefix, names)`` matches,
+    continuation lines included. Only the header block is looked at; everything else
+    stays byte for byte."""
+    matches = header_name_matcher(prefix, names)
+    return _drop(raw, [(s, e) for n, s, e in _fields(raw) if matches(n.decode("latin-1"))])
 
 
 def remove_headers(raw: bytes, names: Iterable[str]) -> bytes:

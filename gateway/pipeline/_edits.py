@@ -9,7 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gateway.mail import apply_subject_prefix, header_fields, safe_header_value
+from gateway.mail import (
+    apply_subject_prefix,
+    header_fields,
+    header_name_matcher,
+    safe_header_value,
+)
 from gateway.rules import Decision
 
 from ._inbound import InboundMessage, MessageEdits
@@ -17,25 +22,27 @@ from ._prepare import HEADER_PREFIX
 
 __all__ = ["message_edits"]
 
+Fields = Sequence[tuple[str, str]]
 
-def _removed(msg: InboundMessage, decision: Decision, forged: Sequence[str]) -> tuple[str, ...]:
+
+def _removed(
+    msg: InboundMessage, fields: Fields, decision: Decision, forged: Sequence[str]
+) -> tuple[str, ...]:
     """Names of the fields to delete (each name once): from an untrusted client, every
-    ``X-CM-*`` field and each of ``forged`` (a name, or a prefix ending in ``*``); and,
-    enforced, what the rules' ``remove_header`` names."""
-    exact = {n.lower() for n in forged if not n.endswith("*")}
-    prefixes = (HEADER_PREFIX.lower(), *(n[:-1].lower() for n in forged if n.endswith("*")))
+    ``X-CM-*`` field and each of ``forged`` (a name, or a prefix ending in ``*``), as
+    the SMTP front strips them; and, enforced, what the rules' ``remove_header`` names."""
+    forbidden = header_name_matcher(HEADER_PREFIX, forged)
     removing = {n.lower() for n in decision.remove_headers} if not decision.audit else set()
     seen: dict[str, str] = {}
-    for name, _ in header_fields(msg.content):
-        lowered = name.lower()
-        untrusted = not msg.trusted_peer and (lowered in exact or lowered.startswith(prefixes))
-        if untrusted or lowered in removing:
-            seen.setdefault(lowered, name)
+    for name, _ in fields:
+        untrusted = not msg.trusted_peer and forbidden(name)
+        if untrusted or name.lower() in removing:
+            seen.setdefault(name.lower(), name)
     return tuple(seen.values())
 
 
-def _subject(msg: InboundMessage, prefixes: Sequence[str]) -> str | None:
-    old = next((v for n, v in header_fields(msg.content) if n.lower() == "subject"), "")
+def _subject(fields: Fields, prefixes: Sequence[str]) -> str | None:
+    old = next((v for n, v in fields if n.lower() == "subject"), "")
     new = old
     for prefix in reversed(prefixes):  # as the SMTP front applies them
         new = apply_subject_prefix(new, prefix)
@@ -54,7 +61,8 @@ def message_edits(
     """The edits for ``decision``; ``headers`` are the gateway's fields (not yet safe),
     already reduced to the classification headers in audit mode; ``forged``: the header
     names an untrusted client may not set besides ``X-CM-*``."""
-    removed = _removed(msg, decision, forged)
+    fields = header_fields(msg.content)  # read once, for the deletions and the subject
+    removed = _removed(msg, fields, decision, forged)
     # Names are the gateway's own or validated by the rule loader.
     safe = tuple((name, safe_header_value(value, name=name)) for name, value in headers)
     if decision.audit:
@@ -70,6 +78,6 @@ def message_edits(
         hold=decision.hold,
         headers=safe,
         removed=removed,
-        subject=_subject(msg, decision.subject_prefixes),
+        subject=_subject(fields, decision.subject_prefixes),
         recipients=recipients,
     )
