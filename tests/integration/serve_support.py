@@ -8,12 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, TextIO
 
 from gateway.testing import free_port
 
-__all__ = ["ROOT", "free_port", "port_of", "read_until", "start_serve", "stop_serve"]
+__all__ = ["ROOT", "announcer", "free_port", "port_of", "read_until", "start_serve", "stop_serve"]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -79,3 +80,9 @@ def stop_serve(proc: subprocess.Popen[bytes], signum: int = signal.SIGTERM) -> t
         proc.kill()
         raise
     return proc.returncode, (stderr or b"").decode()
+
+
+def announcer(out: TextIO) -> Callable[[str], None]:
+    """For ``gateway.ops.serve(..., announce=)`` in-process: what ``cm-gateway serve``
+    prints once it listens, into ``out``."""
+    return lambda address: print(f"cm-gateway listening on {address}", file=out)

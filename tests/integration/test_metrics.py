@@ -6,7 +6,7 @@ import asyncio
 import io
 import os
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from gateway.pipeline import build_processor
 from gateway.testing import free_port, running_sink
 
 from .pipeline_support import mail, make_config
+from .serve_support import announcer
 from .smtp_front_support import running_server, smtp_config
 
 INVOICE = mail("Invoice INV-12345", "Please find the invoice attached, amount due 100 EUR.")
@@ -52,11 +53,6 @@ def _sample(text: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"no sample {name!r} in:\n{text}")
-
-
-def announcer(out: io.StringIO) -> Callable[[str], None]:
-    """What ``cm-gateway serve`` prints once it listens, into ``out``."""
-    return lambda address: print(f"cm-gateway listening on {address}", file=out)
 
 
 async def test_metrics_count_a_delivered_message_its_stages_and_its_rule_hit(tmp_path: Path):

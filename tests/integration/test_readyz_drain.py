@@ -8,7 +8,6 @@ import gc
 import io
 import os
 import signal
-from collections.abc import Callable
 from pathlib import Path
 
 import aiosmtplib
@@ -20,11 +19,7 @@ from gateway.testing import free_port, running_emulator, running_sink
 
 from .ops_support import emulator_classifier, numbered_mail
 from .pipeline_support import make_config
-
-
-def announcer(out: io.StringIO) -> Callable[[str], None]:
-    """What ``cm-gateway serve`` prints once it listens, into ``out``."""
-    return lambda address: print(f"cm-gateway listening on {address}", file=out)
+from .serve_support import announcer
 
 
 async def _listening_port(out: io.StringIO, task: asyncio.Task[int]) -> int:
