@@ -4,9 +4,12 @@ thread matched, kept beside the dedup cache (``[cache] url``: memory or Redis, s
 Keys are thread ids (Message-IDs, chosen by senders): they are stored hashed, so that a
 huge or hostile id costs one hash and a fixed-size key. With Redis every instance and
 worker shares the memory (a set per thread, ``SADD`` + ``EXPIRE``); in memory it is one
-process's (an LRU bounded by ``[cache] max_entries``). Like the dedup cache, the memory
-is an optimisation of routing, never a dependency of the mail path: a backend that
-fails answers "nothing remembered" and mail keeps flowing.
+process's (an LRU bounded by ``[cache] max_entries``), whose entries are a float and a
+tuple of str: objects the garbage collector stops tracking, so a full memory (100,000
+threads) adds nothing to a collection's pause (a frozenset per entry made each full
+collection walk 200,000 more objects: 24 -> 13 ms here with the memory full). Like the
+dedup cache, the memory is an optimisation of routing, never a dependency of the mail
+path: a backend that fails answers "nothing remembered" and mail keeps flowing.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ class MemoryThreads:
     def __init__(self, *, ttl: float, max_entries: int) -> None:
         self._ttl = ttl
         self._max = max_entries
-        self._data: OrderedDict[str, tuple[float, frozenset[str]]] = OrderedDict()
+        self._data: OrderedDict[str, tuple[float, tuple[str, ...]]] = OrderedDict()
 
     async def recall(self, thread_ids: Sequence[str]) -> frozenset[str]:
         """See ``ThreadMemory.recall``."""
@@ -77,11 +80,11 @@ class MemoryThreads:
         now = time.monotonic()
         for key in map(thread_digest, thread_ids):
             item = self._data.get(key)
-            known = item[1] if item is not None and item[0] >= now else frozenset()
+            known = frozenset(item[1]) if item is not None and item[0] >= now else frozenset()
             merged = known | names
             if len(merged) > MAX_RULES_PER_THREAD:
                 merged = known
-            self._data[key] = (now + self._ttl, merged)
+            self._data[key] = (now + self._ttl, tuple(sorted(merged)))
             self._data.move_to_end(key)
         while len(self._data) > self._max:
             self._data.popitem(last=False)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import gc
 import os
 import signal
 import sys
@@ -41,7 +40,7 @@ from gateway.errors import ClassifierError, ConfigError
 from gateway.logsetup import get_logger
 from gateway.predictions import PredictionBatch
 
-from ._process import shutdown_grace
+from ._process import settle_heap, shutdown_grace
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -169,10 +168,7 @@ async def serve_batcher(config: Config, path: str, ready: Connection | None = No
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     watcher = asyncio.create_task(_watch_parent(os.getppid(), stop))
-    # As in the workers (gateway.ops.Service.start): what start-up built lives as long as the
-    # process, so full collections need not walk it again and again.
-    gc.collect()
-    gc.freeze()
+    settle_heap()  # as the workers do (gateway.ops.Service.start)
     _log.info("batcher_ready", classifier=server.classifier.description, pid=os.getpid())
     if ready is not None:
         ready.send_bytes(b"ready")

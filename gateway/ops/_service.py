@@ -17,7 +17,6 @@ terminal's hangup, and stops the gateway (``_process.hangup_stops``).
 from __future__ import annotations
 
 import asyncio
-import gc
 import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -31,7 +30,7 @@ from gateway.pipeline import MessageDecider, MessageProcessor, build_processor
 from gateway.smtp import Authenticator, SmtpServer, build_tls_context
 
 from ._metrics_server import MetricsServer
-from ._process import hangup_stops, shutdown_grace
+from ._process import hangup_stops, settle_heap, shutdown_grace
 from ._reload import RuleReloader
 
 __all__ = ["SAME_STOP_WINDOW", "Service", "serve", "start_metrics"]
@@ -143,11 +142,7 @@ class Service:
             reuse_port=self._reuse_port,
             draining=lambda: self._draining,
         )
-        # What start-up built (modules, schemas, rules, clients) lives as long as the
-        # process: frozen out of the collector's sight, a full collection no longer walks
-        # it. Unfrozen, each one held the loop for 100-170 ms here, stalling every session.
-        gc.collect()
-        gc.freeze()
+        settle_heap()
         self._install_signals(processor)
 
     async def _start_milter(self, processor: MessageProcessor) -> MilterServer:

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from gateway.ops import serve
+from gateway.ops._process import YOUNG_COLLECTION_THRESHOLD
 from gateway.testing import free_port, running_emulator, running_sink
 
 from .ops_support import emulator_classifier, numbered_mail
@@ -85,12 +86,16 @@ async def test_readyz_is_503_draining_while_a_message_in_data_finishes(
     assert len(sink.received) == 1
 
 
-async def test_serve_freezes_what_start_up_built_out_of_the_collectors_walk(
+async def test_serve_freezes_start_up_out_of_the_collectors_walk_and_collects_less_often(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     """A full collection no longer walks the objects start-up built (tens of thousands,
-    100+ ms a walk on this machine, every session stalled meanwhile)."""
+    100+ ms a walk on this machine, every session stalled meanwhile), and the young
+    generation is collected after 10,000 allocations instead of 700 (a message's objects
+    live longer than 700 allocations under load)."""
     gc.unfreeze()
+    threshold = gc.get_threshold()
+    gc.set_threshold(700, *threshold[1:])  # CPython's default: serve in this process set it
     with running_emulator() as emu, running_sink() as sink:
         monkeypatch.setenv("REINFER_TOKEN", emu.token or "")
         config = make_config(
@@ -104,7 +109,9 @@ async def test_serve_freezes_what_start_up_built_out_of_the_collectors_walk(
         try:
             await _listening_port(out, task)
             assert gc.get_freeze_count() > 10_000
+            assert gc.get_threshold() == (YOUNG_COLLECTION_THRESHOLD, *threshold[1:])
         finally:
             os.kill(os.getpid(), signal.SIGTERM)
             assert await asyncio.wait_for(task, 60) == 0
             gc.unfreeze()
+            gc.set_threshold(*threshold)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import os
 from pathlib import Path
 
@@ -217,6 +218,23 @@ async def test_memory_threads_remember_per_thread_until_the_ttl_and_evict_lru() 
 
     await asyncio.sleep(0.01)
     assert await expired.recall(["a"]) == frozenset()
+
+
+async def test_a_full_thread_memory_gives_the_garbage_collector_nothing_more_to_walk() -> None:
+    """Every entry becomes untracked by the collector (a float and a tuple of str), so a
+    memory of [cache] max_entries threads does not lengthen every full collection."""
+    gc.collect()
+    before = len(gc.get_objects())
+    memory = MemoryThreads(ttl=60, max_entries=2000)
+    for i in range(2000):
+        await memory.remember([f"<{i}@x>", f"<root{i % 7}@x>"], ["r1", f"r{i % 3}"])
+    # A tuple is untracked once a collection finds its items untracked; the inner one may
+    # come later in the collector's list than the outer, so it takes two.
+    gc.collect()
+    gc.collect()
+    assert len(gc.get_objects()) - before < 1000  # was +4,000: a tuple and a frozenset each
+    assert await memory.recall(["<1999@x>"]) == {"r1"}
+    assert await memory.recall(["<root0@x>"]) == {"r0", "r1", "r2"}
 
 
 async def test_thread_step_records_only_the_rules_thread_conditions_name() -> None:
