@@ -56,7 +56,9 @@ from ._adaptive import AdaptivePolicy
 if TYPE_CHECKING:
     from ._metrics import ClassifierMetrics
 
-__all__ = ["BatchingClassifier"]
+__all__ = ["RECENT_BATCHES", "BatchingClassifier"]
+
+RECENT_BATCHES = 10_000
 
 _Result = tuple[DocumentPrediction, ModelInfo | None]
 
@@ -146,7 +148,9 @@ class BatchingClassifier:
         self.requests = 0
         self.in_flight = 0
         self.peak_in_flight = 0
-        self.batch_sizes: list[int] = []
+        # The sizes of the latest requests (tests and benchmarks read them); bounded, as a
+        # gateway runs for months and sends a request every few messages.
+        self.batch_sizes: collections.deque[int] = collections.deque(maxlen=RECENT_BATCHES)
         self.metrics = metrics
 
     @property

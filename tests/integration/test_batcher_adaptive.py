@@ -50,7 +50,7 @@ async def test_a_lone_message_at_idle_waits_for_the_api_alone(emulator: Emulator
     started = time.monotonic()
     await batcher.predict_raw_emails([doc(1, "lone")])
     await batcher.aclose()
-    assert batcher.batch_sizes == [1, 1]
+    assert list(batcher.batch_sizes) == [1, 1]
     # Measured from the call to the request leaving (no network in between), so a
     # loaded machine adds only this loop's scheduling, far below the 50 ms of a wait.
     assert sent_at[-1] - started < 0.025, sent_at[-1] - started
@@ -76,7 +76,7 @@ async def test_a_closed_loop_settles_into_two_groups_of_half_the_sessions(
 
     await asyncio.wait_for(asyncio.gather(*(session(s) for s in range(sessions))), 60.0)
     await batcher.aclose()
-    steady = batcher.batch_sizes[len(batcher.batch_sizes) // 2 :]
+    steady = list(batcher.batch_sizes)[len(batcher.batch_sizes) // 2 :]
     assert statistics.mean(steady) >= sessions / 3, batcher.batch_sizes
     assert batcher.requests <= sessions * rounds / 5, batcher.batch_sizes
     # 100 ms of API; what the batcher adds is bounded by about 50 ms (plus the load).

@@ -59,7 +59,7 @@ async def test_a_lone_document_goes_at_once_when_no_request_is_running(
     result = await asyncio.wait_for(batcher.predict_raw_emails([doc(1)]), PATIENCE_S)
     await batcher.aclose()
     assert len(result.predictions) == 1
-    assert batcher.batch_sizes == [1]
+    assert list(batcher.batch_sizes) == [1]
 
 
 async def test_documents_arriving_during_a_request_go_together_when_it_ends(
@@ -70,7 +70,7 @@ async def test_documents_arriving_during_a_request_go_together_when_it_ends(
     batcher = batcher_for(emulator)
     await asyncio.wait_for(staggered(batcher, 6, 0.04, "idle"), PATIENCE_S)
     await batcher.aclose()
-    assert batcher.batch_sizes == [1, 5]
+    assert list(batcher.batch_sizes) == [1, 5]
     assert batcher.peak_in_flight == 1
     assert emulator.stats()["requests"] == 2
 
@@ -84,7 +84,7 @@ async def test_one_callers_documents_stay_in_one_request(emulator: EmulatorHandl
     )
     await batcher.aclose()
     assert len(result.predictions) == 7
-    assert batcher.batch_sizes == [7]
+    assert list(batcher.batch_sizes) == [7]
 
 
 async def test_max_batch_still_closes_a_batch_while_a_request_runs(
@@ -96,7 +96,7 @@ async def test_max_batch_still_closes_a_batch_while_a_request_runs(
     rest = [asyncio.create_task(batcher.predict_raw_emails([doc(i)])) for i in range(1, 7)]
     await asyncio.wait_for(asyncio.gather(first, *rest), PATIENCE_S)
     await batcher.aclose()
-    assert batcher.batch_sizes == [1, 3, 3]
+    assert list(batcher.batch_sizes) == [1, 3, 3]
     assert batcher.peak_in_flight == 3
 
 
@@ -160,7 +160,7 @@ async def test_the_next_request_is_under_way_before_the_callers_of_the_last_one_
     ticking = False
     await tick
     await batcher.aclose()
-    assert batcher.batch_sizes == [1, 1]
+    assert list(batcher.batch_sizes) == [1, 1]
     assert resumed_at[0] - started_at[1] >= HEAD_START_TURNS
 
 
@@ -176,7 +176,7 @@ async def test_a_batch_under_min_batch_waits_for_more_even_when_the_api_is_idle(
     last = asyncio.create_task(batcher.predict_raw_emails([doc(2)]))
     await asyncio.wait_for(asyncio.gather(*early, last), PATIENCE_S)
     await batcher.aclose()
-    assert batcher.batch_sizes == [3]
+    assert list(batcher.batch_sizes) == [3]
 
 
 async def test_a_batch_under_min_batch_still_goes_when_max_wait_ms_passes(
@@ -190,7 +190,7 @@ async def test_a_batch_under_min_batch_still_goes_when_max_wait_ms_passes(
     assert batcher.requests == 0
     await asyncio.wait_for(lone, PATIENCE_S)
     await batcher.aclose()
-    assert batcher.batch_sizes == [1]
+    assert list(batcher.batch_sizes) == [1]
 
 
 async def test_min_batch_over_max_batch_is_refused(emulator: EmulatorHandle) -> None:
@@ -209,7 +209,7 @@ async def test_a_batch_at_target_batch_goes_while_another_request_runs(
     batcher = batcher_for(emulator, target_batch=3)
     await asyncio.wait_for(staggered(batcher, 6, 0.04, "target"), PATIENCE_S)
     await batcher.aclose()
-    assert batcher.batch_sizes == [1, 3, 2]
+    assert list(batcher.batch_sizes) == [1, 3, 2]
     assert batcher.peak_in_flight == 2
 
 
@@ -221,7 +221,7 @@ async def test_a_batch_past_target_batch_keeps_growing_while_every_slot_is_busy(
     batcher = batcher_for(emulator, target_batch=2, max_in_flight=1)
     await asyncio.wait_for(staggered(batcher, 6, 0.04, "target"), PATIENCE_S)
     await batcher.aclose()
-    assert batcher.batch_sizes == [1, 5]
+    assert list(batcher.batch_sizes) == [1, 5]
     assert batcher.peak_in_flight == 1
 
 

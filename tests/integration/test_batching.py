@@ -16,6 +16,7 @@ from gateway.classify import (
     DedupClassifier,
     MemoryCache,
 )
+from gateway.classify import _batcher as batcher_module
 from gateway.classify._client import TenantEndpoint
 from gateway.classify._retry import RetryPolicy
 from gateway.documents import RawEmailDocument
@@ -157,5 +158,18 @@ async def test_the_byte_budget_closes_a_batch_before_it_outgrows_max_bytes(
     big = doc(99, "invoice " * 100)
     result = await batcher.predict_raw_emails([big])
     await batcher.aclose()
-    assert batcher.batch_sizes == [1] * 7
+    assert list(batcher.batch_sizes) == [1] * 7
     assert len(result.predictions) == 1
+
+
+async def test_the_batcher_keeps_the_sizes_of_its_latest_requests_only(
+    emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gateway runs for months: the record of batch sizes is bounded (the newest kept)."""
+    monkeypatch.setattr(batcher_module, "RECENT_BATCHES", 3)
+    batcher = BatchingClassifier(client(emulator), max_batch=64, max_wait_ms=0)
+    for i in range(5):
+        await batcher.predict_raw_emails([doc(i)] * (i + 1))
+    await batcher.aclose()
+    assert batcher.requests == 5
+    assert list(batcher.batch_sizes) == [3, 4, 5]
