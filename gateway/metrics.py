@@ -68,6 +68,17 @@ class GatewayMetrics:
             "cm_gateway_batch_size", "Documents per predict request", buckets=_BATCH_BUCKETS,
             registry=r,
         )  # fmt: skip
+        self.batcher_latency = Gauge(
+            "cm_gateway_batcher_latency_seconds",
+            "The API latency the adaptive batcher has learned (target_batch auto)",
+            registry=r,
+        )
+        self.batcher_target = Gauge(
+            "cm_gateway_batcher_target_documents",
+            "The batch size the adaptive batcher aims for now: half the documents it saw"
+            " in flight at once lately",
+            registry=r,
+        )
         self.api_requests = Counter(
             "cm_gateway_api_requests", "Predict requests sent to the classifier", registry=r
         )
@@ -211,6 +222,12 @@ class GatewayMetrics:
         self.circuit_state.labels(classifier=classifier).set(value)
         if previous is not None:
             self.circuit_transitions.labels(classifier=classifier, state=state).inc()
+
+    def batcher_learned(self, latency: float, target: int) -> None:
+        """The adaptive batcher's learned API latency (seconds) and batch target, after
+        an answered call."""
+        self.batcher_latency.set(latency)
+        self.batcher_target.set(target)
 
     def track_sessions(self, count: Callable[[], int]) -> None:
         """Read the open-session count from ``count`` at every scrape."""

@@ -78,7 +78,7 @@ class RemoteClassifier:
         finally:
             self._waiting.pop(request_id, None)
         if self.metrics is not None:
-            replay(reply.events, reply.circuits, self.metrics)
+            replay(reply.events, reply.circuits, self.metrics, reply.gauges)
         if reply.error is not None:
             raise reply.error.exception()
         if reply.batch is None:

@@ -68,6 +68,7 @@ class WireReply(BaseModel):
     error: WireError | None = None
     events: list[list[Any]] = []
     circuits: dict[str, list[Any]] = {}
+    gauges: dict[str, float] = {}
 
 
 def frame(payload: bytes) -> bytes:
@@ -113,6 +114,7 @@ def encode_reply(
     error: BaseException | None = None,
     events: list[list[Any]],
     circuits: dict[str, list[Any]],
+    gauges: dict[str, float] | None = None,
 ) -> bytes:
     """The frame answering ``request_id``: ``WireReply(...).model_dump_json(exclude_defaults=
     True)``, written piece by piece: building the reply and a batch without its comments
@@ -128,6 +130,8 @@ def encode_reply(
         parts += (b',"events":', pydantic_core.to_json(events, inf_nan_mode="null"))
     if circuits:
         parts += (b',"circuits":', pydantic_core.to_json(circuits, inf_nan_mode="null"))
+    if gauges:
+        parts += (b',"gauges":', pydantic_core.to_json(gauges, inf_nan_mode="null"))
     parts.append(b"}")
     return frame(b"".join(parts))
 

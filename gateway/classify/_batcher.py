@@ -312,6 +312,8 @@ class BatchingClassifier:
                 self.in_flight -= 1
             if self.policy is not None:
                 self.policy.observe(self._clock() - started)
+                if self.metrics is not None:
+                    self.metrics.batcher_learned(self.policy.learned(), self.policy.target())
         if len(result.predictions) != len(live):
             count = f"{len(result.predictions)} predictions for {len(live)} documents"
             return self._failed(batch, live, MalformedResponseError(count))

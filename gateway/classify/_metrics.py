@@ -41,6 +41,8 @@ class ClassifierMetrics(Protocol):
         self, classifier: str, state: str, value: int, previous: str | None
     ) -> None: ...
 
+    def batcher_learned(self, latency: float, target: int) -> None: ...
+
 
 # One event: a list whose first item names it (JSON has no tuples).
 Event = list[Any]
@@ -69,6 +71,9 @@ class MetricEvents:
         self.pending: list[Event] = []
         # The latest state of each circuit, sent with every reply (a gauge, not a count).
         self.circuits: dict[str, list[Any]] = {}
+        # The adaptive batcher's latest learned latency and target, also sent with every
+        # reply: each worker shows the batcher's current values.
+        self.gauges: dict[str, float] = {}
         self._hits = _EventCounter(self, "cache_hits")
         self._misses = _EventCounter(self, "cache_misses")
 
@@ -98,6 +103,9 @@ class MetricEvents:
         if previous is not None:
             self.pending.append(["transition", classifier, state, value, previous])
 
+    def batcher_learned(self, latency: float, target: int) -> None:
+        self.gauges = {"latency": latency, "target": target}
+
     def take(self) -> list[Event]:
         """The events recorded since the last ``take``."""
         events, self.pending = self.pending, []
@@ -108,8 +116,13 @@ def _error(kind: str | None) -> ClassifierError | None:
     return None if kind is None else error_for_kind(kind, "")
 
 
-def replay(events: list[Event], circuits: dict[str, list[Any]], into: ClassifierMetrics) -> None:
-    """Count ``events`` (from ``MetricEvents.take``) and set the circuit gauges."""
+def replay(
+    events: list[Event],
+    circuits: dict[str, list[Any]],
+    into: ClassifierMetrics,
+    gauges: dict[str, float] | None = None,
+) -> None:
+    """Count ``events`` (from ``MetricEvents.take``) and set the circuit and batcher gauges."""
     for event in events:
         name = event[0]
         if name == "api":
@@ -125,3 +138,5 @@ def replay(events: list[Event], circuits: dict[str, list[Any]], into: Classifier
             into.circuit_changed(event[1], event[2], event[3], event[4])
     for classifier, (state, value) in circuits.items():
         into.circuit_changed(classifier, state, value, None)
+    if gauges:
+        into.batcher_learned(gauges["latency"], int(gauges["target"]))

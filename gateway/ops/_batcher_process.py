@@ -145,6 +145,7 @@ class BatchServer:
             error=error,
             events=self.events.take(),
             circuits=self.events.circuits,
+            gauges=self.events.gauges,
         )
         if not writer.is_closing():
             writer.write(reply)

@@ -27,7 +27,7 @@ async def test_documents_due_while_every_slot_is_busy_share_the_next_request(
     batcher = batcher_for(emulator, max_in_flight=1)
     await staggered(batcher, 6, 0.04, "hold")
     await batcher.aclose()
-    assert batcher.batch_sizes == [1, 5]
+    assert list(batcher.batch_sizes) == [1, 5]
     assert emulator.stats()["requests"] == 2
 
 
@@ -39,5 +39,5 @@ async def test_a_due_batch_still_starts_at_once_when_a_slot_is_free(
     batcher = batcher_for(emulator, max_in_flight=2)
     await staggered(batcher, 2, 0.04, "hold")
     await batcher.aclose()
-    assert batcher.batch_sizes == [1, 1]
+    assert list(batcher.batch_sizes) == [1, 1]
     assert batcher.peak_in_flight == 2

@@ -13,14 +13,16 @@ from typing import Any
 
 import aiosmtplib
 import httpx
+import pytest
 
 from gateway.config import Config
 from gateway.metrics import GatewayMetrics
 from gateway.ops import serve
 from gateway.ops._metrics_server import MetricsServer, Readiness
 from gateway.pipeline import build_processor
-from gateway.testing import free_port, running_sink
+from gateway.testing import EmulatorHandle, free_port, running_sink
 
+from .ops_support import emulator_classifier
 from .pipeline_support import mail, make_config
 from .serve_support import announcer
 from .smtp_front_support import running_server, smtp_config
@@ -111,6 +113,31 @@ async def test_metrics_count_a_repeated_message_as_a_cache_hit_not_a_second_requ
     assert _sample(text, 'cm_gateway_messages_total{outcome="delivered"}') == 2
     assert _sample(text, "cm_gateway_api_requests_total") == 1
     assert _sample(text, "cm_gateway_cache_hits_total") == 1
+
+
+@pytest.mark.emulator(per_test=True, latency_ms=60, token_env="REINFER_TOKEN")
+async def test_metrics_show_the_api_latency_and_batch_target_the_batcher_learned(
+    tmp_path: Path, emulator: EmulatorHandle
+):
+    """With target_batch "auto" (the default) /metrics says what the batcher learned: the
+    API's latency (seconds, an average of answered calls) and its batch target."""
+    with running_sink() as sink:
+        config = _config(tmp_path, sink.url, classifier=emulator_classifier(emulator))
+        assert config.classifier.target_batch == "auto"
+        metrics = GatewayMetrics()
+        processor = build_processor(config, metrics=metrics)
+        async with running_server(processor, smtp_config()) as server:
+            await aiosmtplib.send(
+                INVOICE,
+                sender="alice@example.com",
+                recipients=["support@example.com"],
+                hostname="127.0.0.1",
+                port=server.port,
+                start_tls=False,
+            )
+    text = metrics.render().decode()
+    assert 0.06 <= _sample(text, "cm_gateway_batcher_latency_seconds") < 5
+    assert _sample(text, "cm_gateway_batcher_target_documents") >= 1
 
 
 async def test_two_gateways_in_one_process_keep_separate_registries():

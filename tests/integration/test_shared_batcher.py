@@ -193,3 +193,19 @@ async def test_the_circuit_opens_for_every_worker_at_once(
     assert [sample(m.render().decode(), state) for m in metrics] == [1, 1]
     opened = 'cm_gateway_circuit_transitions_total{classifier="live",state="open"}'
     assert total(metrics, opened) == 1
+
+
+async def test_every_worker_shows_what_the_adaptive_batcher_learned(
+    tmp_path: Path, emulator: EmulatorHandle
+) -> None:
+    """The batcher process's learned API latency and batch target reach each worker's
+    /metrics with its replies (gauges: the latest values, not a sum)."""
+    emulator.set_faults(latency_ms=60)
+    config = config_for(tmp_path, emulator, target_batch="auto", max_wait_ms=20)
+    async with batcher_with_workers(config) as (_, clients, metrics):
+        for i, client in enumerate(clients):
+            await asyncio.wait_for(client.predict_raw_emails([doc(i)]), PATIENCE_S)
+    for m in metrics:
+        text = m.render().decode()
+        assert 0.06 <= sample(text, "cm_gateway_batcher_latency_seconds") < 5
+        assert sample(text, "cm_gateway_batcher_target_documents") >= 1
