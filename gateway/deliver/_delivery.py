@@ -88,12 +88,15 @@ class Delivery(Protocol):
         smtp_utf8: bool = False,
         xforward: XForward | None = None,
         crlf_only: bool = False,
+        original_rcpts: Sequence[str] = (),
     ) -> DeliveryResult:
         """Hand over one message; never raises for a refusal or an unreachable hop.
         ``xforward``: the client attributes to pass on where the next hop takes them.
         ``crlf_only``: the caller vouches that ``content`` has no bare CR or LF (it came
         through the SMTP front, which rejects or rewrites them), so the line endings are
-        not checked again (see ``_smtp_data.stuffed_pieces``)."""
+        not checked again (see ``_smtp_data.stuffed_pieces``). ``original_rcpts``: the
+        recipients as the client gave them, before the rules (a Maildir records them in
+        ``X-Original-To``; SMTP and LMTP pass the message's envelope only)."""
         ...
 
     async def aclose(self) -> None: ...
@@ -180,6 +183,7 @@ class SmtpDelivery:
         smtp_utf8: bool = False,
         xforward: XForward | None = None,
         crlf_only: bool = False,
+        original_rcpts: Sequence[str] = (),
     ) -> DeliveryResult:
         """Send one message; the whole exchange (pool wait included) is bounded by
         ``timeout``."""

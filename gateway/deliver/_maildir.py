@@ -80,12 +80,17 @@ class MaildirDelivery:
         smtp_utf8: bool = False,
         xforward: XForward | None = None,
         crlf_only: bool = False,
+        original_rcpts: Sequence[str] = (),
     ) -> DeliveryResult:
         """Store the message with the envelope on top, as Postfix's local delivery does
-        (``Return-Path``, one ``Delivered-To`` per recipient: where the rules sent it);
-        ``xforward`` and ``crlf_only`` have no meaning here. A failing disk is a
-        temporary failure."""
-        envelope = [f"Return-Path: <{mail_from}>", *(f"Delivered-To: {r}" for r in rcpt_tos)]
+        (``Return-Path``; one ``X-Original-To`` per recipient the client gave, before the
+        rules; one ``Delivered-To`` per recipient: where the rules sent it); ``xforward``
+        and ``crlf_only`` have no meaning here. A failing disk is a temporary failure."""
+        envelope = [
+            f"Return-Path: <{mail_from}>",
+            *(f"X-Original-To: {r}" for r in dict.fromkeys(original_rcpts)),
+            *(f"Delivered-To: {r}" for r in rcpt_tos),
+        ]
         # Addresses passed the front's checks (no CR/LF); the line end follows the message's.
         eol = b"\r\n" if b"\r\n" in content[:4096] or not content else b"\n"
         stamped = eol.join(line.encode("utf-8") for line in envelope) + eol + content

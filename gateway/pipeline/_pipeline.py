@@ -378,6 +378,7 @@ class Pipeline:
                 smtp_utf8=msg.smtp_utf8,
                 xforward=msg.next_hop_xforward(),
                 crlf_only=True,
+                original_rcpts=msg.rcpt_tos,
             )
         log.next_hop(result.next_hop, result.queue_id)
         if result.error:

@@ -172,7 +172,8 @@ def running_dovecot() -> Iterator[DovecotInstance]:
     pid_file = root / "run" / "master.pid"
     try:
         deadline = time.monotonic() + 15
-        while not _listening(instance.lmtp_port) or not _listening(instance.imap_port):
+        ports = (instance.lmtp_port, instance.imap_port, instance.auth_port)
+        while not all(_listening(port) for port in ports if port):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"dovecot is not listening:\n{instance.log}")
             time.sleep(0.05)

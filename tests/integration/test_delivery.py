@@ -199,6 +199,29 @@ async def test_maildir_delivery_writes_into_new_and_leaves_tmp_empty(tmp_path: P
     assert (maildir / "cur").is_dir()
 
 
+async def test_maildir_delivery_names_the_original_recipients_once_each(tmp_path: Path) -> None:
+    """X-Original-To per recipient the client gave (a repeated one once), between
+    Return-Path and the Delivered-To lines, as Postfix's local delivery writes them."""
+    result = await MaildirDelivery(tmp_path).deliver(
+        "alice@example.com",
+        ["team@x.test"],
+        CONTENT,
+        original_rcpts=["b@x.test", "c@x.test", "b@x.test"],
+    )
+    assert result.delivered
+    (stored,) = (tmp_path / "new").iterdir()
+    eol = b"\r\n" if b"\r\n" in CONTENT else b"\n"
+    head = eol.join(
+        [
+            b"Return-Path: <alice@example.com>",
+            b"X-Original-To: b@x.test",
+            b"X-Original-To: c@x.test",
+            b"Delivered-To: team@x.test",
+        ]
+    )
+    assert stored.read_bytes() == head + eol + CONTENT
+
+
 async def test_maildir_names_are_unique(tmp_path: Path) -> None:
     """Many deliveries in the same instant never overwrite each other."""
     delivery = MaildirDelivery(tmp_path)

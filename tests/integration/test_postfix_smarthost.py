@@ -59,6 +59,9 @@ smtpd_sasl_path = inet:127.0.0.1:{self.auth_port}
 smtpd_tls_auth_only = yes
 smtpd_relay_restrictions = permit_sasl_authenticated, reject_unauth_destination
 smtpd_recipient_restrictions = permit_sasl_authenticated, reject
+# An smtpd that fails once (its SASL server not answering yet on a busy machine) is
+# tried again after a second, not after the default minute of throttling.
+service_throttle_time = 1s
 """
         )
 

@@ -128,6 +128,39 @@ def test_skipped_mail_reaches_its_recipients_under_every_shipped_rule_set(
     assert delivered[0]["Return-Path"] == "<>"
 
 
+def test_the_maildir_records_the_original_recipient_and_where_the_rules_sent_it(
+    tmp_path: Path,
+) -> None:
+    """As Postfix's local delivery: X-Original-To names the recipient the client gave,
+    Delivered-To the recipients after the rules (here a redirect to a team mailbox)."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "rules:\n"
+        "  - name: invoices-to-ap\n"
+        "    when: { label: 'Finance > Invoice' }\n"
+        "    actions:\n"
+        "      - redirect: [ap@example.com]\n",
+        encoding="utf-8",
+    )
+    config = _config(tmp_path, str(rules))
+    text = (
+        "From: bob@example.net\r\nTo: info@example.com\r\nSubject: Invoice INV-2041\r\n\r\n"
+        "Please pay invoice INV-2041, the amount due is EUR 1,200.00.\r\n"
+    )
+    proc = start_serve(tmp_path, "--config", str(config))
+    try:
+        port = port_of(read_until(proc, "listening on"))
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            client.sendmail("bob@example.net", ["info@example.com", "info@example.com"], text)
+        (message,) = _delivered(tmp_path, 1)
+    finally:
+        code, stderr = stop_serve(proc)
+    assert code == 0, stderr[-2000:]
+    assert message.get_all("X-Original-To") == ["info@example.com"]
+    assert message.get_all("Delivered-To") == ["ap@example.com"]
+    assert message["Return-Path"] == "<bob@example.net>"
+
+
 def test_a_foreground_gateway_stops_when_its_terminal_hangs_up_and_sigusr1_reloads(
     tmp_path: Path,
 ) -> None:
