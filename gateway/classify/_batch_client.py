@@ -15,17 +15,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from gateway.documents import RawEmailDocument
 from gateway.errors import ClassifierTimeout, TransportError
 from gateway.logsetup import get_logger
 from gateway.predictions import PredictionBatch
 
-from ._batch_wire import FrameError, WireReply, encode_request, frame, read_frame
+from ._batch_wire import (
+    FrameError,
+    WireReply,
+    encode_request,
+    encode_thread_request,
+    frame,
+    read_frame,
+)
 from ._metrics import ClassifierMetrics, replay
 
-__all__ = ["RemoteClassifier"]
+__all__ = ["RemoteClassifier", "RemoteThreads"]
 
 _log = get_logger("cm-gateway.batch-client")
 
@@ -85,6 +92,23 @@ class RemoteClassifier:
             raise TransportError("the batcher process answered neither predictions nor error")
         return reply.batch
 
+    async def ask_threads(
+        self, thread_ids: Sequence[str], rules: Iterable[str] | None = None
+    ) -> WireReply:
+        """One question to the batcher process's conversation memory (see
+        ``RemoteThreads``); raises like ``predict_raw_emails`` when it does not answer."""
+        writer = await self._connection()
+        self._next_id += 1
+        request_id = self._next_id
+        answer: asyncio.Future[WireReply] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = answer
+        try:
+            writer.write(encode_thread_request(request_id, thread_ids, rules))
+            async with asyncio.timeout(self.deadline):
+                return await answer
+        finally:
+            self._waiting.pop(request_id, None)
+
     @staticmethod
     def _cancel(writer: asyncio.StreamWriter, request_id: int) -> None:
         """Nobody waits for ``request_id`` any more: a batch not yet sent goes without it."""
@@ -131,3 +155,33 @@ class RemoteClassifier:
             self._reader_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader_task
+
+
+class RemoteThreads:
+    """The conversation memory (``thread`` conditions) kept by the batcher process, so
+    that every worker recalls what any worker remembered (with a ``memory://`` or
+    ``sqlite://`` cache; Redis is shared already). Like every conversation memory, never
+    a dependency of the mail path: a batcher that does not answer means "nothing
+    remembered", with one warning line."""
+
+    def __init__(self, client: RemoteClassifier) -> None:
+        self._client = client
+
+    async def recall(self, thread_ids: Sequence[str]) -> frozenset[str]:
+        """See ``ThreadMemory.recall``."""
+        try:
+            reply = await self._client.ask_threads(thread_ids)
+        except Exception as exc:  # the memory never fails a message
+            _log.warning("thread_memory_unavailable", error=str(exc) or type(exc).__name__)
+            return frozenset()
+        return frozenset(reply.rules)
+
+    async def remember(self, thread_ids: Sequence[str], rules: Iterable[str]) -> None:
+        """See ``ThreadMemory.remember``."""
+        try:
+            await self._client.ask_threads(thread_ids, rules)
+        except Exception as exc:  # the memory never fails a message
+            _log.warning("thread_memory_unavailable", error=str(exc) or type(exc).__name__)
+
+    async def aclose(self) -> None:
+        """Nothing: the connection is the classifier's."""

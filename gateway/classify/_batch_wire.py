@@ -1,9 +1,11 @@
 """The frames a worker and the shared batcher process exchange over a Unix socket.
 
 Every frame is a 4-octet big-endian length and that many octets of JSON. A worker sends
-``{"id": N, "documents": [...]}`` (and ``{"cancel": N}`` when its caller gave up); the
-batcher answers each id once, with the prediction batch or the error, plus the metric
-events and circuit states of ``_metrics.MetricEvents``. Both ends are this
+``{"id": N, "documents": [...]}`` (and ``{"cancel": N}`` when its caller gave up), or
+asks the conversation memory: ``{"id": N, "recall": [thread ids]}``, ``{"id": N,
+"remember": [thread ids], "rules": [names]}``. The batcher answers each id once, with the
+prediction batch or the error (or the recalled ``rules``), plus the metric events and
+circuit states of ``_metrics.MetricEvents``. Both ends are this
 program, on one host, behind a socket in a directory only its user can enter.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pydantic_core
@@ -28,6 +31,7 @@ __all__ = [
     "decode_request",
     "encode_reply",
     "encode_request",
+    "encode_thread_request",
     "frame",
     "read_frame",
 ]
@@ -69,6 +73,7 @@ class WireReply(BaseModel):
     events: list[list[Any]] = []
     circuits: dict[str, list[Any]] = {}
     gauges: dict[str, float] = {}
+    rules: list[str] = []  # the conversation memory's answer to a recall
 
 
 def frame(payload: bytes) -> bytes:
@@ -99,6 +104,18 @@ def encode_request(request_id: int, documents: list[RawEmailDocument]) -> bytes:
     return frame(pydantic_core.to_json({"id": request_id, "documents": documents}))
 
 
+def encode_thread_request(
+    request_id: int, thread_ids: Sequence[str], rules: Iterable[str] | None = None
+) -> bytes:
+    """The frame asking the batcher process's conversation memory: ``recall`` the rules
+    of ``thread_ids``, or (with ``rules``) ``remember`` them."""
+    if rules is None:
+        body: dict[str, Any] = {"id": request_id, "recall": list(thread_ids)}
+    else:
+        body = {"id": request_id, "remember": list(thread_ids), "rules": sorted(rules)}
+    return frame(pydantic_core.to_json(body))
+
+
 def decode_request(payload: bytes) -> dict[str, Any]:
     """A worker's frame: ``{"id", "documents"}`` or ``{"cancel"}``."""
     request = pydantic_core.from_json(payload)
@@ -115,6 +132,7 @@ def encode_reply(
     events: list[list[Any]],
     circuits: dict[str, list[Any]],
     gauges: dict[str, float] | None = None,
+    rules: list[str] | None = None,
 ) -> bytes:
     """The frame answering ``request_id``: ``WireReply(...).model_dump_json(exclude_defaults=
     True)``, written piece by piece: building the reply and a batch without its comments
@@ -132,6 +150,8 @@ def encode_reply(
         parts += (b',"circuits":', pydantic_core.to_json(circuits, inf_nan_mode="null"))
     if gauges:
         parts += (b',"gauges":', pydantic_core.to_json(gauges, inf_nan_mode="null"))
+    if rules:
+        parts += (b',"rules":', pydantic_core.to_json(rules))
     parts.append(b"}")
     return frame(b"".join(parts))
 

@@ -33,6 +33,7 @@ __all__ = [
     "build_classifier_stack",
     "build_live_classifier",
     "build_thread_memory",
+    "threads_in_process",
 ]
 
 _log = get_logger("cm-gateway.classifier")
@@ -89,11 +90,17 @@ def build_cache(config: Config) -> PredictionCache:
     return TieredCache(local, shared)
 
 
+def threads_in_process(config: Config) -> bool:
+    """Does ``build_thread_memory`` keep the memory in this process (``memory://``,
+    ``sqlite://``)? Then workers share it through the batcher process."""
+    return config.cache.url.startswith(("memory:", "sqlite:"))
+
+
 def build_thread_memory(config: Config) -> ThreadMemory:
     """The conversation memory of ``thread`` conditions, in the dedup cache's backend
     (``[cache] url``) with its TTL: Redis is shared by every worker and instance. With
     ``memory://`` or ``sqlite://`` it is this process's memory (a restart forgets)."""
-    if config.cache.url.startswith(("memory:", "sqlite:")):
+    if threads_in_process(config):
         return MemoryThreads(ttl=config.cache.ttl, max_entries=config.cache.max_entries)
     from ._cache_redis import RedisCache
 

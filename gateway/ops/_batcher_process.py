@@ -23,15 +23,18 @@ import functools
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.classify import (
     FrameError,
     MetricEvents,
+    ThreadMemory,
     build_live_classifier,
+    build_thread_memory,
     decode_request,
     encode_reply,
     read_frame,
+    threads_in_process,
 )
 from gateway.config import Config
 from gateway.context import Classifier
@@ -60,8 +63,16 @@ def _forget(calls: dict[int, asyncio.Task[None]], key: int, _done: object) -> No
 class BatchServer:
     """Serves ``classifier`` to workers over the Unix socket at ``path``."""
 
-    def __init__(self, classifier: Classifier, events: MetricEvents, path: str) -> None:
+    def __init__(
+        self,
+        classifier: Classifier,
+        events: MetricEvents,
+        path: str,
+        threads: ThreadMemory | None = None,
+    ) -> None:
         self.classifier = classifier
+        # The workers' conversation memory, when it lives in a process (memory://).
+        self.threads = threads
         self.events = events
         self.path = path
         self._server: asyncio.Server | None = None
@@ -90,6 +101,8 @@ class BatchServer:
         if handlers:
             await asyncio.gather(*handlers, return_exceptions=True)
         await self.classifier.aclose()
+        if self.threads is not None:
+            await self.threads.aclose()
 
     async def _serve_worker(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -108,7 +121,11 @@ class BatchServer:
                         call.cancel()
                     continue
                 request_id = request["id"]
-                task = asyncio.create_task(self._answer(request_id, request["documents"], writer))
+                if "documents" in request:
+                    answer = self._answer(request_id, request["documents"], writer)
+                else:
+                    answer = self._answer_threads(request, writer)
+                task = asyncio.create_task(answer)
                 calls[request_id] = task
                 self._answers.add(task)
                 task.add_done_callback(self._answers.discard)
@@ -125,6 +142,18 @@ class BatchServer:
                 self._no_workers.set()
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
+
+    async def _answer_threads(self, request: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+        """A recall (answered with the rules) or a remember (answered empty)."""
+        rules: list[str] = []
+        if self.threads is not None:
+            if "recall" in request:
+                rules = sorted(await self.threads.recall(request["recall"]))
+            else:
+                await self.threads.remember(request["remember"], request["rules"])
+        reply = encode_reply(request["id"], events=[], circuits={}, rules=rules)
+        if not writer.is_closing():
+            writer.write(reply)
 
     async def _answer(
         self, request_id: int, documents: list[RawEmailDocument], writer: asyncio.StreamWriter
@@ -163,7 +192,8 @@ async def _watch_parent(parent: int, stop: asyncio.Event) -> None:
 async def serve_batcher(config: Config, path: str, ready: Connection | None = None) -> int:
     """Run the batcher on ``path`` until SIGTERM (or the parent's exit)."""
     events = MetricEvents()
-    server = BatchServer(build_live_classifier(config, events), events, path)
+    threads = build_thread_memory(config) if threads_in_process(config) else None
+    server = BatchServer(build_live_classifier(config, events), events, path, threads)
     await server.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

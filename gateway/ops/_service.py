@@ -21,7 +21,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from gateway.classify import RemoteClassifier
+from gateway.classify import RemoteClassifier, RemoteThreads, threads_in_process
 from gateway.config import Config
 from gateway.logsetup import get_logger
 from gateway.metrics import GatewayMetrics
@@ -86,14 +86,18 @@ class Service:
     def _build_processor(self) -> MessageProcessor:
         if self._processor is not None:
             return self._processor
-        classifier = None
+        classifier = threads = None
         if self._batcher_socket is not None:
             # The batcher process keeps the API's own deadline; this one only covers a
             # batcher that stopped answering.
             classifier = RemoteClassifier(
                 self._batcher_socket, deadline=self.config.classifier.deadline, metrics=self.metrics
             )
-        return build_processor(self.config, classifier=classifier, metrics=self.metrics)
+            if threads_in_process(self.config):
+                threads = RemoteThreads(classifier)  # one memory for every worker
+        return build_processor(
+            self.config, classifier=classifier, metrics=self.metrics, threads=threads
+        )
 
     async def start(self) -> None:
         """Build everything, then listen; raises ``ConfigError`` before listening."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gateway.classify import build_live_classifier, build_thread_memory
+from gateway.classify import ThreadMemory, build_live_classifier, build_thread_memory
 from gateway.config import Config
 from gateway.context import Classifier
 from gateway.deliver import Delivery, make_next_hops
@@ -28,11 +28,13 @@ def build_processor(
     classifier: Classifier | None = None,
     delivery: Delivery | None = None,
     metrics: GatewayMetrics | None = None,
+    threads: ThreadMemory | None = None,
 ) -> Pipeline:
     """The pipeline ``config`` describes: rules loaded once (raises ``RuleFileError``),
     the configured classifier (deduplicated, batched, behind a circuit breaker), the
     shadow model when ``[shadow]`` asks for one, and the next hop. ``classifier`` and
-    ``delivery`` replace the configured ones (tests, tools)."""
+    ``delivery`` replace the configured ones (tests, tools), and ``threads`` the configured
+    conversation memory (a worker's, kept by the batcher process)."""
     rules = load_rules(config.rule_paths(), mode=config.rules.mode, routes=config.downstream.routes)
     if classifier is None:
         classifier = build_live_classifier(config, metrics)
@@ -57,6 +59,6 @@ def build_processor(
         delivery=delivery,
         metrics=metrics,
         shadow=shadow,
-        threads=build_thread_memory(config),
+        threads=threads if threads is not None else build_thread_memory(config),
         next_hops=next_hops,
     )

@@ -15,7 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from gateway.classify import MetricEvents, RemoteClassifier, build_live_classifier
+from gateway.classify import (
+    MetricEvents,
+    RemoteClassifier,
+    RemoteThreads,
+    build_live_classifier,
+    build_thread_memory,
+)
 from gateway.config import Config
 from gateway.documents import RawEmailDocument
 from gateway.errors import CircuitOpenError, ClassifierError, TransportError
@@ -56,7 +62,8 @@ async def batcher_with_workers(
     """A batch server on a socket in ``tmp_path`` and one client (and metrics) per worker."""
     events = MetricEvents()
     path = str(Path(config.source or ".").parent / "batcher.sock")
-    server = BatchServer(build_live_classifier(config, events), events, path)
+    threads = build_thread_memory(config)
+    server = BatchServer(build_live_classifier(config, events), events, path, threads)
     await server.start()
     metrics = [GatewayMetrics() for _ in range(workers)]
     clients = [RemoteClassifier(path, deadline=PATIENCE_S, metrics=m) for m in metrics]
@@ -209,3 +216,23 @@ async def test_every_worker_shows_what_the_adaptive_batcher_learned(
         text = m.render().decode()
         assert 0.06 <= sample(text, "cm_gateway_batcher_latency_seconds") < 5
         assert sample(text, "cm_gateway_batcher_target_documents") >= 1
+
+
+async def test_every_worker_recalls_the_threads_any_worker_remembered(
+    tmp_path: Path, emulator: EmulatorHandle
+) -> None:
+    """With a cache in memory the batcher process keeps the conversation memory
+    (``thread`` conditions): what worker 0 remembered of a thread, worker 1 recalls. A
+    batcher that is gone means "nothing remembered", never a failed message."""
+    config = config_for(tmp_path, emulator)
+    async with batcher_with_workers(config) as (_, clients, _metrics):
+        first, second = (RemoteThreads(client) for client in clients)
+        await first.remember(["<root@x>", "<m1@x>"], {"queue-finance", "vip"})
+        assert await second.recall(["<m2@x>", "<root@x>"]) == {"queue-finance", "vip"}
+        assert await second.recall(["<unknown@x>"]) == frozenset()
+        await second.remember(["<root@x>"], {"queue-it"})
+        assert await first.recall(["<root@x>"]) == {"queue-finance", "queue-it", "vip"}
+    gone = RemoteClassifier(str(tmp_path / "batcher.sock"), deadline=PATIENCE_S)
+    assert await RemoteThreads(gone).recall(["<root@x>"]) == frozenset()
+    await RemoteThreads(gone).remember(["<root@x>"], {"queue-it"})
+    await gone.aclose()

@@ -4,6 +4,7 @@ SMTP, the HTTP emulator as the API."""
 
 from __future__ import annotations
 
+import email
 import json
 import os
 import signal
@@ -32,6 +33,7 @@ def launch_workers(
     *,
     new_session: bool = True,
     env: dict[str, str] | None = None,
+    extra: str = "",
 ) -> tuple[subprocess.Popen[bytes], int, Path]:
     """``serve`` with two workers on a free port; returns (process, port, log) at once."""
     port = free_port()
@@ -42,7 +44,7 @@ def launch_workers(
         f"[classifier]\nprovider = 'communications-mining'\nbase_url = '{emu.base_url}'\n"
         f"project = '{emu.project}'\ndataset = '{emu.dataset}'\ntimeout = 20\n"
         "max_wait_ms = 600000\ntarget_batch = 0\n"
-        "[log]\nformat = 'json'\n[metrics]\nlisten = ''\n",
+        "[log]\nformat = 'json'\n[metrics]\nlisten = ''\n" + extra,
         encoding="utf-8",
     )
     log = tmp_path / "gateway.log"
@@ -64,10 +66,11 @@ def start_workers(
     *,
     new_session: bool = True,
     env: dict[str, str] | None = None,
+    extra: str = "",
 ) -> tuple[subprocess.Popen[bytes], int, Path]:
     """Two workers sharing a free port and the batcher; returns (process, port, log)
     once both workers listen."""
-    proc, port, log = launch_workers(tmp_path, emu, new_session=new_session, env=env)
+    proc, port, log = launch_workers(tmp_path, emu, new_session=new_session, env=env, extra=extra)
     read_until(proc, "(2 workers)")
     deadline = time.monotonic() + 120
     while len(events(log, "smtp_listening")) < 2:
@@ -127,6 +130,53 @@ def test_the_workers_sessions_share_one_request_and_a_retry_is_billed_once(
     assert code == 0
     assert len(list((tmp_path / "var" / "maildir" / "new").iterdir())) == 13 + 16
     assert not [x for x in log.read_text().splitlines() if '"level": "error"' in x]
+
+
+THREAD_RULES = """\
+rules:
+  - name: finance
+    when: { label: "Finance > Invoice" }
+    actions:
+      - add_header: { X-Queue: finance }
+  - name: follows-finance
+    when: { thread: { matched: finance } }
+    actions:
+      - add_header: { X-Thread: finance }
+"""
+
+
+def test_a_reply_taken_by_either_worker_recalls_its_thread(
+    tmp_path: Path, emulator: EmulatorHandle
+) -> None:
+    """With the cache in memory (the default) the batcher process keeps the conversation
+    memory: an invoice, then twelve replies to it on twelve connections (the kernel
+    spreads them over both workers), and every reply is recognised as the invoice's."""
+    (tmp_path / "rules.yaml").write_text(THREAD_RULES, encoding="utf-8")
+    rules = f"[rules]\nfiles = ['{tmp_path / 'rules.yaml'}']\n"
+    proc, port, log = start_workers(tmp_path, emulator, extra=rules)
+    replies = [
+        (
+            "From: bob@example.net\r\nTo: support@example.com\r\nSubject: Re: the note\r\n"
+            f"Message-ID: <r{n}@example.com>\r\nIn-Reply-To: <n0@example.com>\r\n\r\n"
+            "Thanks, see you tomorrow.\r\n"
+        ).encode()
+        for n in range(12)
+    ]
+    try:
+        send(port, numbered_mail(0))
+        send_together(port, replies)
+        workers = {m["worker"] for m in events(log, "message") if m["message_id"][0] == "r"}
+        assert workers == {0, 1}, "the kernel gave every reply to one worker"
+    finally:
+        code, _ = stop_serve(proc)
+    assert code == 0
+    stored = [
+        email.message_from_bytes(f.read_bytes())
+        for f in (tmp_path / "var" / "maildir" / "new").iterdir()
+    ]
+    assert [m["X-Queue"] for m in stored if m["Message-ID"] == "<n0@example.com>"] == ["finance"]
+    followed = [m["X-Thread"] for m in stored if m["Message-ID"].startswith("<r")]
+    assert followed == ["finance"] * 12
 
 
 def test_a_signal_to_the_whole_process_group_still_answers_the_sessions_in_flight(
