@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from gateway.documents import RawEmailDocument
 from gateway.errors import ClassifierTimeout, TransportError
@@ -65,25 +65,7 @@ class RemoteClassifier:
         return f"the shared batcher process ({self.path})"
 
     async def predict_raw_emails(self, documents: Sequence[RawEmailDocument]) -> PredictionBatch:
-        writer = await self._connection()
-        self._next_id += 1
-        request_id = self._next_id
-        answer: asyncio.Future[WireReply] = asyncio.get_running_loop().create_future()
-        self._waiting[request_id] = answer
-        try:
-            writer.write(encode_request(request_id, list(documents)))
-            async with asyncio.timeout(self.deadline):
-                reply = await answer
-        except TimeoutError:
-            self._cancel(writer, request_id)
-            raise ClassifierTimeout(
-                f"the batcher process did not answer within {self.deadline:g} s"
-            ) from None
-        except asyncio.CancelledError:
-            self._cancel(writer, request_id)
-            raise
-        finally:
-            self._waiting.pop(request_id, None)
+        reply = await self._exchange(lambda request_id: encode_request(request_id, list(documents)))
         if self.metrics is not None:
             replay(reply.events, reply.circuits, self.metrics, reply.gauges)
         if reply.error is not None:
@@ -97,15 +79,29 @@ class RemoteClassifier:
     ) -> WireReply:
         """One question to the batcher process's conversation memory (see
         ``RemoteThreads``); raises like ``predict_raw_emails`` when it does not answer."""
+        return await self._exchange(
+            lambda request_id: encode_thread_request(request_id, thread_ids, rules)
+        )
+
+    async def _exchange(self, encode: Callable[[int], bytes]) -> WireReply:
+        """Send the frame ``encode(request_id)`` builds; the batcher process's reply."""
         writer = await self._connection()
         self._next_id += 1
         request_id = self._next_id
         answer: asyncio.Future[WireReply] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = answer
         try:
-            writer.write(encode_thread_request(request_id, thread_ids, rules))
+            writer.write(encode(request_id))
             async with asyncio.timeout(self.deadline):
                 return await answer
+        except TimeoutError:
+            self._cancel(writer, request_id)
+            raise ClassifierTimeout(
+                f"the batcher process did not answer within {self.deadline:g} s"
+            ) from None
+        except asyncio.CancelledError:
+            self._cancel(writer, request_id)
+            raise
         finally:
             self._waiting.pop(request_id, None)
 

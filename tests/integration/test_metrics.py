@@ -49,6 +49,17 @@ async def _metrics_http(
         await server.aclose()
 
 
+async def _send_invoice(port: int) -> None:
+    await aiosmtplib.send(
+        INVOICE,
+        sender="alice@example.com",
+        recipients=["support@example.com"],
+        hostname="127.0.0.1",
+        port=port,
+        start_tls=False,
+    )
+
+
 def _sample(text: str, name: str) -> float:
     """The value of the sample line starting with ``name `` (labels included)."""
     for line in text.splitlines():
@@ -66,14 +77,7 @@ async def test_metrics_count_a_delivered_message_its_stages_and_its_rule_hit(tmp
         async with running_server(processor, smtp_config()) as server:
             metrics.track_sessions(lambda: len(server.tracker.live))
             async with _metrics_http(config, metrics) as http:
-                await aiosmtplib.send(
-                    INVOICE,
-                    sender="alice@example.com",
-                    recipients=["support@example.com"],
-                    hostname="127.0.0.1",
-                    port=server.port,
-                    start_tls=False,
-                )
+                await _send_invoice(server.port)
                 response = await http.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
@@ -101,14 +105,7 @@ async def test_metrics_count_a_repeated_message_as_a_cache_hit_not_a_second_requ
         processor = build_processor(config, metrics=metrics)
         async with running_server(processor, smtp_config()) as server:
             for _ in range(2):
-                await aiosmtplib.send(
-                    INVOICE,
-                    sender="alice@example.com",
-                    recipients=["support@example.com"],
-                    hostname="127.0.0.1",
-                    port=server.port,
-                    start_tls=False,
-                )
+                await _send_invoice(server.port)
     text = metrics.render().decode()
     assert _sample(text, 'cm_gateway_messages_total{outcome="delivered"}') == 2
     assert _sample(text, "cm_gateway_api_requests_total") == 1
@@ -127,14 +124,7 @@ async def test_metrics_show_the_api_latency_and_batch_target_the_batcher_learned
         metrics = GatewayMetrics()
         processor = build_processor(config, metrics=metrics)
         async with running_server(processor, smtp_config()) as server:
-            await aiosmtplib.send(
-                INVOICE,
-                sender="alice@example.com",
-                recipients=["support@example.com"],
-                hostname="127.0.0.1",
-                port=server.port,
-                start_tls=False,
-            )
+            await _send_invoice(server.port)
     text = metrics.render().decode()
     assert 0.06 <= _sample(text, "cm_gateway_batcher_latency_seconds") < 5
     assert _sample(text, "cm_gateway_batcher_target_documents") >= 1
