@@ -117,7 +117,8 @@ def encode_thread_request(
 
 
 def decode_request(payload: bytes) -> dict[str, Any]:
-    """A worker's frame: ``{"id", "documents"}`` or ``{"cancel"}``."""
+    """A worker's frame: ``{"id", "documents"}``, ``{"cancel"}``, ``{"id", "recall"}`` or
+    ``{"id", "remember", "rules"}``."""
     request = pydantic_core.from_json(payload)
     if not isinstance(request, dict):
         raise FrameError("a request frame is a JSON object")

@@ -28,15 +28,45 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
+from gateway.deliver._delivery import SmtpDelivery
+from gateway.deliver._result import DeliveryResult
+from gateway.deliver._security import Security
 from gateway.testing import free_port
 
 __all__ = [
     "SecureSink",
     "Tap",
+    "deliver_once",
     "make_cert",
     "running_secure_sink",
     "running_tap",
+    "secure_delivery",
 ]
+
+
+async def deliver_once(
+    delivery: SmtpDelivery, content: bytes, rcpt: str = "b@example.com"
+) -> DeliveryResult:
+    """One message from a@example.com to ``rcpt``, then ``delivery``'s pool closed."""
+    try:
+        return await delivery.deliver("a@example.com", [rcpt], content)
+    finally:
+        await delivery.aclose()
+
+
+def secure_delivery(
+    port: int, *, timeout: float, pool_size: int = 1, **security: object
+) -> SmtpDelivery:
+    """The SMTP next hop on 127.0.0.1:``port`` with ``Security(**security)`` (``tls``,
+    ``implicit``, ``ca_file``, ``auth_user``, ``auth_password_env``)."""
+    return SmtpDelivery(
+        "127.0.0.1",
+        port,
+        timeout=timeout,
+        local_hostname="gw.test",
+        pool_size=pool_size,
+        security=Security(**security),  # type: ignore[arg-type]
+    )
 
 
 def make_cert(directory: Path, name: str = "localhost", san: str = "") -> tuple[Path, Path]:

@@ -5,6 +5,7 @@ and a loopback tap that records every byte the gateway sent, to prove what went 
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,12 +16,17 @@ from structlog.testing import capture_logs
 from gateway import replies
 from gateway.config import build_config
 from gateway.deliver._delivery import SmtpDelivery
-from gateway.deliver._result import DeliveryResult
 from gateway.deliver._security import Security
 from gateway.pipeline import build_processor
 from gateway.testing import free_port
 
-from .nexthop_support import make_cert, running_secure_sink, running_tap
+from .nexthop_support import (
+    deliver_once,
+    make_cert,
+    running_secure_sink,
+    running_tap,
+    secure_delivery,
+)
 from .pipeline_support import inbound, mail
 
 pytestmark = pytest.mark.both_loops
@@ -48,22 +54,10 @@ def password() -> Iterator[None]:
     os.environ.pop(ENV, None)
 
 
-def delivery(port: int, **security: object) -> SmtpDelivery:
-    return SmtpDelivery(
-        "127.0.0.1",
-        port,
-        timeout=10.0,
-        local_hostname="gw.test",
-        pool_size=2,
-        security=Security(**security),  # type: ignore[arg-type]
-    )
+delivery = functools.partial(secure_delivery, timeout=10.0, pool_size=2)
 
 
-async def send(d: SmtpDelivery) -> DeliveryResult:
-    try:
-        return await d.deliver("a@example.com", ["b@example.com"], CONTENT)
-    finally:
-        await d.aclose()
+send = functools.partial(deliver_once, content=CONTENT)
 
 
 async def test_verify_delivers_over_starttls_with_the_right_ca(certs):

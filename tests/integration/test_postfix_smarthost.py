@@ -6,6 +6,7 @@ delivers to a recording sink. Postfix's own log proves TLS and the SASL login.""
 
 from __future__ import annotations
 
+import functools
 import os
 import smtplib
 import time
@@ -15,12 +16,10 @@ from pathlib import Path
 import pytest
 
 from gateway import replies
-from gateway.deliver._delivery import SmtpDelivery
-from gateway.deliver._security import Security
 from gateway.testing import NextHopSink
 
 from .dovecot_harness import PASSWORD, DovecotInstance, dovecot_available, running_dovecot
-from .nexthop_support import make_cert, running_tap
+from .nexthop_support import deliver_once, make_cert, running_tap, secure_delivery
 from .postfix_harness import PostfixInstance, postfix_available, wait_until
 
 pytestmark = [
@@ -86,16 +85,17 @@ def smarthost(
     host = SmartHost(sink_port=sink.port, cert=certs["good"], auth_port=dovecot.auth_port)
     try:
         host.start()
-        _wait_for_ehlo(host.front_port)
+        _wait_for_ehlo(host)
         yield host, sink
     finally:
         host.destroy()
         sink.stop()
 
 
-def _wait_for_ehlo(port: int, timeout: float = 90.0) -> None:
+def _wait_for_ehlo(host: SmartHost, timeout: float = 90.0) -> None:
     """Until the smart host's smtpd answers EHLO: the master listens at once, but on a
     busy machine the first smtpd (and its TLS and SASL set-up) can take many seconds."""
+    port = host.front_port
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -105,7 +105,9 @@ def _wait_for_ehlo(port: int, timeout: float = 90.0) -> None:
         except (OSError, smtplib.SMTPException):
             pass
         if time.monotonic() > deadline:
-            raise AssertionError(f"the smart host on port {port} never answered EHLO")
+            raise AssertionError(
+                f"the smart host on port {port} never answered EHLO:\n{host.log_tail(40)}"
+            )
         time.sleep(0.5)
 
 
@@ -116,14 +118,7 @@ def password() -> Iterator[None]:
     os.environ.pop(ENV, None)
 
 
-def delivery(port: int, **security: object) -> SmtpDelivery:
-    return SmtpDelivery(
-        "127.0.0.1",
-        port,
-        timeout=60.0,
-        local_hostname="gw.test",
-        security=Security(**security),  # type: ignore[arg-type]
-    )
+delivery = functools.partial(secure_delivery, timeout=60.0)
 
 
 async def test_verified_starttls_and_sasl_to_postfix_delivers(smarthost, certs, password):
@@ -139,10 +134,7 @@ async def test_verified_starttls_and_sasl_to_postfix_delivers(smarthost, certs, 
             auth_user="relay@example.com",
             auth_password_env=ENV,
         )
-        try:
-            result = await d.deliver("a@example.com", ["b@remote.test"], CONTENT)
-        finally:
-            await d.aclose()
+        result = await deliver_once(d, CONTENT, "b@remote.test")
     assert result.delivered, (result, host.log_tail(60))
     (got,) = sink.wait_for(1, where=lambda m: MARKER in m.data, timeout=30)
     assert got.rcpt_tos == ("b@remote.test",)
@@ -166,10 +158,7 @@ async def test_wrong_password_at_postfix_is_451_478_and_nothing_relayed(
     d = delivery(
         host.front_port, tls="required", auth_user="relay@example.com", auth_password_env=ENV
     )
-    try:
-        result = await d.deliver("a@example.com", ["b@remote.test"], CONTENT)
-    finally:
-        await d.aclose()
+    result = await deliver_once(d, CONTENT, "b@remote.test")
     assert result.reply == replies.DOWNSTREAM_AUTH_FAILED
     assert "535" in (result.error or "")
     assert "not-the-password" not in (result.error or "")
@@ -187,10 +176,7 @@ async def test_wrong_ca_for_postfix_certificate_is_451_475(smarthost, certs, pas
             auth_user="relay@example.com",
             auth_password_env=ENV,
         )
-        try:
-            result = await d.deliver("a@example.com", ["b@remote.test"], CONTENT)
-        finally:
-            await d.aclose()
+        result = await deliver_once(d, CONTENT, "b@remote.test")
     assert result.reply == replies.DOWNSTREAM_TLS_FAILED
     assert MARKER not in tap.sent and b"MAIL FROM" not in tap.sent
 
@@ -199,9 +185,6 @@ async def test_without_auth_postfix_refuses_to_relay(smarthost, certs):
     """The smart host really requires AUTH: without it the recipient is refused (5xx)."""
     host, _ = smarthost
     d = delivery(host.front_port, tls="verify", ca_file=str(certs["good"][0]))
-    try:
-        result = await d.deliver("a@example.com", ["b@remote.test"], CONTENT)
-    finally:
-        await d.aclose()
+    result = await deliver_once(d, CONTENT, "b@remote.test")
     assert result.reply.is_permanent, result
     assert "access denied" in result.reply.text.lower(), result
