@@ -12,7 +12,7 @@ from typing import Any
 from gateway.errors import ClassifierUnavailable
 from gateway.milter import MilterServer
 from gateway.milter import _codec as c
-from gateway.pipeline import InboundMessage, MessageEdits, build_processor
+from gateway.pipeline import InboundMessage, MessageDecider, MessageEdits, build_processor
 from gateway.pipeline._pipeline import Pipeline
 
 from .milter_support import Edits, milter_client
@@ -74,6 +74,21 @@ async def one(
     async with running_milter(tmp_path, **kw) as (server, _), milter_client(server.address) as mta:
         await mta.connect()
         return await mta.message("alice@example.com", rcpts, content)
+
+
+async def one_with(
+    decider: MessageDecider, content: bytes = PLAIN, *, buffer_limit: int = 1000
+) -> Edits:
+    """One message from a@example.com to b@example.com through a milter server in front
+    of ``decider`` (no pipeline)."""
+    server = MilterServer("127.0.0.1:0", decider, buffer_limit=buffer_limit, timeout=5)
+    await server.start()
+    try:
+        async with milter_client(server.address) as mta:
+            await mta.connect()
+            return await mta.message("a@example.com", ["b@example.com"], content)
+    finally:
+        await server.aclose(grace=1)
 
 
 def inserted(edits: Edits) -> dict[str, str]:
@@ -193,14 +208,7 @@ async def test_body_over_64k_arrives_whole(tmp_path: Path) -> None:
             return MessageEdits(verdict="deliver")
 
     big = mail("Big", "x" * 70 + "\r\n") + b"y" * 200_000 + b"\r\n"
-    server = MilterServer("127.0.0.1:0", Recorder(), buffer_limit=10_000_000, timeout=5)
-    await server.start()
-    try:
-        async with milter_client(server.address) as mta:
-            await mta.connect()
-            edits = await mta.message("a@example.com", ["b@example.com"], big)
-    finally:
-        await server.aclose(grace=1)
+    edits = await one_with(Recorder(), big, buffer_limit=10_000_000)
     assert edits.final == c.Resp.CONTINUE
     assert seen[0].content == big
     assert seen[0].queue_id == "4ABCDEF"
@@ -213,14 +221,7 @@ async def test_slow_decision_sends_progress_about_once_a_second(tmp_path: Path) 
             await asyncio.sleep(2.5)
             return MessageEdits(verdict="deliver")
 
-    server = MilterServer("127.0.0.1:0", Slow(), buffer_limit=1000, timeout=5)
-    await server.start()
-    try:
-        async with milter_client(server.address) as mta:
-            await mta.connect()
-            edits = await mta.message("a@example.com", ["b@example.com"], PLAIN)
-    finally:
-        await server.aclose(grace=1)
+    edits = await one_with(Slow())
     assert edits.progress == 2
     assert edits.final == c.Resp.CONTINUE
 
@@ -230,12 +231,5 @@ async def test_a_failing_pipeline_is_answered_451_never_5xx(tmp_path: Path) -> N
         async def decide(self, msg: InboundMessage) -> MessageEdits:
             raise RuntimeError("secret text")
 
-    server = MilterServer("127.0.0.1:0", Broken(), buffer_limit=1000, timeout=5)
-    await server.start()
-    try:
-        async with milter_client(server.address) as mta:
-            await mta.connect()
-            edits = await mta.message("a@example.com", ["b@example.com"], PLAIN)
-    finally:
-        await server.aclose(grace=1)
+    edits = await one_with(Broken())
     assert edits.reply == "451 4.3.0 Internal error"
