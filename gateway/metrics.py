@@ -5,7 +5,8 @@
 
 The registry is not prometheus-client's global one, so several gateways (tests) can run
 in one process. With ``[smtp] workers > 1`` every worker has its own registry and the
-workers share the metrics port (SO_REUSEPORT): a scrape sees one worker's counters.
+workers share the metrics port (SO_REUSEPORT); the worker that takes a scrape adds up
+every worker's samples (``gateway.ops``, ``_metrics_peers``).
 
 The circuit breaker and the shadow model (``gateway.classify``) report
 here too: ``cm_gateway_circuit_state{classifier}``, ``cm_gateway_circuit_transitions_total``,
@@ -152,6 +153,15 @@ class GatewayMetrics:
             ["rule", "direction"],
             registry=r,
         )
+        # A scrape that adds up the workers sums workers_scraped (ops._metrics_peers).
+        self.workers = Gauge("cm_gateway_workers", "Worker processes ([smtp] workers)", registry=r)
+        self.workers_scraped = Gauge(
+            "cm_gateway_workers_scraped",
+            "Workers whose samples this scrape adds up (a silent one is left out)",
+            registry=r,
+        )
+        self.workers.set(1)
+        self.workers_scraped.set(1)
         # The labelled children observe_message uses, by label value: .labels() costs
         # a lock, a tuple and a dict look-up per call, three times per message. Filled
         # on first use, not here: a child appears in /metrics as soon as it exists.

@@ -1,6 +1,7 @@
 """The ``[metrics] listen`` endpoints: /metrics, /healthz, /readyz.
 
-    MetricsServer(config, metrics)   aiohttp, serving ``metrics.GatewayMetrics``
+    MetricsServer(config, metrics)   aiohttp, serving ``metrics.GatewayMetrics`` (or, with
+                                     workers, every worker's: ``render``)
     Readiness(config)                the /readyz probes, cached
 
 ``/healthz`` answers 200 ``ok`` while the process runs. ``/readyz`` answers 503
@@ -18,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -109,9 +110,11 @@ class MetricsServer:
         readiness: Readiness | None = None,
         reuse_port: bool = False,
         draining: Callable[[], bool] | None = None,
+        render: Callable[[], Awaitable[bytes]] | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
+        self.render = render
         self.readiness = readiness or Readiness(config)
         self.reuse_port = reuse_port
         self.draining = draining
@@ -148,9 +151,9 @@ class MetricsServer:
             self._runner = None
 
     async def _metrics(self, _request: web.Request) -> web.Response:
-        return web.Response(
-            body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
+        # With workers, ``render`` adds up every worker's samples (ops._metrics_peers).
+        body = await self.render() if self.render is not None else self.metrics.render()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         return web.Response(text="ok\n")

@@ -29,6 +29,7 @@ from gateway.milter import MilterServer
 from gateway.pipeline import MessageDecider, MessageProcessor, build_processor
 from gateway.smtp import Authenticator, SmtpServer, build_tls_context
 
+from ._metrics_peers import MetricsPeers, PeerSet
 from ._metrics_server import MetricsServer
 from ._process import hangup_stops, settle_heap, shutdown_grace
 from ._reload import RuleReloader
@@ -44,7 +45,8 @@ SAME_STOP_WINDOW = 1.0
 
 class Service:
     """The gateway's parts in one process. ``processor`` replaces the configured pipeline
-    (tests); ``batcher_socket``: classify through the shared batcher process there."""
+    (tests); ``batcher_socket``: classify through the shared batcher process there;
+    ``peers``: this worker's place among the workers, whose metrics a scrape adds up."""
 
     def __init__(
         self,
@@ -53,9 +55,11 @@ class Service:
         processor: MessageProcessor | None = None,
         reuse_port: bool = False,
         batcher_socket: str | None = None,
+        peers: PeerSet | None = None,
     ) -> None:
         self.config = config
         self.metrics = GatewayMetrics()
+        self._peers = MetricsPeers(peers, self.metrics) if peers and config.metrics.listen else None
         self._processor = processor
         self._reuse_port = reuse_port
         self._batcher_socket = batcher_socket
@@ -140,11 +144,14 @@ class Service:
             raise
         self._processor_closer = getattr(processor, "aclose", None)
         self.metrics.track_sessions(self._live_sessions)
+        if self._peers is not None:
+            await self._peers.start()
         self._metrics_server = await start_metrics(
             self.config,
             self.metrics,
             reuse_port=self._reuse_port,
             draining=lambda: self._draining,
+            render=self._peers.render if self._peers is not None else None,
         )
         settle_heap()
         self._install_signals(processor)
@@ -236,6 +243,8 @@ class Service:
                 loop.remove_signal_handler(signum)
             if self._metrics_server is not None:
                 await self._metrics_server.aclose()
+            if self._peers is not None:
+                await self._peers.aclose()
 
 
 async def serve(
@@ -245,11 +254,16 @@ async def serve(
     announce: Callable[[str], None] | None = None,
     reuse_port: bool = False,
     batcher_socket: str | None = None,
+    peers: PeerSet | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit status. ``announce(address)`` is
     called once the front listens."""
     service = Service(
-        config, processor=processor, reuse_port=reuse_port, batcher_socket=batcher_socket
+        config,
+        processor=processor,
+        reuse_port=reuse_port,
+        batcher_socket=batcher_socket,
+        peers=peers,
     )
     await service.start()
     if announce is not None:
@@ -267,12 +281,16 @@ async def start_metrics(
     *,
     reuse_port: bool,
     draining: Callable[[], bool] | None = None,
+    render: Callable[[], Awaitable[bytes]] | None = None,
 ) -> MetricsServer | None:
     """The ``[metrics] listen`` server, or None when disabled or when it cannot listen
-    (logged: mail keeps flowing without metrics). ``draining`` true: /readyz is 503."""
+    (logged: mail keeps flowing without metrics). ``draining`` true: /readyz is 503;
+    ``render``: /metrics's body (with workers, all of theirs)."""
     if not config.metrics.listen:
         return None
-    metrics_server = MetricsServer(config, metrics, reuse_port=reuse_port, draining=draining)
+    metrics_server = MetricsServer(
+        config, metrics, reuse_port=reuse_port, draining=draining, render=render
+    )
     try:
         await metrics_server.start()
     except OSError as exc:

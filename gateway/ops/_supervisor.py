@@ -1,7 +1,8 @@
 """``[smtp] workers = N`` (N > 1): the parent process and its children.
 
 The parent starts N worker processes (multiprocessing, spawn), each running
-``gateway.ops.serve`` on the shared port (SO_REUSEPORT). With ``[classifier]
+``gateway.ops.serve`` on the shared port (SO_REUSEPORT); the workers add up each other's
+metrics over Unix sockets in a private directory (``_metrics_peers``). With ``[classifier]
 shared_batcher`` (the default) it first starts the batcher process (``ops._batcher_process``),
 which classifies for all of them over a Unix socket in a private directory, and waits
 until it listens. Then the parent only forwards signals and waits (SIGUSR1, and SIGHUP
@@ -27,6 +28,7 @@ from gateway.config import Config, load_config, parse_listen
 from gateway.errors import ConfigError
 from gateway.logsetup import configure_logging, get_logger
 
+from ._metrics_peers import PeerSet
 from ._process import hangup_stops
 
 __all__ = ["BATCHER_START_TIMEOUT", "run_workers"]
@@ -40,7 +42,9 @@ SOCKET_NAME = "batcher.sock"
 _SUN_PATH_MAX = 107
 
 
-def _worker_main(config_path: str | None, index: int, batcher_socket: str | None) -> None:
+def _worker_main(
+    config_path: str | None, index: int, batcher_socket: str | None, peers: PeerSet
+) -> None:
     """One worker process (spawned): the same config, the shared port (SO_REUSEPORT)."""
     import structlog
 
@@ -55,7 +59,7 @@ def _worker_main(config_path: str | None, index: int, batcher_socket: str | None
     # The parent prints the banner; workers stay quiet on stdout (no announce).
     try:
         status = run_loop(
-            serve(config, reuse_port=True, batcher_socket=batcher_socket),
+            serve(config, reuse_port=True, batcher_socket=batcher_socket, peers=peers),
             config.smtp.event_loop,
         )
     except ConfigError as exc:
@@ -138,11 +142,12 @@ def run_workers(config: Config, config_path: str | None) -> int:
     """Run the workers (and the batcher) until a signal stops them; the exit status."""
     _check_once(config)
     ctx = multiprocessing.get_context("spawn")
-    shared = config.classifier.shared_batcher
-    rundir = _private_dir() if shared else None
+    # The private directory holds the batcher's socket and the workers' metrics sockets.
+    rundir = _private_dir(config.smtp.workers)
     try:
         batcher: BaseProcess | None = None
-        socket_path = os.path.join(rundir, SOCKET_NAME) if rundir is not None else None
+        shared = config.classifier.shared_batcher
+        socket_path = os.path.join(rundir, SOCKET_NAME) if shared else None
         # Reload signals ignored from here, and inherited so by the children until they
         # listen (their default action is to terminate).
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -159,7 +164,7 @@ def run_workers(config: Config, config_path: str | None) -> int:
                 if isinstance(started, int):
                     return started
                 batcher = started
-            return _supervise(ctx, config, config_path, socket_path, batcher)
+            return _supervise(ctx, config, config_path, rundir, socket_path, batcher)
         except _StoppedWhileStarting:
             if batcher is not None:
                 batcher.terminate()
@@ -167,15 +172,15 @@ def run_workers(config: Config, config_path: str | None) -> int:
             log.info("stopped_while_starting")
             return 0
     finally:
-        if rundir is not None:
-            shutil.rmtree(rundir, ignore_errors=True)
+        shutil.rmtree(rundir, ignore_errors=True)
 
 
-def _private_dir() -> str:
+def _private_dir(workers: int) -> str:
     """A directory only this user may enter (the batcher spends the API token), in
-    $TMPDIR; in /tmp when $TMPDIR is too deep for the socket's path to be bound."""
+    $TMPDIR; in /tmp when $TMPDIR is too deep for the sockets' paths to be bound."""
     rundir = tempfile.mkdtemp(prefix="cm-gateway-")
-    if len(os.fsencode(os.path.join(rundir, SOCKET_NAME))) <= _SUN_PATH_MAX:
+    paths = (os.path.join(rundir, SOCKET_NAME), PeerSet(rundir, 0, workers).path(workers - 1))
+    if max(len(os.fsencode(path)) for path in paths) <= _SUN_PATH_MAX:
         return rundir
     os.rmdir(rundir)
     log.info("batcher_socket_in_tmp", tmpdir=tempfile.gettempdir())
@@ -186,16 +191,18 @@ def _supervise(
     ctx: multiprocessing.context.SpawnContext,
     config: Config,
     config_path: str | None,
+    rundir: str,
     socket_path: str | None,
     batcher: BaseProcess | None,
 ) -> int:
+    count = config.smtp.workers
     procs = [
         ctx.Process(
             target=_worker_main,
-            args=(config_path, i, socket_path),
+            args=(config_path, i, socket_path, PeerSet(rundir, i, count)),
             name=f"cm-gateway-worker-{i}",
         )
-        for i in range(config.smtp.workers)
+        for i in range(count)
     ]
     stopping = False
 

@@ -16,7 +16,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.testing import EmulatorHandle
 
@@ -34,8 +36,10 @@ def launch_workers(
     new_session: bool = True,
     env: dict[str, str] | None = None,
     extra: str = "",
+    metrics: str = "",
 ) -> tuple[subprocess.Popen[bytes], int, Path]:
-    """``serve`` with two workers on a free port; returns (process, port, log) at once."""
+    """``serve`` with two workers on a free port (``metrics``: ``[metrics] listen``);
+    returns (process, port, log) at once."""
     port = free_port()
     config = tmp_path / "gateway.toml"
     config.write_text(
@@ -44,7 +48,7 @@ def launch_workers(
         f"[classifier]\nprovider = 'communications-mining'\nbase_url = '{emu.base_url}'\n"
         f"project = '{emu.project}'\ndataset = '{emu.dataset}'\ntimeout = 20\n"
         "max_wait_ms = 600000\ntarget_batch = 0\n"
-        "[log]\nformat = 'json'\n[metrics]\nlisten = ''\n" + extra,
+        f"[log]\nformat = 'json'\n[metrics]\nlisten = '{metrics}'\n" + extra,
         encoding="utf-8",
     )
     log = tmp_path / "gateway.log"
@@ -67,10 +71,13 @@ def start_workers(
     new_session: bool = True,
     env: dict[str, str] | None = None,
     extra: str = "",
+    metrics: str = "",
 ) -> tuple[subprocess.Popen[bytes], int, Path]:
     """Two workers sharing a free port and the batcher; returns (process, port, log)
     once both workers listen."""
-    proc, port, log = launch_workers(tmp_path, emu, new_session=new_session, env=env, extra=extra)
+    proc, port, log = launch_workers(
+        tmp_path, emu, new_session=new_session, env=env, extra=extra, metrics=metrics
+    )
     read_until(proc, "(2 workers)")
     deadline = time.monotonic() + 120
     while len(events(log, "smtp_listening")) < 2:
@@ -130,6 +137,35 @@ def test_the_workers_sessions_share_one_request_and_a_retry_is_billed_once(
     assert code == 0
     assert len(list((tmp_path / "var" / "maildir" / "new").iterdir())) == 13 + 16
     assert not [x for x in log.read_text().splitlines() if '"level": "error"' in x]
+
+
+def test_a_scrape_taken_by_either_worker_counts_every_workers_mail(
+    tmp_path: Path, emulator: EmulatorHandle
+) -> None:
+    """Twelve messages on twelve connections (the kernel spreads them over both workers),
+    then eight scrapes on eight connections (spread too): each shows all twelve."""
+    metrics_port = free_port()
+    proc, port, log = start_workers(tmp_path, emulator, metrics=f"127.0.0.1:{metrics_port}")
+    try:
+        send_together(port, [numbered_mail(n) for n in range(12)])
+        workers = {line["worker"] for line in events(log, "message")}
+        assert workers == {0, 1}, "the kernel gave every connection to one worker"
+        for _ in range(8):
+            with httpx.Client(timeout=10) as client:  # a new connection each time
+                body = client.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+            got = {
+                (s.name, tuple(s.labels.items())): s.value
+                for family in text_string_to_metric_families(body)
+                for s in family.samples
+            }
+            assert got[("cm_gateway_messages_total", (("outcome", "delivered"),))] == 12
+            assert got[("cm_gateway_stage_seconds_count", (("stage", "total"),))] == 12
+            assert got[("cm_gateway_workers_scraped", ())] == 2
+            # The batcher's requests reach the workers with its replies: one count each.
+            assert got[("cm_gateway_api_requests_total", ())] == emulator.stats()["requests"]
+    finally:
+        code, _ = stop_serve(proc)
+    assert code == 0
 
 
 THREAD_RULES = """\
