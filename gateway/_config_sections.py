@@ -21,6 +21,8 @@ from pydantic import (
     model_validator,
 )
 
+from gateway._cores import MAX_WORKERS
+
 __all__ = [
     "CacheConfig",
     "ClassifierConfig",
@@ -74,8 +76,9 @@ class SmtpConfig(_Section):
     connection_rate_per_client: int = Field(600, ge=0)  # new connections per minute
     max_recipients: int = Field(1000, ge=1)
     max_hops: int = Field(30, ge=1)
-    # "auto": one per core (os.cpu_count(), at most 64), resolved when the file is read.
-    workers: int = Field(1, ge=1, le=64)
+    # "auto": one per usable core (gateway/_cores.py), or 1 where workers cannot share
+    # the listeners (Config.worker_count).
+    workers: int | Literal["auto"] = "auto"
     # uvloop does aiosmtpd's socket work in C (gateway/ops/_eventloop.py); "asyncio": stdlib.
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     timeout: float = Field(300.0, gt=0)
@@ -111,7 +114,11 @@ class SmtpConfig(_Section):
     @field_validator("workers", mode="before")
     @classmethod
     def _workers(cls, v: Any) -> Any:
-        return min(64, os.cpu_count() or 1) if v == "auto" else v
+        if v == "auto":
+            return v
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_WORKERS:
+            raise ValueError(f"workers must be 'auto' or 1..{MAX_WORKERS}, got {v!r}")
+        return v
 
     @field_validator("relay_networks", "trusted_networks", "xforward_networks")
     @classmethod

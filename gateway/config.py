@@ -40,6 +40,7 @@ from gateway._config_sections import (
     _Section,
     parse_listen,
 )
+from gateway._cores import usable_cores
 from gateway.errors import ConfigError
 from gateway.textfile import read_text
 
@@ -107,12 +108,31 @@ class Config(_Section):
     def _fronts(self) -> Config:
         if not self.smtp.listen and not self.milter.listen:
             raise ValueError("smtp.listen and milter.listen are both empty: nothing to serve")
-        if self.milter.listen.startswith("unix:") and self.smtp.workers > 1:
+        workers = self.smtp.workers
+        if self.milter.listen.startswith("unix:") and workers != "auto" and workers > 1:
             raise ValueError(
                 "milter.listen on a unix socket needs smtp.workers = 1 (use host:port to"
                 " share the milter front between workers)"
             )
         return self
+
+    def worker_count(self) -> tuple[int, str]:
+        """How many worker processes ``serve`` runs, and why: ``smtp.workers`` as set, or
+        for ``"auto"`` one per usable core, but 1 where workers could not share a
+        listener (port 0, a milter on a Unix socket)."""
+        workers = self.smtp.workers
+        if workers != "auto":
+            return workers, "smtp.workers"
+        for key, listen in (
+            ("smtp.listen", self.smtp.listen),
+            ("milter.listen", self.milter.listen),
+        ):
+            if listen.startswith("unix:"):
+                return 1, f"auto: {key} is a unix socket, which workers cannot share"
+            if listen and parse_listen(listen)[1] == 0:
+                return 1, f"auto: {key} has port 0, which workers cannot share"
+        cores = usable_cores()
+        return cores, f"auto: {cores} usable core" + ("s" if cores > 1 else "")
 
     def rule_paths(self) -> list[Path]:
         """``rules.files`` resolved: absolute; else next to the config file; else the

@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from gateway.config import Config, load_config, parse_listen
-from gateway.logsetup import configure_logging
+from gateway.logsetup import configure_logging, get_logger
 
 __all__ = ["run"]
 
@@ -23,14 +23,21 @@ def run(args: argparse.Namespace) -> int:
     from gateway.ops import register_secrets, run_loop, run_workers, serve
 
     register_secrets(config)
-    if config.smtp.workers > 1:
-        return run_workers(config, args.config)
     embedded = args.config is None
+
+    def how_to(address: str) -> None:
+        if embedded:
+            print(_how_to(config, address), flush=True)
+
+    count, why = config.worker_count()
+    if count > 1:
+        return run_workers(config, args.config, count, why=why, announce=how_to)
+    if why != "smtp.workers":
+        get_logger("cm-gateway.serve").info("one_worker", why=why)
 
     def announce(address: str) -> None:
         print(f"cm-gateway listening on {address}", flush=True)
-        if embedded:
-            print(_how_to(config, address), flush=True)
+        how_to(address)
 
     return run_loop(serve(config, announce=announce), config.smtp.event_loop)
 

@@ -43,7 +43,7 @@ from gateway.errors import ClassifierError, ConfigError
 from gateway.logsetup import get_logger
 from gateway.predictions import PredictionBatch
 
-from ._process import settle_heap, shutdown_grace
+from ._process import settle_heap, shutdown_grace, watch_parent
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -51,9 +51,6 @@ if TYPE_CHECKING:
 __all__ = ["BatchServer", "batcher_main"]
 
 _log = get_logger("cm-gateway.classify._batcher")
-
-# How often the process checks that its parent is still there.
-PARENT_POLL_S = 1.0
 
 
 def _forget(calls: dict[int, asyncio.Task[None]], key: int, _done: object) -> None:
@@ -180,13 +177,9 @@ class BatchServer:
             writer.write(reply)
 
 
-async def _watch_parent(parent: int, stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), PARENT_POLL_S)
-        if os.getppid() != parent:
-            _log.error("batcher_parent_gone")
-            stop.set()
+def _parent_gone(stop: asyncio.Event) -> None:
+    _log.error("batcher_parent_gone")
+    stop.set()
 
 
 async def serve_batcher(config: Config, path: str, ready: Connection | None = None) -> int:
@@ -198,7 +191,8 @@ async def serve_batcher(config: Config, path: str, ready: Connection | None = No
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    watcher = asyncio.create_task(_watch_parent(os.getppid(), stop))
+    gone = functools.partial(_parent_gone, stop)
+    watcher = asyncio.create_task(watch_parent(os.getppid(), gone, stop))
     settle_heap()  # as the workers do (gateway.ops.Service.start)
     _log.info("batcher_ready", classifier=server.classifier.description, pid=os.getpid())
     if ready is not None:

@@ -1,21 +1,29 @@
 """What every gateway process (single, worker, batcher) shares: its secrets, its grace,
-and what a hangup means."""
+what a hangup means, and (workers, batcher) stopping when the parent is gone."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import os
+from collections.abc import Callable
 
 from gateway.config import Config
 from gateway.redact import register_secret
 
 __all__ = [
+    "PARENT_POLL_S",
     "YOUNG_COLLECTION_THRESHOLD",
     "hangup_stops",
     "register_secrets",
     "settle_heap",
     "shutdown_grace",
+    "watch_parent",
 ]
+
+# How often a worker or the batcher checks that the parent is still there.
+PARENT_POLL_S = 1.0
 
 YOUNG_COLLECTION_THRESHOLD = 10_000
 """Net allocations of container objects between collections of the youngest generation
@@ -62,3 +70,16 @@ def hangup_stops() -> bool:
         return False
     os.close(fd)
     return True
+
+
+async def watch_parent(parent: int, gone: Callable[[], None], stop: asyncio.Event) -> None:
+    """Call ``gone()`` once the process ``parent`` is no longer this one's parent (it died,
+    even of SIGKILL, and this process was re-parented), checking every ``PARENT_POLL_S``
+    until ``stop`` is set. Without it, a worker whose parent was killed would keep
+    serving the port beside the gateway started in its place."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), PARENT_POLL_S)
+        if os.getppid() != parent:
+            gone()
+            return

@@ -31,7 +31,7 @@ from gateway.smtp import Authenticator, SmtpServer, build_tls_context
 
 from ._metrics_peers import MetricsPeers, PeerSet
 from ._metrics_server import MetricsServer
-from ._process import hangup_stops, settle_heap, shutdown_grace
+from ._process import hangup_stops, settle_heap, shutdown_grace, watch_parent
 from ._reload import RuleReloader
 
 __all__ = ["SAME_STOP_WINDOW", "Service", "serve", "start_metrics"]
@@ -46,7 +46,8 @@ SAME_STOP_WINDOW = 1.0
 class Service:
     """The gateway's parts in one process. ``processor`` replaces the configured pipeline
     (tests); ``batcher_socket``: classify through the shared batcher process there;
-    ``peers``: this worker's place among the workers, whose metrics a scrape adds up."""
+    ``peers``: this worker's place among the workers, whose metrics a scrape adds up;
+    ``parent``: the supervisor's pid (a worker stops, as on SIGTERM, once it is gone)."""
 
     def __init__(
         self,
@@ -56,8 +57,10 @@ class Service:
         reuse_port: bool = False,
         batcher_socket: str | None = None,
         peers: PeerSet | None = None,
+        parent: int | None = None,
     ) -> None:
         self.config = config
+        self._parent = parent
         self.metrics = GatewayMetrics()
         self._peers = MetricsPeers(peers, self.metrics) if peers and config.metrics.listen else None
         self._processor = processor
@@ -72,6 +75,7 @@ class Service:
         self._watcher: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._stop_at = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def address(self) -> str:
@@ -155,6 +159,16 @@ class Service:
         )
         settle_heap()
         self._install_signals(processor)
+        if self._parent is not None:
+            self._tasks.add(
+                asyncio.create_task(watch_parent(self._parent, self._parent_gone, self._stop))
+            )
+
+    def _parent_gone(self) -> None:
+        # The supervisor was killed (SIGKILL, the OOM killer): drain as on SIGTERM rather
+        # than serve the port on, unsupervised, beside the gateway started in its place.
+        log.error("worker_parent_gone", parent=self._parent)
+        self._on_stop(signal.SIGTERM)
 
     async def _start_milter(self, processor: MessageProcessor) -> MilterServer:
         if not isinstance(processor, MessageDecider):
@@ -226,6 +240,8 @@ class Service:
         """Stop accepting, let sessions in DATA finish, close the pipeline and metrics."""
         if self._watcher is not None:
             self._watcher.cancel()
+        for task in self._tasks:
+            task.cancel()
         loop = asyncio.get_running_loop()
         self._draining = True
         grace = shutdown_grace(self.config)
@@ -255,6 +271,7 @@ async def serve(
     reuse_port: bool = False,
     batcher_socket: str | None = None,
     peers: PeerSet | None = None,
+    parent: int | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit status. ``announce(address)`` is
     called once the front listens."""
@@ -264,6 +281,7 @@ async def serve(
         reuse_port=reuse_port,
         batcher_socket=batcher_socket,
         peers=peers,
+        parent=parent,
     )
     await service.start()
     if announce is not None:

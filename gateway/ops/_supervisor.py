@@ -15,6 +15,7 @@ exits on its own stops the rest (exit status 1) rather than leaving a degraded g
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import shutil
@@ -22,6 +23,10 @@ import signal
 import socket
 import sys
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as mp_wait
 from multiprocessing.process import BaseProcess
 
 from gateway.config import Config, load_config, parse_listen
@@ -43,9 +48,16 @@ _SUN_PATH_MAX = 107
 
 
 def _worker_main(
-    config_path: str | None, index: int, batcher_socket: str | None, peers: PeerSet
+    config_path: str | None,
+    index: int,
+    batcher_socket: str | None,
+    peers: PeerSet,
+    parent: int,
+    *,
+    ready: Connection,
 ) -> None:
-    """One worker process (spawned): the same config, the shared port (SO_REUSEPORT)."""
+    """One worker process (spawned): the same config, the shared port (SO_REUSEPORT);
+    says "ready" on ``ready`` once it listens."""
     import structlog
 
     from ._eventloop import run_loop
@@ -56,10 +68,22 @@ def _worker_main(
     configure_logging(config.log.level, config.log.format)
     register_secrets(config)
     structlog.contextvars.bind_contextvars(worker=index)
-    # The parent prints the banner; workers stay quiet on stdout (no announce).
+
+    def listening(_address: str) -> None:
+        # The parent prints the banner once every worker has said this.
+        ready.send_bytes(b"ready")
+        ready.close()
+
     try:
         status = run_loop(
-            serve(config, reuse_port=True, batcher_socket=batcher_socket, peers=peers),
+            serve(
+                config,
+                announce=listening,
+                reuse_port=True,
+                batcher_socket=batcher_socket,
+                peers=peers,
+                parent=parent,
+            ),
             config.smtp.event_loop,
         )
     except ConfigError as exc:
@@ -89,6 +113,14 @@ def _check_once(config: Config) -> None:
         )
     if config.smtp.auth_users_file:
         load_users(config.smtp.auth_users_file)
+
+
+@dataclass(frozen=True, slots=True)
+class _Workers:
+    count: int
+    why: str
+    rundir: str
+    announce: Callable[[str], None] | None
 
 
 class _StoppedWhileStarting(Exception):
@@ -138,12 +170,21 @@ def _start_batcher(
         ready.close()
 
 
-def run_workers(config: Config, config_path: str | None) -> int:
-    """Run the workers (and the batcher) until a signal stops them; the exit status."""
+def run_workers(
+    config: Config,
+    config_path: str | None,
+    count: int,
+    *,
+    why: str = "smtp.workers",
+    announce: Callable[[str], None] | None = None,
+) -> int:
+    """Run ``count`` workers (and the batcher) until a signal stops them; the exit
+    status. ``why``: how the count was chosen (logged); ``announce(address)`` is called
+    after the banner line."""
     _check_once(config)
     ctx = multiprocessing.get_context("spawn")
     # The private directory holds the batcher's socket and the workers' metrics sockets.
-    rundir = _private_dir(config.smtp.workers)
+    rundir = _private_dir(count)
     try:
         batcher: BaseProcess | None = None
         shared = config.classifier.shared_batcher
@@ -164,7 +205,8 @@ def run_workers(config: Config, config_path: str | None) -> int:
                 if isinstance(started, int):
                     return started
                 batcher = started
-            return _supervise(ctx, config, config_path, rundir, socket_path, batcher)
+            workers = _Workers(count, why, rundir, announce)
+            return _supervise(ctx, config, config_path, workers, socket_path, batcher)
         except _StoppedWhileStarting:
             if batcher is not None:
                 batcher.terminate()
@@ -173,6 +215,34 @@ def run_workers(config: Config, config_path: str | None) -> int:
             return 0
     finally:
         shutil.rmtree(rundir, ignore_errors=True)
+
+
+def _heard_ready(starting: list[Connection]) -> bool:
+    """Take the workers that said "ready" (or hung up, dying) out of ``starting``; True
+    when any was heard."""
+    heard = mp_wait(starting, timeout=0)
+    for ready in heard:
+        assert isinstance(ready, Connection)
+        with contextlib.suppress(EOFError):  # died first: the loop sees its exit code
+            ready.recv_bytes()
+        ready.close()
+        starting.remove(ready)
+    return bool(heard)
+
+
+def _announce(config: Config, workers: _Workers, shared_batcher: bool) -> None:
+    """Every worker listens: say so (log, banner, and the caller's ``announce``)."""
+    listening = config.smtp.listen or config.milter.listen
+    log.info(
+        "workers_started",
+        workers=workers.count,
+        why=workers.why,
+        listen=listening,
+        shared_batcher=shared_batcher,
+    )
+    print(f"cm-gateway listening on {listening} ({workers.count} workers)", flush=True)
+    if workers.announce is not None:
+        workers.announce(listening)
 
 
 def _private_dir(workers: int) -> str:
@@ -191,15 +261,18 @@ def _supervise(
     ctx: multiprocessing.context.SpawnContext,
     config: Config,
     config_path: str | None,
-    rundir: str,
+    workers: _Workers,
     socket_path: str | None,
     batcher: BaseProcess | None,
 ) -> int:
-    count = config.smtp.workers
+    count = workers.count
+    # Each worker says "ready" on its pipe once it listens; the banner waits for all.
+    pipes = [ctx.Pipe(duplex=False) for _ in range(count)]
     procs = [
         ctx.Process(
             target=_worker_main,
-            args=(config_path, i, socket_path, PeerSet(rundir, i, count)),
+            args=(config_path, i, socket_path, PeerSet(workers.rundir, i, count), os.getpid()),
+            kwargs={"ready": pipes[i][1]},
             name=f"cm-gateway-worker-{i}",
         )
         for i in range(count)
@@ -217,6 +290,9 @@ def _supervise(
     signal.signal(signal.SIGINT, forward)
     for proc in procs:
         proc.start()
+    for _, tell_ready in pipes:
+        tell_ready.close()  # the worker's end: only the worker holds it now
+    starting = [ready for ready, _ in pipes]
 
     def forward_reload(signum: int, _frame: object) -> None:
         for proc in procs:
@@ -229,16 +305,14 @@ def _supervise(
         signal.signal(signal.SIGHUP, lambda _s, f: forward(signal.SIGTERM, f))
     else:
         signal.signal(signal.SIGHUP, forward_reload)
-    log.info(
-        "workers_started",
-        workers=len(procs),
-        listen=config.smtp.listen or config.milter.listen,
-        shared_batcher=batcher is not None,
-    )
-    listening = config.smtp.listen or config.milter.listen
-    print(f"cm-gateway listening on {listening} ({len(procs)} workers)", flush=True)
     status = 0
+    announced = False
     while procs:
+        heard = bool(starting) and _heard_ready(starting)
+        # When each worker has said "ready" or died: the banner, unless one died.
+        if heard and not starting and not stopping and all(p.exitcode is None for p in procs):
+            _announce(config, workers, batcher is not None)
+            announced = True
         if batcher is not None and batcher.exitcode is not None and not stopping:
             log.error("batcher_exited", exitcode=batcher.exitcode)
             status = 1
@@ -252,11 +326,15 @@ def _supervise(
             # handler is installed: it held no session, so that is a clean stop too.
             clean = (0, -signal.SIGTERM, -signal.SIGINT) if stopping else (0,)
             if proc.exitcode not in clean:
-                status = 1
+                # A config error found by a worker as it started (exit 2) is the
+                # gateway's exit status too: the same as with one process.
+                status = 2 if proc.exitcode == 2 and not announced else max(status, 1)
             if not stopping:
                 # A worker died on its own: stop the rest rather than run degraded.
                 log.error("worker_exited", worker=proc.name, exitcode=proc.exitcode)
                 forward(signal.SIGTERM, None)
+    for ready in starting:
+        ready.close()
     if batcher is not None:
         if batcher.exitcode is None:
             batcher.terminate()  # SIGTERM: it answers what is under way, then exits

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import smtplib
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,31 +83,54 @@ def smarthost(
     dovecot: DovecotInstance, certs: dict[str, tuple[Path, Path]]
 ) -> Iterator[tuple[SmartHost, NextHopSink]]:
     sink = NextHopSink().start()
-    host = SmartHost(sink_port=sink.port, cert=certs["good"], auth_port=dovecot.auth_port)
+    host = None
     try:
-        host.start()
-        _wait_for_ehlo(host)
+        # Twice under a full parallel run a smart host never answered EHLO and wrote no
+        # log at all; a second instance (new ports, new queue) is tried once, and both
+        # failures are reported if it fails too.
+        failures = []
+        for _ in range(2):
+            host = SmartHost(sink_port=sink.port, cert=certs["good"], auth_port=dovecot.auth_port)
+            host.start()
+            failure = _wait_for_ehlo(host)
+            if failure is None:
+                break
+            failures.append(failure)
+            host.destroy()
+            host = None
+        else:
+            raise AssertionError("\n\n".join(failures))
         yield host, sink
     finally:
-        host.destroy()
+        if host is not None:
+            host.destroy()
         sink.stop()
 
 
-def _wait_for_ehlo(host: SmartHost, timeout: float = 90.0) -> None:
-    """Until the smart host's smtpd answers EHLO: the master listens at once, but on a
-    busy machine the first smtpd (and its TLS and SASL set-up) can take many seconds."""
+def _wait_for_ehlo(host: SmartHost, timeout: float = 60.0) -> str | None:
+    """None once the smart host's smtpd answers EHLO (the master listens at once, but on a
+    busy machine the first smtpd, with its TLS and SASL set-up, can take many seconds);
+    else why not, with what the probe saw, who listens on the port and Postfix's log."""
     port = host.front_port
     deadline = time.monotonic() + timeout
+    seen = "nothing"
     while True:
         try:
             with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
-                if client.ehlo("probe.test")[0] == 250:
-                    return
-        except (OSError, smtplib.SMTPException):
-            pass
+                code = client.ehlo("probe.test")[0]
+                if code == 250:
+                    return None
+                seen = f"EHLO answered {code}"
+        except (OSError, smtplib.SMTPException) as exc:
+            seen = f"{type(exc).__name__}: {exc}"
         if time.monotonic() > deadline:
-            raise AssertionError(
-                f"the smart host on port {port} never answered EHLO:\n{host.log_tail(40)}"
+            listeners = subprocess.run(
+                ["ss", "-Hltnp", f"( sport = :{port} )"], capture_output=True, text=True
+            ).stdout
+            return (
+                f"the smart host on port {port} never answered EHLO (last: {seen}; master pid"
+                f" {host.master_pid()}; listening: {listeners.strip() or 'nobody'}):\n"
+                f"{host.log_tail(40)}"
             )
         time.sleep(0.5)
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import smtplib
+import socket
 import subprocess
 import sys
 import threading
@@ -125,8 +127,9 @@ def test_config_errors_exit_2_before_listening(tmp_path: Path):
 
 @pytest.mark.parametrize("shared_batcher", ["true", "false"])
 def test_workers_share_the_port_and_stop_together(tmp_path: Path, shared_batcher: str):
-    """workers = 2: two processes serve one port (SO_REUSEPORT); mail is accepted;
-    SIGTERM stops both and the parent exits 0; with or without the shared batcher."""
+    """workers = 2: two processes serve one port (SO_REUSEPORT); the banner comes once
+    both listen, so mail is accepted at once; SIGTERM stops both and the parent exits 0;
+    with or without the shared batcher."""
     port = free_port()
     config = tmp_path / "gateway.toml"
     config.write_text(
@@ -138,16 +141,9 @@ def test_workers_share_the_port_and_stop_together(tmp_path: Path, shared_batcher
     proc = start_serve(tmp_path, "--config", str(config))
     try:
         read_until(proc, "(2 workers)")
-        deadline = time.monotonic() + 120
-        sent = 0
-        while sent < 4 and time.monotonic() < deadline:
-            try:
-                with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
-                    client.sendmail("alice@example.net", ["triage@example.com"], SUBJECT_BODY)
-                sent += 1
-            except (OSError, smtplib.SMTPException):
-                time.sleep(0.5)  # workers still starting
-        assert sent == 4
+        for _ in range(4):  # new connections: the kernel spreads them over both workers
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+                client.sendmail("alice@example.net", ["triage@example.com"], SUBJECT_BODY)
         children = subprocess.run(
             ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
         ).stdout.split()
@@ -156,3 +152,76 @@ def test_workers_share_the_port_and_stop_together(tmp_path: Path, shared_batcher
         code, _ = stop_serve(proc)
     assert code == 0
     assert len(list((tmp_path / "var" / "maildir" / "new").iterdir())) == 4
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")  # a zombie serves nothing; its new parent reaps it
+
+
+def test_the_workers_and_the_batcher_stop_when_the_parent_is_killed(tmp_path: Path) -> None:
+    """SIGKILL to the parent alone (the OOM killer's choice): its workers and the batcher
+    notice within seconds and stop, so nothing keeps serving the port unsupervised beside
+    the gateway started in its place."""
+    port = free_port()
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f"[smtp]\nlisten = '127.0.0.1:{port}'\nworkers = 2\n"
+        "[downstream]\nurl = 'maildir://var/maildir'\n[classifier]\nprovider = 'emulator'\n"
+        "[log]\nformat = 'json'\n[metrics]\nlisten = ''\n",
+        encoding="utf-8",
+    )
+    log = tmp_path / "gateway.log"
+    with log.open("wb") as stderr:
+        proc = start_serve(tmp_path, "--config", str(config), stderr=stderr)
+    try:
+        read_until(proc, "(2 workers)")
+        deadline = time.monotonic() + 120
+        while log.read_text().count('"smtp_listening"') < 2:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        children = [
+            int(p)
+            for p in subprocess.run(
+                ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
+            ).stdout.split()
+        ]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while not all(_gone(pid) for pid in children):
+            assert time.monotonic() < deadline, "a child of the killed parent lives on"
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert text.count('"worker_parent_gone"') == 2
+    assert '"batcher_parent_gone"' in text
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_a_worker_that_cannot_start_fails_the_gateway_with_exit_2_and_no_banner(
+    tmp_path: Path,
+) -> None:
+    """A rule file that does not compile is found by each worker as it builds its
+    pipeline (the parent reads only the config): the gateway exits 2, as one process
+    does, names the file, and never says it listens."""
+    port = free_port()
+    (tmp_path / "rules.yaml").write_text("rules:\n  - name: x\n    when: { nope: 1 }\n")
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f"[smtp]\nlisten = '127.0.0.1:{port}'\nworkers = 2\n"
+        "[downstream]\nurl = 'maildir://var/maildir'\n[classifier]\nprovider = 'emulator'\n"
+        "[rules]\nfiles = ['rules.yaml']\n[metrics]\nlisten = ''\n",
+        encoding="utf-8",
+    )
+    proc = start_serve(tmp_path, "--config", str(config))
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2, stderr.decode()
+    assert b"rules.yaml" in stderr
+    assert b"listening" not in stdout

@@ -32,7 +32,7 @@ class Options:
     tempfail: float = 0.2
     billing_messages: int = 1000
     half_load_messages: int = 1000
-    workers: tuple[int, ...] = (1,)
+    workers: tuple[int | str, ...] = (1,)
     big_mb: float = 25.0
     hold: bool = True
     gateway: GatewaySettings = field(default_factory=GatewaySettings)

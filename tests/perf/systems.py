@@ -17,6 +17,8 @@ from typing import Any
 
 import httpx
 
+from gateway._cores import usable_cores
+
 from .procs import REPO, Proc, free_port, python_module, wait_port
 
 __all__ = [
@@ -70,7 +72,8 @@ class Emulator:
 class GatewaySettings:
     """The knobs of the gateway under test."""
 
-    workers: int = 1
+    # "auto": no workers key with --defaults (one per usable core), "auto" otherwise.
+    workers: int | str = 1
     max_batch: int = 64
     max_wait_ms: float = 20.0
     max_in_flight: int = 4
@@ -94,7 +97,7 @@ def _gateway_config(port: int, sink_port: int, emulator_url: str, s: GatewaySett
 listen = "127.0.0.1:{port}"
 hostname = "gw.bench.example"
 max_connections = 1000
-workers = {s.workers}
+workers = {_toml(s.workers)}
 timeout = 300
 
 [downstream]
@@ -132,12 +135,13 @@ format = "json"
 
 
 def _defaults_config(
-    port: int, sink_port: int, emulator_url: str, workers: int, log_level: str
+    port: int, sink_port: int, emulator_url: str, workers: int | str, log_level: str
 ) -> str:
     """What a user writes who tunes nothing: where to listen, relay and classify, and
     max_connections sized for the sessions (the one setting a user must size)."""
     rules = REPO / "rules" / "shared-inbox-triage.yaml"
-    workers_line = f"workers = {workers}\n" if workers != 1 else ""
+    # A number is written even when it is 1: the default is "auto" since issue 20.
+    workers_line = f"workers = {workers}\n" if workers != "auto" else ""
     return f"""
 [smtp]
 listen = "127.0.0.1:{port}"
@@ -167,11 +171,21 @@ format = "json"
 """
 
 
-def _wait_workers(proc: Proc, workers: int, timeout: float = 120.0) -> None:
+def _toml(workers: int | str) -> str:
+    return f'"{workers}"' if isinstance(workers, str) else str(workers)
+
+
+def worker_count(workers: int | str) -> int:
+    """The processes ``workers`` starts here (the benchmark's ports are fixed)."""
+    return usable_cores() if workers == "auto" else int(workers)
+
+
+def _wait_workers(proc: Proc, workers: int | str, timeout: float = 120.0) -> None:
     # The parent prints its banner before the workers listen: count their log lines.
+    count = worker_count(workers)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.log_path.read_text("utf-8", "replace").count("smtp_listening") >= workers:
+        if proc.log_path.read_text("utf-8", "replace").count("smtp_listening") >= count:
             return
         if proc.popen.poll() is not None:
             break

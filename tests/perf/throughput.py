@@ -151,9 +151,11 @@ def gateway_systems(opts: Options) -> list[tuple[str, GatewaySettings]]:
         settings = dataclasses.replace(opts.gateway, workers=w, defaults=opts.defaults)
         out.append((_name(w), settings))
     if opts.defaults and opts.before:
-        for w in opts.workers:
-            name = BEFORE if w == 1 else f"{BEFORE}-w{w}"
-            out.append((name, GatewaySettings(workers=w)))
+        # Before issue 20 the default was one worker: "auto" compares with that.
+        olds = {1 if w == "auto" else w: None for w in opts.workers}
+        for old in olds:
+            name = BEFORE if old == 1 else f"{BEFORE}-w{old}"
+            out.append((name, GatewaySettings(workers=old)))
     return out
 
 
@@ -230,8 +232,12 @@ def run_benchmark(opts: Options, out: object = sys.stdout) -> Report:
     return report
 
 
-def _name(workers: int) -> str:
-    return "gateway" if workers == 1 else f"gateway-w{workers}"
+def _name(workers: int | str) -> str:
+    return "gateway" if workers == 1 else f"gateway-{'' if workers == 'auto' else 'w'}{workers}"
+
+
+def _workers(text: str) -> tuple[int | str, ...]:
+    return tuple(w if w == "auto" else int(w) for w in text.split(","))
 
 
 def _parse(argv: list[str] | None) -> Options:
@@ -246,7 +252,12 @@ def _parse(argv: list[str] | None) -> Options:
     p.add_argument("--tempfail", type=float, default=d.tempfail)
     p.add_argument("--billing-messages", type=int, default=d.billing_messages)
     p.add_argument("--half-load-messages", type=int, default=d.half_load_messages)
-    p.add_argument("--workers", default="1", help="comma-separated, e.g. 1,2")
+    p.add_argument(
+        "--workers",
+        default=None,
+        help="comma-separated, e.g. 1,2 or auto,1; default: auto with --defaults (no workers"
+        " key), else 1",
+    )
     p.add_argument("--big-mb", type=float, default=d.big_mb, help="0: skip")
     p.add_argument(
         "--hold",
@@ -293,7 +304,7 @@ def _parse(argv: list[str] | None) -> Options:
         messages=a.messages, sessions=a.sessions, size=a.size, latency_ms=a.latency_ms,
         runs=a.runs, tempfail=a.tempfail, billing_messages=a.billing_messages,
         half_load_messages=a.half_load_messages,
-        workers=tuple(int(w) for w in a.workers.split(",")), big_mb=a.big_mb,
+        workers=_workers(a.workers or ("auto" if a.defaults else "1")), big_mb=a.big_mb,
         hold=a.hold == "on", gateway=settings, log_dir=a.log_dir, defaults=a.defaults,
         before=a.before == "on",
     )  # fmt: skip

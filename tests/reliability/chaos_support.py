@@ -24,6 +24,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from email.utils import formatdate
+from pathlib import Path
 
 from gateway.testing import NextHopSink, ReceivedMessage, SinkBehaviour
 from tests.integration.postfix_gateway import GatewayRunner
@@ -113,12 +114,25 @@ class ChaosGateway(GatewayRunner):
     kills = 0
 
     def kill(self) -> None:
-        """SIGKILL the gateway (no shutdown, sessions cut mid-flight) and reap it."""
+        """SIGKILL the gateway, each of its processes at once (the parent, its workers and
+        the batcher: no shutdown, sessions cut mid-flight), and reap it."""
         proc = self._proc
         assert proc is not None and proc.poll() is None, "the gateway is not running"
-        os.kill(proc.pid, signal.SIGKILL)
+        for pid in [proc.pid, *_descendants(proc.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         proc.wait(timeout=30)
         self.kills += 1
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes under ``pid`` (Linux /proc)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    children = [int(c) for c in text.split()]
+    return children + [d for c in children for d in _descendants(c)]
 
 
 @dataclass(frozen=True)

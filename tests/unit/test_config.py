@@ -148,10 +148,39 @@ def test_config_show_output_is_a_valid_config(tmp_path: Path) -> None:
     assert load_config(again, env={}).classifier.project == "acme"
 
 
-def test_workers_auto_is_one_per_core_and_batching_is_adaptive_by_default(
+def test_workers_are_one_per_usable_core_and_batching_is_adaptive_by_default(
     tmp_path: Path,
 ) -> None:
-    config = load_config(write(tmp_path, "[smtp]\nworkers = 'auto'\n" + TENANT), env={})
-    assert config.smtp.workers == min(64, os.cpu_count() or 1)
+    config = load_config(write(tmp_path, TENANT), env={})
+    assert config.smtp.workers == "auto"
+    cores = len(os.sched_getaffinity(0))
+    assert config.worker_count() == (cores, f"auto: {cores} usable core" + "s" * (cores > 1))
     assert config.classifier.target_batch == "auto"
     assert config.classifier.max_wait_ms == 200.0
+
+
+@pytest.mark.parametrize(
+    ("smtp", "milter", "why"),
+    [
+        ("127.0.0.1:0", "", "smtp.listen has port 0"),
+        ("127.0.0.1:2525", "127.0.0.1:0", "milter.listen has port 0"),
+        ("", "unix:/run/cmgw.sock", "milter.listen is a unix socket"),
+    ],
+)
+def test_workers_auto_is_one_where_workers_could_not_share_a_listener(
+    tmp_path: Path, smtp: str, milter: str, why: str
+) -> None:
+    text = f"[smtp]\nlisten = '{smtp}'\n[milter]\nlisten = '{milter}'\n" + TENANT
+    reason = f"auto: {why}, which workers cannot share"
+    assert load_config(write(tmp_path, text), env={}).worker_count() == (1, reason)
+
+
+def test_workers_set_to_a_number_are_that_number_and_checked(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "[smtp]\nworkers = 3\n" + TENANT), env={})
+    assert config.worker_count() == (3, "smtp.workers")
+    for bad in ("0", "65", "true", "'two'"):
+        with pytest.raises(ConfigError, match=re.escape("workers must be 'auto' or 1..64")):
+            load_config(write(tmp_path, f"[smtp]\nworkers = {bad}\n" + TENANT), env={})
+    unix = "[smtp]\nworkers = 2\n[milter]\nlisten = 'unix:/run/m.sock'\n" + TENANT
+    with pytest.raises(ConfigError, match=re.escape("unix socket needs smtp.workers = 1")):
+        load_config(write(tmp_path, unix), env={})

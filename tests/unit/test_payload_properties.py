@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import quopri
+import warnings
 from collections.abc import Callable
 from email.header import Header
 from email.message import Message
@@ -166,7 +167,12 @@ def serialize(message: Message) -> bytes:
     """
     lines = [f"{name}: {value}" for name, value in message.raw_items()]
     head = "\n".join(lines).encode("utf-8", "surrogateescape") + b"\n\n"
-    payload = message.get_payload()
+    with warnings.catch_warnings():
+        # The stdlib decodes a str payload with its charset here; "unicode-escape" over a
+        # stray backslash warns. This only writes the test's input: the gateway's own
+        # reading refuses that codec (gateway/mail/_mimetext.py).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        payload = message.get_payload()
     if isinstance(payload, list):
         if message.get_content_maintype() == "message":
             return head + b"".join(serialize(m) for m in payload if isinstance(m, Message))

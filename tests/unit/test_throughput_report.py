@@ -86,11 +86,14 @@ def test_the_issue_20_rows_judge_the_defaults_against_the_hold_relay_and_idle_la
 
 
 def test_defaults_mode_writes_no_tuning_key_and_runs_the_old_defaults_beside() -> None:
-    opts = Options(defaults=True, before=True)
+    opts = Options(defaults=True, before=True, workers=("auto", 1))
     systems = gateway_systems(opts)
-    assert [name for name, _ in systems] == ["gateway", BEFORE]
+    # The old defaults ran one worker: "auto" and 1 share the one "before" system.
+    assert [name for name, _ in systems] == ["gateway-auto", "gateway", BEFORE]
     config = _gateway_config(2525, 2526, "http://127.0.0.1:1", systems[0][1])
     for key in ("max_wait_ms", "target_batch", "max_batch", "pool_size", "workers", "timeout"):
         assert key not in config
-    old = _gateway_config(2525, 2526, "http://127.0.0.1:1", systems[1][1])
-    assert "max_wait_ms = 20" in old and "target_batch = 0" in old
+    # 1 is no longer the default: it is written.
+    assert "workers = 1\n" in _gateway_config(2525, 2526, "http://127.0.0.1:1", systems[1][1])
+    old = _gateway_config(2525, 2526, "http://127.0.0.1:1", systems[2][1])
+    assert "max_wait_ms = 20" in old and "target_batch = 0" in old and "workers = 1\n" in old
