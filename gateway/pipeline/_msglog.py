@@ -21,8 +21,9 @@ from ._inbound import InboundMessage
 
 if TYPE_CHECKING:
     from gateway.metrics import GatewayMetrics
+    from gateway.rules import Decision
 
-__all__ = ["MessageLog", "labels_brief"]
+__all__ = ["MessageLog", "labels_brief", "log_discarded"]
 
 _log = get_logger("cm-gateway.pipeline._pipeline")
 _MAX_LABELS = 5
@@ -89,6 +90,19 @@ class MessageLog:
                 value = value[:_MAX_TEXT] + "..."
             self.fields[key] = value
 
+    def decision(self, decision: Decision) -> None:
+        """What the rules did: rules hit, verdict (``deliver`` in audit mode) and, in
+        audit mode, what they would have done."""
+        enforce = not decision.audit
+        self.set(
+            rules_hit=list(decision.rules_hit),
+            verdict=decision.verdict if enforce else "deliver",
+        )
+        if decision.audit and decision.audit_verdict is not None:
+            self.set(audit_verdict=decision.audit_verdict)
+        if decision.matches and any(m.audit for m in decision.matches):
+            self.set(audit_rules=[m.rule for m in decision.matches if m.audit])
+
     def stage(self, name: str) -> _Stage:
         """Time a stage into ``<name>_ms`` (also when it raises)."""
         return _Stage(self.fields, f"{name}_ms")
@@ -110,3 +124,13 @@ class MessageLog:
             _log.info("message", **self.fields)
         else:
             _log.warning("message", **self.fields)
+
+
+def log_discarded(msg: InboundMessage, decision: Decision) -> None:
+    """A warning line: the message was acknowledged and reaches nobody."""
+    _log.warning(
+        "message_discarded",
+        queue_id=msg.queue_id,
+        rules_hit=list(decision.rules_hit),
+        reason="discard" if decision.verdict == "discard" else "no recipients",
+    )

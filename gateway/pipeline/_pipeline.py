@@ -60,7 +60,7 @@ from gateway.rules import Decision, RuleSet, load_rules
 from ._big_message import HEAVY_PARSES, PARSE_IN_THREAD, off_loop, release_memory
 from ._edits import message_edits
 from ._inbound import InboundMessage, MessageEdits
-from ._msglog import MessageLog, labels_brief
+from ._msglog import MessageLog, labels_brief, log_discarded
 from ._prepare import (
     ALREADY_CLASSIFIED,
     HEADER_PREFIX,
@@ -71,7 +71,7 @@ from ._prepare import (
     prepare_message,
 )
 from ._rewrite import rewrite_message
-from ._thread import ThreadStep
+from ._thread import ThreadStep, remembered, settle
 from ._trace import count_hops, received_header
 
 if TYPE_CHECKING:
@@ -88,6 +88,8 @@ class _Routed(NamedTuple):
     ctx: MessageContext
     decision: Decision | None
     rules: RuleSet
+    # The conversation memory being written: the reply waits for it (ThreadStep).
+    remembering: asyncio.Future[None] | None = None
 
 
 _CLASSIFICATION_HEADERS = {f"{HEADER_PREFIX}{n}".lower() for n in ("Labels", "Model", "Status")}
@@ -172,9 +174,12 @@ class Pipeline:
             if isinstance(routed, Reply):
                 return self._done(log, routed)
             where[0] = "deliver"
-            if routed.decision is None:
-                return await self._relay(msg, routed.content, msg.rcpt_tos, log)
-            return await self._apply(msg, routed.content, routed.ctx, routed.decision, log)
+            try:
+                if routed.decision is None:
+                    return await self._relay(msg, routed.content, msg.rcpt_tos, log)
+                return await self._apply(msg, routed.content, routed.ctx, routed.decision, log)
+            finally:
+                await remembered(routed.remembering)
         except Exception as exc:
             self._failed(msg, where[0], exc, "smtp")
             raise
@@ -197,18 +202,27 @@ class Pipeline:
                 log.set(recipients=len(msg.rcpt_tos))
                 self._done(log, replies.OK)
                 return MessageEdits(verdict="pass-through")
-            self._log_decision(decision, log)
-            headers = self._headers(routed.ctx, decision)
-            edits = message_edits(msg, decision, headers, self._forged(routed.rules))
-            if edits.discard:
-                self._discarded(msg, decision)
-            recipients = msg.rcpt_tos if edits.recipients is None else edits.recipients
-            log.set(recipients=0 if edits.discard else len(recipients))
+            try:
+                edits = self._edits(msg, routed, decision, log)
+            finally:
+                await remembered(routed.remembering)
             self._done(log, edits.reply or replies.OK)
             return edits
         except Exception as exc:
             self._failed(msg, where[0], exc, "milter")
             raise
+
+    def _edits(
+        self, msg: InboundMessage, routed: _Routed, decision: Decision, log: MessageLog
+    ) -> MessageEdits:
+        log.decision(decision)
+        headers = self._headers(routed.ctx, decision)
+        edits = message_edits(msg, decision, headers, self._forged(routed.rules))
+        if edits.discard:
+            log_discarded(msg, decision)
+        recipients = msg.rcpt_tos if edits.recipients is None else edits.recipients
+        log.set(recipients=0 if edits.discard else len(recipients))
+        return edits
 
     def _failed(self, msg: InboundMessage, stage: str, exc: Exception, front: str) -> None:
         if self.metrics is not None:
@@ -243,41 +257,44 @@ class Pipeline:
         if prepared.parsed.parts_skipped:
             log.set(mime_parts_skipped=prepared.parsed.parts_skipped)
         ctx = prepared.ctx
-        if prepared.document is not None:
-            where[0] = "classify"
-            with log.stage("classify"):
-                # The classifier enforces classifier.timeout itself (retries included)
-                # and reports the last real error; the deadline is the backstop.
-                ctx, error = await classify_message(
-                    self.classifier, prepared, deadline=self.config.classifier.deadline
-                )
-            if error is not None:
-                log.set(classifier_error=error.kind)
-                if defers(self.config, error):
-                    log.set(status=ctx.status.header_value)
-                    return replies.CLASSIFIER_DEFER
-        log.set(
-            message_id=ctx.message_id,
-            status=ctx.status.header_value,
-            labels=labels_brief(ctx.prediction),
-            model=ctx.model_version,
-        )
-        if ctx.status.reason == ALREADY_CLASSIFIED:
-            # Classified and routed by the gateway before us (a trusted peer): its
-            # headers stand and its routing is final. Evaluating rules again would
-            # see an unclassified message and could re-route it (the shipped triage
-            # rules send unclassified mail to review@).
-            log.set(verdict="pass-through")
-            return _Routed(content, ctx, None, rules)
-        where[0] = "rules"
-        with log.stage("rules"):
-            ctx = await self.threads.recall(rules, ctx)
-            decision = rules.evaluate(ctx, default_threshold=self._threshold)
-            await self.threads.remember(rules, ctx, decision)
-        if self.shadow is not None and prepared.document is not None:
-            # A background task: the reply never waits for the shadow model.
-            self.shadow.submit(prepared.document, ctx, decision, rules, msg.queue_id)
-        return _Routed(content, ctx, decision, rules)
+        # The thread's memory is looked up while the message is classified.
+        recall = self.threads.start_recall(rules, ctx)
+        try:
+            if prepared.document is not None:
+                where[0] = "classify"
+                with log.stage("classify"):
+                    # The classifier enforces classifier.timeout itself (retries included)
+                    # and reports the last real error; the deadline is the backstop.
+                    ctx, error = await classify_message(
+                        self.classifier, prepared, deadline=self.config.classifier.deadline
+                    )
+                if error is not None:
+                    log.set(classifier_error=error.kind)
+                    if defers(self.config, error):
+                        log.set(status=ctx.status.header_value)
+                        return replies.CLASSIFIER_DEFER
+            log.set(
+                message_id=ctx.message_id,
+                status=ctx.status.header_value,
+                labels=labels_brief(ctx.prediction),
+                model=ctx.model_version,
+            )
+            if ctx.status.reason == ALREADY_CLASSIFIED:
+                # A trusted gateway before us classified and routed it: that stands (our
+                # rules would see it unclassified and could send it to review@).
+                log.set(verdict="pass-through")
+                return _Routed(content, ctx, None, rules)
+            where[0] = "rules"
+            with log.stage("rules"):
+                ctx = await self.threads.recalled(recall, ctx)
+                decision = rules.evaluate(ctx, default_threshold=self._threshold)
+                remembering = self.threads.start_remember(rules, ctx, decision)
+            if self.shadow is not None and prepared.document is not None:
+                # A background task: the reply never waits for the shadow model.
+                self.shadow.submit(prepared.document, ctx, decision, rules, msg.queue_id)
+            return _Routed(content, ctx, decision, rules, remembering)
+        finally:
+            await settle(recall)  # ended early (a defer, an error): no lookup left behind
 
     async def _prepare(self, msg: InboundMessage, content: bytes, log: MessageLog) -> Prepared:
         with log.stage("parse"):
@@ -320,40 +337,18 @@ class Pipeline:
         log: MessageLog,
     ) -> Reply:
         enforce = not decision.audit
-        self._log_decision(decision, log)
+        log.decision(decision)
         if enforce and decision.verdict in ("reject", "defer") and decision.reply is not None:
             return self._done(log, decision.reply)
         recipients = decision.recipients if enforce else msg.rcpt_tos
         if enforce and (decision.verdict == "discard" or not recipients):
-            self._discarded(msg, decision)
+            log_discarded(msg, decision)
             log.set(recipients=0)
             return self._done(log, replies.queued(msg.queue_id))
         outgoing = await rewrite_message(content, decision) if enforce else content
         route = decision.route if enforce else None  # audit mode changes nothing
         headers = self._headers(ctx, decision)
         return await self._relay(msg, outgoing, recipients, log, headers, route)
-
-    @staticmethod
-    def _log_decision(decision: Decision, log: MessageLog) -> None:
-        enforce = not decision.audit
-        log.set(
-            rules_hit=list(decision.rules_hit),
-            verdict=decision.verdict if enforce else "deliver",
-        )
-        if decision.audit and decision.audit_verdict is not None:
-            log.set(audit_verdict=decision.audit_verdict)
-        if decision.matches and any(m.audit for m in decision.matches):
-            log.set(audit_rules=[m.rule for m in decision.matches if m.audit])
-
-    @staticmethod
-    def _discarded(msg: InboundMessage, decision: Decision) -> None:
-        # Loud on purpose: a discarded message is acknowledged and reaches nobody.
-        _log.warning(
-            "message_discarded",
-            queue_id=msg.queue_id,
-            rules_hit=list(decision.rules_hit),
-            reason="discard" if decision.verdict == "discard" else "no recipients",
-        )
 
     async def _relay(
         self,

@@ -16,7 +16,7 @@ from gateway.classify import MemoryThreads
 from gateway.errors import RuleFileError
 from gateway.mail import remove_headers
 from gateway.ops._reload import RuleReloader
-from gateway.pipeline._thread import MAX_ID, ThreadStep, thread_ids
+from gateway.pipeline._thread import MAX_ID, ThreadStep, remembered, thread_ids
 from gateway.rules import RuleSet, load_rules, parse_rules
 from tests.unit.test_rules_support import context, prediction
 
@@ -242,14 +242,15 @@ async def test_thread_step_records_only_the_rules_thread_conditions_name() -> No
     ruleset = parse_rules(THREADED + "  - name: other\n")
     step = ThreadStep(MemoryThreads(ttl=60, max_entries=100))
     first = dataclasses.replace(context(prediction({"Finance": 0.9})), message_id="<m1@x>")
-    first = await step.recall(ruleset, first)
+    assert step.start_recall(ruleset, first) is None  # no thread to look up
     decision = ruleset.evaluate(first, default_threshold=0.25)
-    await step.remember(ruleset, first, decision)
+    await remembered(step.start_remember(ruleset, first, decision))
     reply = dataclasses.replace(
         context(prediction({}), headers=(("In-Reply-To", "<m1@x>"),)), message_id="<m2@x>"
     )
-    reply = await step.recall(ruleset, reply)
+    reply = await step.recalled(step.start_recall(ruleset, reply), reply)
     assert reply.thread_matched == {"first"}
     assert ruleset.evaluate(reply, default_threshold=0.25).rules_hit == ("follow", "other")
     none = ThreadStep(None)
-    assert (await none.recall(ruleset, reply)) is reply
+    assert none.start_recall(ruleset, reply) is None
+    assert none.start_remember(ruleset, reply, decision) is None

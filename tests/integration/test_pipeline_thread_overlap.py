@@ -1,0 +1,111 @@
+"""The conversation memory runs beside the slower work of a message, not before it: the
+recall while the message is classified, the remembering while it is delivered; and the
+reply still waits for the remembering. Each test would deadlock into its timeout (and
+fail) if the two were done one after the other."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from gateway.documents import RawEmailDocument
+from gateway.pipeline import build_processor
+from gateway.predictions import PredictionBatch
+from gateway.testing import NextHopSink, running_sink
+
+from .pipeline_support import FixedClassifier, inbound, mail, make_config
+
+WAIT = 5.0
+RULES = """
+rules:
+  - name: finance
+    when: { label: "Finance > Invoice" }
+    actions:
+      - add_header: { X-Queue: finance }
+  - name: follows-finance
+    when: { thread: { matched: finance } }
+    actions:
+      - add_header: { X-Thread: finance }
+"""
+REPLY = mail("Re: invoice", "Paid, thanks.", headers=[("In-Reply-To", "<inv1@example.com>")])
+
+
+class GatedMemory:
+    """A ThreadMemory whose recall answers "finance" and whose remember ends only once
+    the next hop has the message; both note when they started."""
+
+    def __init__(self, sink: NextHopSink) -> None:
+        self.sink = sink
+        self.recalling = asyncio.Event()
+        self.remembered = asyncio.Event()
+
+    async def recall(self, thread_ids: Sequence[str]) -> frozenset[str]:
+        self.recalling.set()
+        return frozenset({"finance"})
+
+    async def remember(self, thread_ids: Sequence[str], rules: Iterable[str]) -> None:
+        # The delivery must run meanwhile (the sink raises after WAIT otherwise).
+        await asyncio.to_thread(self.sink.wait_for, 1, timeout=WAIT)
+        self.remembered.set()
+
+    async def aclose(self) -> None:
+        return None
+
+
+class RecallFirst(FixedClassifier):
+    """Answers "Finance > Invoice" once the thread's recall has started."""
+
+    def __init__(self, memory: GatedMemory) -> None:
+        super().__init__(labels=[(("Finance", "Invoice"), 0.9)])
+        self.memory = memory
+
+    async def predict_raw_emails(self, documents: Sequence[RawEmailDocument]) -> PredictionBatch:
+        async with asyncio.timeout(WAIT):
+            await self.memory.recalling.wait()
+        return await super().predict_raw_emails(documents)
+
+
+async def test_the_thread_is_recalled_while_the_message_is_classified(tmp_path: Path) -> None:
+    with running_sink() as sink:
+        memory = GatedMemory(sink)
+        config = make_config(
+            tmp_path,
+            downstream=sink.url,
+            rules_yaml=RULES,
+            classifier={"provider": "emulator", "timeout": 20},
+        )
+        pipeline = build_processor(config, classifier=RecallFirst(memory), threads=memory)
+        try:
+            reply = await pipeline.process(inbound(REPLY))
+        finally:
+            await pipeline.aclose()
+        (got,) = sink.received
+    assert reply.code == 250
+    assert got.header("X-CM-Status") == "classified"
+    assert got.header("X-Thread") == "finance"
+
+
+async def test_the_reply_waits_for_the_memory_written_while_the_message_is_delivered(
+    tmp_path: Path,
+) -> None:
+    with running_sink() as sink:
+        memory = GatedMemory(sink)
+        config = make_config(
+            tmp_path,
+            downstream=sink.url,
+            rules_yaml=RULES,
+            classifier={"provider": "emulator", "timeout": 20},
+        )
+        classifier = FixedClassifier(labels=[(("Finance", "Invoice"), 0.9)])
+        pipeline = build_processor(config, classifier=classifier, threads=memory)
+        try:
+            reply = await pipeline.process(inbound(mail("Invoice", "INV-1 due")))
+            # The 250 comes only once the thread is remembered: a reply that follows at
+            # once finds it.
+            assert memory.remembered.is_set()
+        finally:
+            await pipeline.aclose()
+        (got,) = sink.received
+    assert reply.code == 250
+    assert got.header("X-Queue") == "finance"
