@@ -176,10 +176,12 @@ class Pipeline:
             where[0] = "deliver"
             try:
                 if routed.decision is None:
-                    return await self._relay(msg, routed.content, msg.rcpt_tos, log)
-                return await self._apply(msg, routed.content, routed.ctx, routed.decision, log)
+                    reply = await self._relay(msg, routed.content, msg.rcpt_tos, log)
+                else:
+                    reply = await self._apply(msg, routed.content, routed.ctx, routed.decision, log)
             finally:
                 await remembered(routed.remembering)
+            return self._done(log, reply)  # total_ms includes the wait for the memory
         except Exception as exc:
             self._failed(msg, where[0], exc, "smtp")
             raise
@@ -339,12 +341,12 @@ class Pipeline:
         enforce = not decision.audit
         log.decision(decision)
         if enforce and decision.verdict in ("reject", "defer") and decision.reply is not None:
-            return self._done(log, decision.reply)
+            return decision.reply
         recipients = decision.recipients if enforce else msg.rcpt_tos
         if enforce and (decision.verdict == "discard" or not recipients):
             log_discarded(msg, decision)
             log.set(recipients=0)
-            return self._done(log, replies.queued(msg.queue_id))
+            return replies.queued(msg.queue_id)
         outgoing = await rewrite_message(content, decision) if enforce else content
         route = decision.route if enforce else None  # audit mode changes nothing
         headers = self._headers(ctx, decision)
@@ -380,9 +382,7 @@ class Pipeline:
             log.set(relay_error=result.error)
         if result.refused:
             log.set(refused=len(result.refused))
-        if result.delivered:
-            return self._done(log, replies.queued(msg.queue_id))
-        return self._done(log, result.reply)
+        return replies.queued(msg.queue_id) if result.delivered else result.reply
 
     @staticmethod
     def _done(log: MessageLog, reply: Reply) -> Reply:
