@@ -12,7 +12,7 @@ from gateway.documents import RawEmailDocument
 from gateway.pipeline import InboundMessage
 from gateway.predictions import DocumentPrediction, Label, ModelInfo, PredictionBatch
 
-__all__ = ["RULES", "FixedClassifier", "inbound", "mail", "make_config"]
+__all__ = ["RULES", "THREAD_RULES", "FixedClassifier", "inbound", "mail", "make_config"]
 
 RULES = """
 rules:
@@ -48,6 +48,19 @@ rules:
     when: { unclassified: true }
     actions:
       - add_header: { X-Needs-Review: "yes" }
+"""
+
+# A reply to an invoice (a "finance" message) is marked by the thread rule.
+THREAD_RULES = """\
+rules:
+  - name: finance
+    when: { label: "Finance > Invoice" }
+    actions:
+      - add_header: { X-Queue: finance }
+  - name: follows-finance
+    when: { thread: { matched: finance } }
+    actions:
+      - add_header: { X-Thread: finance }
 """
 
 

@@ -6,28 +6,18 @@ fail) if the two were done one after the other."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from gateway.documents import RawEmailDocument
 from gateway.pipeline import build_processor
 from gateway.predictions import PredictionBatch
-from gateway.testing import NextHopSink, running_sink
+from gateway.replies import Reply
+from gateway.testing import NextHopSink, ReceivedMessage, running_sink
 
-from .pipeline_support import FixedClassifier, inbound, mail, make_config
+from .pipeline_support import THREAD_RULES, FixedClassifier, inbound, mail, make_config
 
 WAIT = 5.0
-RULES = """
-rules:
-  - name: finance
-    when: { label: "Finance > Invoice" }
-    actions:
-      - add_header: { X-Queue: finance }
-  - name: follows-finance
-    when: { thread: { matched: finance } }
-    actions:
-      - add_header: { X-Thread: finance }
-"""
 REPLY = mail("Re: invoice", "Paid, thanks.", headers=[("In-Reply-To", "<inv1@example.com>")])
 
 
@@ -39,6 +29,7 @@ class GatedMemory:
         self.sink = sink
         self.recalling = asyncio.Event()
         self.remembered = asyncio.Event()
+        self.remembered_first = False  # remembered before the reply (process_one)
 
     async def recall(self, thread_ids: Sequence[str]) -> frozenset[str]:
         self.recalling.set()
@@ -66,21 +57,32 @@ class RecallFirst(FixedClassifier):
         return await super().predict_raw_emails(documents)
 
 
-async def test_the_thread_is_recalled_while_the_message_is_classified(tmp_path: Path) -> None:
+async def process_one(
+    tmp_path: Path, content: bytes, classifier: Callable[[GatedMemory], FixedClassifier]
+) -> tuple[Reply, ReceivedMessage, GatedMemory]:
+    """One message through a pipeline with a ``GatedMemory``; (reply, delivered, memory),
+    the memory's state taken as the reply came."""
     with running_sink() as sink:
         memory = GatedMemory(sink)
         config = make_config(
             tmp_path,
             downstream=sink.url,
-            rules_yaml=RULES,
+            rules_yaml=THREAD_RULES,
             classifier={"provider": "emulator", "timeout": 20},
         )
-        pipeline = build_processor(config, classifier=RecallFirst(memory), threads=memory)
+        pipeline = build_processor(config, classifier=classifier(memory), threads=memory)
         try:
-            reply = await pipeline.process(inbound(REPLY))
+            reply = await pipeline.process(inbound(content))
+            remembered_first = memory.remembered.is_set()
         finally:
             await pipeline.aclose()
         (got,) = sink.received
+    memory.remembered_first = remembered_first
+    return reply, got, memory
+
+
+async def test_the_thread_is_recalled_while_the_message_is_classified(tmp_path: Path) -> None:
+    reply, got, _ = await process_one(tmp_path, REPLY, RecallFirst)
     assert reply.code == 250
     assert got.header("X-CM-Status") == "classified"
     assert got.header("X-Thread") == "finance"
@@ -89,23 +91,12 @@ async def test_the_thread_is_recalled_while_the_message_is_classified(tmp_path: 
 async def test_the_reply_waits_for_the_memory_written_while_the_message_is_delivered(
     tmp_path: Path,
 ) -> None:
-    with running_sink() as sink:
-        memory = GatedMemory(sink)
-        config = make_config(
-            tmp_path,
-            downstream=sink.url,
-            rules_yaml=RULES,
-            classifier={"provider": "emulator", "timeout": 20},
-        )
-        classifier = FixedClassifier(labels=[(("Finance", "Invoice"), 0.9)])
-        pipeline = build_processor(config, classifier=classifier, threads=memory)
-        try:
-            reply = await pipeline.process(inbound(mail("Invoice", "INV-1 due")))
-            # The 250 comes only once the thread is remembered: a reply that follows at
-            # once finds it.
-            assert memory.remembered.is_set()
-        finally:
-            await pipeline.aclose()
-        (got,) = sink.received
+    def invoices(_memory: GatedMemory) -> FixedClassifier:
+        return FixedClassifier(labels=[(("Finance", "Invoice"), 0.9)])
+
+    reply, got, memory = await process_one(tmp_path, mail("Invoice", "INV-1 due"), invoices)
     assert reply.code == 250
     assert got.header("X-Queue") == "finance"
+    # The 250 came only once the thread was remembered: a reply that follows at once
+    # finds it.
+    assert memory.remembered_first

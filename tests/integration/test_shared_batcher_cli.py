@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.testing import EmulatorHandle
 
 from .ops_support import numbered_mail
+from .pipeline_support import THREAD_RULES
 from .serve_support import ROOT, free_port, read_until, start_serve, stop_serve
 
 LATENCY_MS = 2000  # long enough for a dozen sessions to join the running request
@@ -166,19 +167,6 @@ def test_a_scrape_taken_by_either_worker_counts_every_workers_mail(
     finally:
         code, _ = stop_serve(proc)
     assert code == 0
-
-
-THREAD_RULES = """\
-rules:
-  - name: finance
-    when: { label: "Finance > Invoice" }
-    actions:
-      - add_header: { X-Queue: finance }
-  - name: follows-finance
-    when: { thread: { matched: finance } }
-    actions:
-      - add_header: { X-Thread: finance }
-"""
 
 
 def test_a_reply_taken_by_either_worker_recalls_its_thread(

@@ -125,19 +125,25 @@ def test_config_errors_exit_2_before_listening(tmp_path: Path):
     assert b"listening" not in stdout
 
 
-@pytest.mark.parametrize("shared_batcher", ["true", "false"])
-def test_workers_share_the_port_and_stop_together(tmp_path: Path, shared_batcher: str):
-    """workers = 2: two processes serve one port (SO_REUSEPORT); the banner comes once
-    both listen, so mail is accepted at once; SIGTERM stops both and the parent exits 0;
-    with or without the shared batcher."""
+def two_workers(tmp_path: Path, extra: str = "") -> tuple[Path, int]:
+    """A config for two workers on a free port, the emulator, a Maildir; (path, port)."""
     port = free_port()
     config = tmp_path / "gateway.toml"
     config.write_text(
         f"[smtp]\nlisten = '127.0.0.1:{port}'\nworkers = 2\n"
         "[downstream]\nurl = 'maildir://var/maildir'\n[classifier]\nprovider = 'emulator'\n"
-        f"shared_batcher = {shared_batcher}\n",
+        + extra,
         encoding="utf-8",
     )
+    return config, port
+
+
+@pytest.mark.parametrize("shared_batcher", ["true", "false"])
+def test_workers_share_the_port_and_stop_together(tmp_path: Path, shared_batcher: str):
+    """workers = 2: two processes serve one port (SO_REUSEPORT); the banner comes once
+    both listen, so mail is accepted at once; SIGTERM stops both and the parent exits 0;
+    with or without the shared batcher."""
+    config, port = two_workers(tmp_path, f"shared_batcher = {shared_batcher}\n")
     proc = start_serve(tmp_path, "--config", str(config))
     try:
         read_until(proc, "(2 workers)")
@@ -166,14 +172,7 @@ def test_the_workers_and_the_batcher_stop_when_the_parent_is_killed(tmp_path: Pa
     """SIGKILL to the parent alone (the OOM killer's choice): its workers and the batcher
     notice within seconds and stop, so nothing keeps serving the port unsupervised beside
     the gateway started in its place."""
-    port = free_port()
-    config = tmp_path / "gateway.toml"
-    config.write_text(
-        f"[smtp]\nlisten = '127.0.0.1:{port}'\nworkers = 2\n"
-        "[downstream]\nurl = 'maildir://var/maildir'\n[classifier]\nprovider = 'emulator'\n"
-        "[log]\nformat = 'json'\n[metrics]\nlisten = ''\n",
-        encoding="utf-8",
-    )
+    config, port = two_workers(tmp_path, "[log]\nformat = 'json'\n[metrics]\nlisten = ''\n")
     log = tmp_path / "gateway.log"
     with log.open("wb") as stderr:
         proc = start_serve(tmp_path, "--config", str(config), stderr=stderr)
@@ -211,15 +210,8 @@ def test_a_worker_that_cannot_start_fails_the_gateway_with_exit_2_and_no_banner(
     """A rule file that does not compile is found by each worker as it builds its
     pipeline (the parent reads only the config): the gateway exits 2, as one process
     does, names the file, and never says it listens."""
-    port = free_port()
     (tmp_path / "rules.yaml").write_text("rules:\n  - name: x\n    when: { nope: 1 }\n")
-    config = tmp_path / "gateway.toml"
-    config.write_text(
-        f"[smtp]\nlisten = '127.0.0.1:{port}'\nworkers = 2\n"
-        "[downstream]\nurl = 'maildir://var/maildir'\n[classifier]\nprovider = 'emulator'\n"
-        "[rules]\nfiles = ['rules.yaml']\n[metrics]\nlisten = ''\n",
-        encoding="utf-8",
-    )
+    config, _ = two_workers(tmp_path, "[rules]\nfiles = ['rules.yaml']\n[metrics]\nlisten = ''\n")
     proc = start_serve(tmp_path, "--config", str(config))
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 2, stderr.decode()
