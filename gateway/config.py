@@ -119,14 +119,16 @@ class Config(_Section):
     def worker_count(self) -> tuple[int, str]:
         """How many worker processes ``serve`` runs, and why: ``smtp.workers`` as set, or
         for ``"auto"`` one per usable core, but 1 where workers could not share a
-        listener (port 0, a milter on a Unix socket)."""
+        listener (port 0) and when the milter front is on."""
         workers = self.smtp.workers
         if workers != "auto":
             return workers, "smtp.workers"
-        for key, listen in (
-            ("smtp.listen", self.smtp.listen),
-            ("milter.listen", self.milter.listen),
-        ):
+        if self.milter.listen:
+            # Behind Postfix's milter client two workers, in about one test run in four,
+            # once left an MTA session waiting 60 s after a restart and once answered a
+            # message 451 4.3.0; one process never did. Until that is understood.
+            return 1, "auto: the milter front runs in one process"
+        for key, listen in (("smtp.listen", self.smtp.listen),):
             if listen.startswith("unix:"):
                 return 1, f"auto: {key} is a unix socket, which workers cannot share"
             if listen and parse_listen(listen)[1] == 0:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -229,8 +230,16 @@ class Pipeline:
     def _failed(self, msg: InboundMessage, stage: str, exc: Exception, front: str) -> None:
         if self.metrics is not None:
             self.metrics.message_failed(front)
+        # Where it broke (file:line function of the innermost frame), never its text: an
+        # exception's message may quote the mail.
+        tb = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+        at = [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in tb]
         _log.error(
-            "message_failed", queue_id=msg.queue_id, stage=stage, error_type=type(exc).__name__
+            "message_failed",
+            queue_id=msg.queue_id,
+            stage=stage,
+            error_type=type(exc).__name__,
+            at=at[0] if at else None,
         )
 
     def _forged(self, rules: RuleSet) -> tuple[str, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from email.header import decode_header, make_header
 from pathlib import Path
 
@@ -338,6 +339,8 @@ async def test_unexpected_error_propagates_after_being_logged(tmp_path: Path) ->
     (failed,) = [e for e in logs if e["event"] == "message_failed"]
     assert failed["queue_id"] == "4QTEST1"
     assert failed["stage"] == "classify"
+    # Where it broke, without the exception's text.
+    assert re.fullmatch(r"pipeline_support\.py:\d+ predict_raw_emails", failed["at"])
     assert "boom" not in repr(failed)
     assert sink.received == []
 

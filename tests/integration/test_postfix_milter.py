@@ -267,7 +267,7 @@ def test_classifier_down_with_each_on_error(
     word = token()
     code, text = send(postfix, message(f"Lunch {word}", "noon?"))
     if expected == "451":
-        assert code == 451 and text.startswith(b"4.4.3 ")
+        assert code == 451 and text.startswith(b"4.4.3 "), (code, text, gateway.log_tail(60))
     else:
         assert code == 250
         (got,) = sink.wait_for(where=lambda m: word in m.subject)
