@@ -128,13 +128,21 @@ class Config(_Section):
             # once left an MTA session waiting 60 s after a restart and once answered a
             # message 451 4.3.0; one process never did. Until that is understood.
             return 1, "auto: the milter front runs in one process"
-        for key, listen in (("smtp.listen", self.smtp.listen),):
-            if listen.startswith("unix:"):
-                return 1, f"auto: {key} is a unix socket, which workers cannot share"
-            if listen and parse_listen(listen)[1] == 0:
-                return 1, f"auto: {key} has port 0, which workers cannot share"
+        if (key := self.port_zero_listener()) is not None:
+            return 1, f"auto: {key} has port 0, which workers cannot share"
         cores = usable_cores()
         return cores, f"auto: {cores} usable core" + ("s" if cores > 1 else "")
+
+    def port_zero_listener(self) -> str | None:
+        """The key (``smtp.listen``, ``milter.listen``) that asks for port 0, which each
+        process would bind anew: workers cannot share it."""
+        for key, listen in (
+            ("smtp.listen", self.smtp.listen),
+            ("milter.listen", self.milter.listen),
+        ):
+            if listen and not listen.startswith("unix:") and parse_listen(listen)[1] == 0:
+                return key
+        return None
 
     def rule_paths(self) -> list[Path]:
         """``rules.files`` resolved: absolute; else next to the config file; else the

@@ -75,7 +75,7 @@ class Service:
         self._watcher: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._stop_at = 0.0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._parent_watch: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
@@ -160,9 +160,8 @@ class Service:
         settle_heap()
         self._install_signals(processor)
         if self._parent is not None:
-            self._tasks.add(
-                asyncio.create_task(watch_parent(self._parent, self._parent_gone, self._stop))
-            )
+            watch = watch_parent(self._parent, self._parent_gone, self._stop)
+            self._parent_watch = asyncio.create_task(watch)
 
     def _parent_gone(self) -> None:
         # The supervisor was killed (SIGKILL, the OOM killer): drain as on SIGTERM rather
@@ -240,8 +239,8 @@ class Service:
         """Stop accepting, let sessions in DATA finish, close the pipeline and metrics."""
         if self._watcher is not None:
             self._watcher.cancel()
-        for task in self._tasks:
-            task.cancel()
+        if self._parent_watch is not None:
+            self._parent_watch.cancel()
         loop = asyncio.get_running_loop()
         self._draining = True
         grace = shutdown_grace(self.config)

@@ -29,7 +29,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as mp_wait
 from multiprocessing.process import BaseProcess
 
-from gateway.config import Config, load_config, parse_listen
+from gateway.config import Config, load_config
 from gateway.errors import ConfigError
 from gateway.logsetup import configure_logging, get_logger
 
@@ -94,12 +94,8 @@ def _worker_main(
 
 def _check_once(config: Config) -> None:
     """Fail here, once, with exit 2, rather than in every worker."""
-    for where, listen in (
-        ("smtp.listen", config.smtp.listen),
-        ("milter.listen", config.milter.listen),
-    ):
-        if listen and not listen.startswith("unix:") and parse_listen(listen)[1] == 0:
-            raise ConfigError("workers > 1 needs a fixed port (not 0)", where=where)
+    if (where := config.port_zero_listener()) is not None:
+        raise ConfigError("workers > 1 needs a fixed port (not 0)", where=where)
     if not hasattr(socket, "SO_REUSEPORT"):  # pragma: no cover - Windows
         raise ConfigError("workers > 1 needs SO_REUSEPORT (Linux, BSD)", where="smtp.workers")
     from gateway.smtp import build_tls_context, load_users

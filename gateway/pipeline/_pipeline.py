@@ -232,8 +232,8 @@ class Pipeline:
             self.metrics.message_failed(front)
         # Where it broke (file:line function of the innermost frame), never its text: an
         # exception's message may quote the mail.
-        tb = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
-        at = [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in tb]
+        frames = traceback.extract_tb(exc.__traceback__, limit=-1)
+        at = [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in frames]
         _log.error(
             "message_failed",
             queue_id=msg.queue_id,

@@ -259,14 +259,7 @@ async def test_serve_starts_the_metrics_listener_and_stops_it_on_sigterm(tmp_pat
         assert "listening on" in out.getvalue(), task
         smtp_port = int(out.getvalue().split("listening on ", 1)[1].split()[0].rsplit(":", 1)[1])
         try:
-            await aiosmtplib.send(
-                INVOICE,
-                sender="alice@example.com",
-                recipients=["support@example.com"],
-                hostname="127.0.0.1",
-                port=smtp_port,
-                start_tls=False,
-            )
+            await _send_invoice(smtp_port)
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{metrics_port}") as http:
                 assert (await http.get("/healthz")).status_code == 200
                 text = (await http.get("/metrics")).text
