@@ -16,7 +16,15 @@ The target is half the concurrency, so that two requests take turns: while one g
 request runs, the other group gathers, which is about what arrives during one call. The
 open batch goes
 
-1. at once when nothing is out: one message alone at idle pays the API's latency only;
+1. at once when nothing is out, unless more documents are due back than it holds: one
+   message alone at idle pays the API's latency only. In a closed loop the two groups
+   can both be back at once (the last answer ended while its twin's group was still
+   coming back): the half-gathered batch then waits for the rest of its group and the
+   group just released instead of going with a part of it, which split a group of 25
+   into 10 + 15 for good (three requests per turn instead of two). Measured at 50
+   sessions, smtp-source -> gateway (2 workers) -> smtp-sink, 5,000 messages, API at
+   100 ms, three runs each alternating: 0.040-0.041 requests per message against
+   0.043-0.057 with the old rule, the same msgs/s;
 2. when it holds the target. The concurrency includes the load of the moment, so from
    an idle start the target grows with the load as it shows itself: sizes 1, 1, 2, 2,
    ..., as TCP's slow start, until the two groups settle;
@@ -112,7 +120,7 @@ class AdaptivePolicy:
         ``expected`` due back?"""
         if pending < self.min_batch:
             return False
-        if out == 0 or pending >= self.target():
+        if (out == 0 and expected <= pending) or pending >= self.target():
             return True
         # The group an answer released is all back: nobody else is on the way soon.
         return expected == 0 and self.quiet_ready(pending)

@@ -173,9 +173,11 @@ class BatchingClassifier:
 
     def _idle_and_due(self) -> bool:
         """Group commit: no request runs, and the batch has ``min_batch`` documents (a
-        smaller one waits for more, ``max_wait_ms`` at most)."""
+        smaller one waits for more, ``max_wait_ms`` at most). With the adaptive policy,
+        the policy says what an idle API sends (``AdaptivePolicy.ready``)."""
         return (
-            self._send_when_idle
+            self.policy is None
+            and self._send_when_idle
             and self._queued == 0
             and len(self._pending.documents) >= self._min_batch
         )

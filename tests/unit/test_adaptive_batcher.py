@@ -18,6 +18,14 @@ def test_nothing_out_sends_a_lone_document_at_once() -> None:
     assert AdaptivePolicy(max_wait=60.0).ready(pending=1, out=0)
 
 
+def test_nothing_out_still_waits_for_more_than_it_holds_coming_back() -> None:
+    policy = loaded(50)
+    # Both groups are back at once: 10 of one, 15 + 25 more due: wait for them.
+    assert not policy.ready(pending=10, out=0, expected=40)
+    # No more due than it holds (a stray message after the load): it goes at once.
+    assert policy.ready(pending=1, out=0, expected=1)
+
+
 def loaded(concurrency: int) -> AdaptivePolicy:
     policy = AdaptivePolicy(max_wait=60.0)
     policy.note(0.0, concurrency)
@@ -166,4 +174,40 @@ async def test_a_hung_request_holds_the_others_only_half_the_learned_latency() -
     for gate in api.calls:
         gate.set_result(None)
     await asyncio.gather(hung, late)
+    await batcher.aclose()
+
+
+async def test_a_group_half_back_when_the_other_ends_waits_for_the_rest_of_it() -> None:
+    """Two groups of 4 out (the target is 4). The first ends and 2 of its callers are
+    back; then the second ends too: nothing is out, but 6 are due back. The 2 wait, and
+    go with the other 2 of their group: 4, not 2 now and 2 later (with group commit on,
+    as ``send_when_idle = true`` configures it, the split stayed for good)."""
+    api, clock = HeldApi(), FakeClock()
+    batcher = BatchingClassifier(
+        api, max_wait_ms=60_000, max_in_flight=8, adaptive=True, send_when_idle=True,
+        clock=clock,
+    )  # fmt: skip
+    assert batcher.policy is not None
+    batcher.policy.note(clock.now, 8)
+    groups = [asyncio.create_task(batcher.predict_raw_emails([doc(g * 4 + i) for i in range(4)]))
+              for g in range(2)]  # fmt: skip
+    await settle()
+    assert api.sizes == [4, 4]
+    clock.now += 0.1
+    api.calls[0].set_result(None)
+    await groups[0]
+    back = [asyncio.create_task(batcher.predict_raw_emails([doc(10 + i)])) for i in range(2)]
+    await settle()
+    clock.now += 0.01
+    api.calls[1].set_result(None)
+    await groups[1]
+    await settle()
+    assert api.sizes == [4, 4]  # 2 pending, nothing out, 6 due back: wait
+    back += [asyncio.create_task(batcher.predict_raw_emails([doc(12 + i)])) for i in range(2)]
+    await settle()
+    assert api.sizes == [4, 4, 4]
+    for gate in api.calls:
+        if not gate.done():
+            gate.set_result(None)
+    await asyncio.gather(*back)
     await batcher.aclose()
