@@ -45,16 +45,27 @@ _WORDS = (
 )
 
 
+# The subject and body repeat every TEXT_PERIOD messages; the Message-ID never does. The
+# emulator (on the same 2 cores as the system under test) scores a text it has seen from
+# its memo of 4,096 (``emulator._model.MEMO_ENTRIES``): with 5,000 distinct texts in the
+# half-load phase that LRU missed every time, and the emulator spent ~4 x the CPU per
+# document (0.56 against 0.15 ms) on a tenant's work that is not on this machine in
+# production. The gateway still sees distinct documents (the raw headers differ), so
+# nothing is deduplicated and each message is billed once.
+TEXT_PERIOD = 4000
+
+
 def make_message(tag: str, index: int, size: int) -> bytes:
     """A distinct plain-text mail of about ``size`` bytes (headers included)."""
+    n = index % TEXT_PERIOD
     head = (
         f"From: Bench Sender <sender@bench.example>\r\nTo: triage@example.com\r\n"
-        f"Subject: Bench message {index} invoice question\r\n"
+        f"Subject: Bench message {n} invoice question\r\n"
         f"Date: {formatdate(localtime=True)}\r\n"
         f"Message-ID: <{tag}.{index}@bench.example>\r\n"
         "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
     )
-    first = _FIRST.format(n=index % 1_000_000)
+    first = _FIRST.format(n=n)
     body_len = max(size - len(head) - len(first), 0)
     body = (_WORDS * (body_len // len(_WORDS) + 1))[:body_len]
     lines = "\r\n".join(body[i : i + 76] for i in range(0, len(body), 76))
