@@ -76,6 +76,7 @@ class Proc:
         env: dict[str, str] | None = None,
         banner: str | None = None,
         timeout: float = 120.0,
+        cwd: Path = REPO,
     ) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
@@ -85,7 +86,7 @@ class Proc:
             stdout=subprocess.PIPE,
             stderr=self._log,
             stdin=subprocess.DEVNULL,
-            cwd=REPO,
+            cwd=cwd,
             env={**os.environ, **(env or {})},
         )
         self.banner: re.Match[str] | None = None

@@ -103,10 +103,12 @@ class GatewaySettings:
     defaults: bool = False
 
 
-def _gateway_config(port: int, sink_port: int, emulator_url: str, s: GatewaySettings) -> str:
-    rules = REPO / "rules" / "shared-inbox-triage.yaml"
+def _gateway_config(
+    port: int, sink_port: int, emulator_url: str, s: GatewaySettings, repo: Path = REPO
+) -> str:
+    rules = repo / "rules" / "shared-inbox-triage.yaml"
     if s.defaults:
-        return _defaults_config(port, sink_port, emulator_url, s.workers, s.log_level)
+        return _defaults_config(port, sink_port, emulator_url, s.workers, s.log_level, repo)
     return f"""
 [smtp]
 listen = "127.0.0.1:{port}"
@@ -150,11 +152,16 @@ format = "json"
 
 
 def _defaults_config(
-    port: int, sink_port: int, emulator_url: str, workers: int | str, log_level: str
+    port: int,
+    sink_port: int,
+    emulator_url: str,
+    workers: int | str,
+    log_level: str,
+    repo: Path = REPO,
 ) -> str:
     """What a user writes who tunes nothing: where to listen, relay and classify, and
     max_connections sized for the sessions (the one setting a user must size)."""
-    rules = REPO / "rules" / "shared-inbox-triage.yaml"
+    rules = repo / "rules" / "shared-inbox-triage.yaml"
     # A number is written even when it is 1: the default is "auto" since issue 20.
     workers_line = f"workers = {workers}\n" if workers != "auto" else ""
     return f"""
@@ -209,18 +216,25 @@ def _wait_workers(proc: Proc, workers: int | str, timeout: float = 120.0) -> Non
 
 
 def start_gateway(
-    sink_port: int, emulator_url: str, settings: GatewaySettings, log_dir: Path, name: str
+    sink_port: int,
+    emulator_url: str,
+    settings: GatewaySettings,
+    log_dir: Path,
+    name: str,
+    repo: Path = REPO,
 ) -> tuple[Proc, int]:
-    """``cm-gateway serve`` on a free port; returns it once every worker listens."""
+    """``cm-gateway serve`` on a free port; returns it once every worker listens.
+    ``repo``: the checkout whose ``gateway`` package runs (``tests.perf.ab``)."""
     port = free_port()
     config = log_dir / f"{name}.toml"
-    config.write_text(_gateway_config(port, sink_port, emulator_url, settings), "utf-8")
+    config.write_text(_gateway_config(port, sink_port, emulator_url, settings, repo), "utf-8")
     proc = Proc(
         name,
         python_module("gateway", "serve", "--config", str(config)),
         log_dir=log_dir,
         env={"CM_BENCH_TOKEN": BENCH_TOKEN},
         banner=r"cm-gateway listening on",
+        cwd=repo,
     )
     _wait_workers(proc, settings.workers)
     wait_port(port)

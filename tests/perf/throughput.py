@@ -4,9 +4,9 @@
                                      --runs 3 --tempfail 0.2 --workers 1,2 --big-mb 25]
 
 One emulator (``--latency-ms`` per API call) serves the whole run; it first scores the
-run's texts once (``Emulator.warm``: its memo of scored texts makes its CPU per document
-~4 x smaller, and without the warm-up only the first system measured paid for filling
-it). For each run and each
+run's texts once (``Emulator.warm``: its memo of scored texts cuts its CPU per message
+~3.5 x, see ``loadgen.TEXT_PERIOD``; without the warm-up the first system measured paid
+for filling it). For each run and each
 system (the gateway with each ``--workers`` count, the baseline relay, and the hold relay:
 the baseline waiting ``--latency-ms`` before it relays each message: how near a relay
 that does nothing else gets to the closed loop's bound of sessions / latency msgs/s,
