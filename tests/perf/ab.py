@@ -17,7 +17,7 @@ gateway, warms it (3,000 messages through ``smtp-source``), then measures either
 
 The order alternates (A B, B A, A B, ...) so that a drift of the machine falls on both,
 and the emulator scores the cells' texts before the first cell: without that the first
-cell measured paid for filling its memo (~4 x its CPU per document) and always lost,
+cell measured paid for filling its memo (~3.5 x its CPU per message) and always lost,
 which made a change look better or worse depending only on which tree came first.
 Medians per tree at the end. This machine is noisy: compare medians of several reps,
 and look at the cells, not one figure.

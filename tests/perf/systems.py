@@ -108,7 +108,7 @@ def _gateway_config(
 ) -> str:
     rules = repo / "rules" / "shared-inbox-triage.yaml"
     if s.defaults:
-        return _defaults_config(port, sink_port, emulator_url, s.workers, s.log_level, repo)
+        return _defaults_config(port, sink_port, emulator_url, s.workers, s.log_level, rules)
     return f"""
 [smtp]
 listen = "127.0.0.1:{port}"
@@ -157,11 +157,10 @@ def _defaults_config(
     emulator_url: str,
     workers: int | str,
     log_level: str,
-    repo: Path = REPO,
+    rules: Path,
 ) -> str:
     """What a user writes who tunes nothing: where to listen, relay and classify, and
     max_connections sized for the sessions (the one setting a user must size)."""
-    rules = repo / "rules" / "shared-inbox-triage.yaml"
     # A number is written even when it is 1: the default is "auto" since issue 20.
     workers_line = f"workers = {workers}\n" if workers != "auto" else ""
     return f"""
