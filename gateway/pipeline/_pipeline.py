@@ -232,14 +232,15 @@ class Pipeline:
             self.metrics.message_failed(front)
         # Where it broke (file:line function of the innermost frame), never its text: an
         # exception's message may quote the mail.
-        frames = traceback.extract_tb(exc.__traceback__, limit=-1)
-        at = [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in frames]
+        at = None
+        if frames := traceback.extract_tb(exc.__traceback__, limit=-1):
+            at = f"{Path(frames[0].filename).name}:{frames[0].lineno} {frames[0].name}"
         _log.error(
             "message_failed",
             queue_id=msg.queue_id,
             stage=stage,
             error_type=type(exc).__name__,
-            at=at[0] if at else None,
+            at=at,
         )
 
     def _forged(self, rules: RuleSet) -> tuple[str, ...]:

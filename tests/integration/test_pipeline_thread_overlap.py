@@ -29,7 +29,6 @@ class GatedMemory:
         self.sink = sink
         self.recalling = asyncio.Event()
         self.remembered = asyncio.Event()
-        self.remembered_first = False  # remembered before the reply (process_one)
 
     async def recall(self, thread_ids: Sequence[str]) -> frozenset[str]:
         self.recalling.set()
@@ -59,9 +58,9 @@ class RecallFirst(FixedClassifier):
 
 async def process_one(
     tmp_path: Path, content: bytes, classifier: Callable[[GatedMemory], FixedClassifier]
-) -> tuple[Reply, ReceivedMessage, GatedMemory]:
-    """One message through a pipeline with a ``GatedMemory``; (reply, delivered, memory),
-    the memory's state taken as the reply came."""
+) -> tuple[Reply, ReceivedMessage, bool]:
+    """One message through a pipeline with a ``GatedMemory``; (reply, delivered, whether
+    the memory had remembered it when the reply came)."""
     with running_sink() as sink:
         memory = GatedMemory(sink)
         config = make_config(
@@ -77,8 +76,7 @@ async def process_one(
         finally:
             await pipeline.aclose()
         (got,) = sink.received
-    memory.remembered_first = remembered_first
-    return reply, got, memory
+    return reply, got, remembered_first
 
 
 async def test_the_thread_is_recalled_while_the_message_is_classified(tmp_path: Path) -> None:
@@ -94,9 +92,11 @@ async def test_the_reply_waits_for_the_memory_written_while_the_message_is_deliv
     def invoices(_memory: GatedMemory) -> FixedClassifier:
         return FixedClassifier(labels=[(("Finance", "Invoice"), 0.9)])
 
-    reply, got, memory = await process_one(tmp_path, mail("Invoice", "INV-1 due"), invoices)
+    reply, got, remembered_first = await process_one(
+        tmp_path, mail("Invoice", "INV-1 due"), invoices
+    )
     assert reply.code == 250
     assert got.header("X-Queue") == "finance"
     # The 250 came only once the thread was remembered: a reply that follows at once
     # finds it.
-    assert memory.remembered_first
+    assert remembered_first
